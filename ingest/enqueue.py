@@ -1,0 +1,85 @@
+"""Enqueue: append one accepted batch to its shard, with explicit backpressure.
+
+The batch id is returned only after XADD returned, so a 202 always names an
+entry that Redis has (with `appendfsync always`, on disk). The backlog is
+polled in the background, not per request, so the hot path costs one XADD.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from monitoring import metrics
+from vaxline.config import Settings
+from vaxline.doses import Dose
+from vaxline.entries import ENTRY_FIELD, batch_id, encode_entry
+from vaxline.streams import Backlog, read_backlog
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(Exception):
+    """The stream backlog is past its bound, or Redis cannot be reached: retry later."""
+
+    def __init__(self, reason: str, retry_after: int):
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class Enqueuer:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, *, poll_interval: float = 0.5):
+        self._redis = redis
+        self._settings = settings
+        self._poll_interval = poll_interval
+        self._backlog: Backlog | None = None
+        self._poller: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self._refresh()
+        self._poller = asyncio.create_task(self._poll())
+
+    async def stop(self) -> None:
+        if self._poller:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+
+    def check_capacity(self) -> None:
+        """Raise Overloaded when the last backlog reading is past a bound."""
+        backlog = self._backlog
+        if backlog is None:
+            raise Overloaded("the stream cannot be reached", retry_after=5)
+        if max(backlog.entries_per_shard) > self._settings.max_backlog_entries:
+            raise Overloaded("the stream backlog is past its bound", retry_after=10)
+        if backlog.redis_memory_bytes > self._settings.max_redis_memory_bytes:
+            raise Overloaded("the stream's memory is past its bound", retry_after=10)
+
+    async def enqueue(self, *, site_id: int, doses: list[Dose]) -> str:
+        """XADD the batch to its shard; returns the batch id."""
+        shard = self._settings.shard_of(site_id)
+        payload = encode_entry(site_id=site_id, received_at=time.time(), doses=doses)
+        try:
+            entry_id = await self._redis.xadd(self._settings.stream(shard), {ENTRY_FIELD: payload})
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+            raise Overloaded("the stream cannot be reached", retry_after=5) from e
+        return batch_id(shard, entry_id.decode())
+
+    async def _refresh(self) -> None:
+        try:
+            self._backlog = await read_backlog(self._redis, self._settings)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            self._backlog = None
+            return
+        for shard, entries in enumerate(self._backlog.entries_per_shard):
+            metrics.stream_backlog.labels(shard=str(shard)).set(entries)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            await self._refresh()

@@ -1,0 +1,82 @@
+"""One ingest process: aiohttp on uvloop, sharing its port with its siblings.
+
+Several processes bind the same port with SO_REUSEPORT and the kernel
+spreads connections over them. SIGTERM or SIGINT stops accepting, lets
+requests in flight finish (their XADD included), then exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import asyncpg
+import uvloop
+from aiohttp import web
+
+from monitoring import metrics
+from vaxline.config import Settings
+from vaxline.doses import BatchValidator
+from vaxline.streams import connect_redis
+
+from .app import Ingest, build_app
+from .auth import SiteAuth
+from .enqueue import Enqueuer
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def ingest_app(settings: Settings):
+    """The app with its pools and background tasks, closed on exit."""
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
+    redis = connect_redis(settings)
+    enqueuer = Enqueuer(redis, settings)
+    await enqueuer.start()
+    ingest = Ingest(
+        settings=settings, pool=pool, redis=redis, auth=SiteAuth(pool), enqueuer=enqueuer,
+        validator=BatchValidator(max_doses=settings.max_batch_doses),
+    )
+    try:
+        yield build_app(ingest)
+    finally:
+        await enqueuer.stop()
+        await redis.aclose()
+        await pool.close()
+
+
+async def serve(settings: Settings, *, host: str, port: int, stop: asyncio.Event) -> None:
+    async with ingest_app(settings) as app:
+        runner = web.AppRunner(app, keepalive_timeout=settings.keepalive_timeout, access_log=None,
+                               shutdown_timeout=10)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_port=True, backlog=4096)
+        await site.start()
+        log.info("ingest listening on %s:%d", host, port)
+        counter = asyncio.create_task(_count_connections(runner))
+        try:
+            await stop.wait()
+        finally:
+            counter.cancel()
+            await runner.cleanup()
+
+
+async def _count_connections(runner: web.AppRunner) -> None:
+    while True:
+        metrics.open_connections.set(len(runner.server.connections) if runner.server else 0)
+        await asyncio.sleep(1)
+
+
+def run_process(settings: Settings, host: str, port: int) -> None:
+    """Entry point of one ingest process."""
+    uvloop.run(_main(settings, host, port))
+
+
+async def _main(settings: Settings, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(settings, host=host, port=port, stop=stop)

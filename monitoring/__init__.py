@@ -1,0 +1,1 @@
+"""Metrics (declared in monitoring.metrics) and what reads them back."""

@@ -1,0 +1,45 @@
+"""Every metric vaxline exports, declared once.
+
+Names follow Prometheus conventions: `vaxline_` prefix, base units, `_total`
+counters, `_seconds` histograms. In a multi-process deployment the parent
+sets PROMETHEUS_MULTIPROC_DIR before any child starts (see vaxline.procs);
+gauges therefore say how their per-process values combine.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
+
+# Ingest
+http_requests = Counter("vaxline_http_requests_total", "HTTP requests answered", ["route", "status"])
+http_latency = Histogram("vaxline_http_request_duration_seconds", "Time to answer", ["route"], buckets=LATENCY_BUCKETS)
+doses_accepted = Counter("vaxline_doses_accepted_total", "Doses accepted into the stream (202)")
+doses_rejected = Counter("vaxline_doses_rejected_total", "Doses rejected at validation", ["reason"])
+batches_accepted = Counter("vaxline_batches_accepted_total", "Batches appended to the stream")
+backpressure_rejections = Counter("vaxline_backpressure_rejections_total", "Requests refused with 503 over the backlog bound")
+open_connections = Gauge(
+    "vaxline_open_connections", "Open client connections", multiprocess_mode="livesum"
+)
+
+# Stream
+stream_backlog = Gauge(
+    "vaxline_stream_backlog", "Entries in a shard not yet trimmed", ["shard"], multiprocess_mode="max"
+)
+
+# Workers
+doses_inserted = Counter("vaxline_doses_inserted_total", "Doses inserted into Postgres")
+doses_duplicate = Counter("vaxline_doses_duplicate_total", "Doses already persisted (idempotent redelivery or resubmission)")
+batches_persisted = Counter("vaxline_batches_persisted_total", "Batches whose receipt was written")
+dead_letters = Counter("vaxline_dead_letters_total", "Stream entries moved to the dead-letter stream and table")
+persist_retries = Counter("vaxline_persist_retries_total", "Transient persist failures retried", ["error"])
+gathered_doses = Histogram(
+    "vaxline_persist_batch_doses", "Doses per persist transaction",
+    buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 20000),
+)
+persist_duration = Histogram(
+    "vaxline_persist_duration_seconds", "COPY-to-COMMIT time of one transaction", buckets=LATENCY_BUCKETS
+)
+freshness = Histogram(
+    "vaxline_freshness_seconds", "Time from the 202 to a stage", ["stage"], buckets=FRESHNESS_BUCKETS
+)

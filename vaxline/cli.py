@@ -1,0 +1,299 @@
+"""The `vaxline` command line.
+
+    vaxline run                       everything, in the foreground (embedded Postgres/Redis by default)
+    vaxline migrate                   apply schema migrations (idempotent)
+    vaxline serve [--host --port --processes]
+    vaxline work [--processes]
+    vaxline sites add --code --name --province [--kind]
+
+`migrate`, `serve`, `work` and `sites` use DATABASE_URL and REDIS_URL; when
+those are unset and `vaxline run` is running on its embedded services in the
+same data folder, they use those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from .config import Settings
+from .valuesets import SITE_KINDS
+
+log = logging.getLogger("vaxline")
+
+DEMO_SITE = {"code": "DEMO-001", "name": "Trạm Y tế Phường Demo", "province": 1, "kind": "fixed"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.command != "sites" else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args) or 0
+    except ConfigError as e:
+        print(f"vaxline: {e}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vaxline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("VAXLINE_DATA_DIR", ".vaxline")),
+                        help="local data folder (embedded services, metrics); default .vaxline")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="start everything in the foreground")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8080)
+    run.add_argument("--ingest-processes", type=int, default=2)
+    run.add_argument("--workers", type=int, default=2)
+    run.set_defaults(func=cmd_run)
+
+    migrate = commands.add_parser("migrate", help="apply schema migrations")
+    migrate.set_defaults(func=cmd_migrate)
+
+    serve = commands.add_parser("serve", help="run the ingest HTTP processes")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--processes", type=int, default=2)
+    serve.set_defaults(func=cmd_serve)
+
+    work = commands.add_parser("work", help="run the stream worker processes")
+    work.add_argument("--processes", type=int, default=2)
+    work.add_argument("--name", default=socket.gethostname(),
+                      help="consumer name prefix; keep it stable so a restarted worker reads its own pending list")
+    work.set_defaults(func=cmd_work)
+
+    sites = commands.add_parser("sites", help="the site registry").add_subparsers(dest="sites_command", required=True)
+    add = sites.add_parser("add", help="register a site; prints its bearer token as the last line")
+    add.add_argument("--code", required=True)
+    add.add_argument("--name", required=True)
+    add.add_argument("--province", type=int, required=True, help="official province code, e.g. 1 for Hà Nội")
+    add.add_argument("--kind", choices=SITE_KINDS, default="fixed")
+    add.set_defaults(func=cmd_sites_add)
+    return parser
+
+
+class ConfigError(Exception):
+    pass
+
+
+def _urls_file(data_dir: Path) -> Path:
+    return data_dir / "urls.json"
+
+
+def settings_for(args) -> Settings:
+    """Settings from the environment, falling back to a running `vaxline run`'s embedded services."""
+    settings = Settings.from_env(data_dir=args.data_dir)
+    if settings.database_url and settings.redis_url:
+        return settings
+    urls_file = _urls_file(args.data_dir)
+    if urls_file.exists():
+        urls = json.loads(urls_file.read_text())
+        return Settings.from_env(data_dir=args.data_dir, database_url=settings.database_url or urls["database_url"],
+                                 redis_url=settings.redis_url or urls["redis_url"])
+    raise ConfigError("DATABASE_URL and REDIS_URL must be set (postgresql://... and redis://...),"
+                      " or `vaxline run` must be running on its embedded services in --data-dir")
+
+
+# -- migrate, sites ---------------------------------------------------------
+
+async def _migrate(settings: Settings) -> list[str]:
+    import asyncpg
+
+    from storage.migrate import migrate
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+def cmd_migrate(args) -> int:
+    applied = asyncio.run(_migrate(settings_for(args)))
+    print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "; schema up to date"))
+    return 0
+
+
+async def _add_site(settings: Settings, **site) -> tuple:
+    import asyncpg
+
+    from storage.sites import add_site
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return await add_site(conn, **site)
+    finally:
+        await conn.close()
+
+
+def cmd_sites_add(args) -> int:
+    site, token = asyncio.run(_add_site(settings_for(args), code=args.code, name=args.name,
+                                        province=args.province, kind=args.kind))
+    print(f"site {site.code} (id {site.site_id}, province {site.province}) registered; its bearer token:")
+    print(token)
+    return 0
+
+
+# -- serve, work ------------------------------------------------------------
+
+def _metrics_dir(args, role: str) -> None:
+    from monitoring.exposition import ENV, prepare_multiprocess_dir
+
+    if not os.environ.get(ENV):
+        prepare_multiprocess_dir(args.data_dir / "metrics" / role)
+
+
+def _process_exited(pid: int) -> None:
+    from monitoring.exposition import process_exited
+
+    process_exited(pid)
+
+
+def start_ingest(supervisor, settings: Settings, *, host: str, port: int, processes: int) -> None:
+    from ingest.server import run_process
+
+    for i in range(processes):
+        supervisor.add(f"ingest-{i}", run_process, settings, host, port)
+
+
+def start_workers(supervisor, settings: Settings, *, name: str, processes: int) -> None:
+    from workers.process import run_process
+
+    for i in range(processes):
+        supervisor.add(f"worker-{i}", run_process, settings, f"{name}-{i}")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _supervise(supervisor, *, every: float = 1.0, tick=None) -> None:
+    """Keep children alive until Ctrl-C or SIGTERM, then stop them cleanly."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while True:
+            time.sleep(every)
+            supervisor.poll()
+            if tick:
+                tick()
+    except KeyboardInterrupt:
+        print("\nstopping: workers finish and acknowledge the batch in hand ...", file=sys.stderr)
+    finally:
+        supervisor.stop()
+
+
+def cmd_serve(args) -> int:
+    from .procs import Supervisor
+
+    settings = settings_for(args)
+    _metrics_dir(args, "serve")
+    supervisor = Supervisor(on_exit=_process_exited)
+    start_ingest(supervisor, settings, host=args.host, port=args.port, processes=args.processes)
+    _supervise(supervisor)
+    return 0
+
+
+def cmd_work(args) -> int:
+    from .procs import Supervisor
+
+    settings = settings_for(args)
+    _metrics_dir(args, "work")
+    supervisor = Supervisor(on_exit=_process_exited)
+    start_workers(supervisor, settings, name=args.name, processes=args.processes)
+    _supervise(supervisor)
+    return 0
+
+
+# -- run --------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    from . import embedded
+    from .procs import Supervisor
+
+    data_dir: Path = args.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    settings = Settings.from_env(data_dir=data_dir)
+    redis_server = None
+    if not settings.database_url:
+        embedded.silence_pgserver_warnings()
+        _pg, url = embedded.start_postgres(data_dir / "postgres")
+        settings = Settings.from_env(data_dir=data_dir, database_url=url, redis_url=settings.redis_url)
+    if not settings.redis_url:
+        redis_server = embedded.EmbeddedRedis(data_dir / "redis").start()
+        settings = Settings.from_env(data_dir=data_dir, database_url=settings.database_url, redis_url=redis_server.url)
+    try:
+        applied = asyncio.run(_migrate(settings))
+        log.info("migrations applied: %s", ", ".join(applied) or "none pending")
+        site, token = asyncio.run(_add_site(settings, **DEMO_SITE))
+        _metrics_dir(args, "run")
+        _urls_file(data_dir).write_text(json.dumps({"database_url": settings.database_url,
+                                                    "redis_url": settings.redis_url}))
+        supervisor = Supervisor(on_exit=_process_exited)
+        start_ingest(supervisor, settings, host=args.host, port=args.port, processes=args.ingest_processes)
+        start_workers(supervisor, settings, name=f"{socket.gethostname()}-run", processes=args.workers)
+        _print_banner(args, site.code, token)
+        _supervise(supervisor, tick=_status_printer())
+    finally:
+        _urls_file(data_dir).unlink(missing_ok=True)
+        if redis_server:
+            redis_server.stop()
+    print("stopped; nothing acknowledged is lost (unfinished batches resume on the next start)", file=sys.stderr)
+    return 0
+
+
+def _print_banner(args, site_code: str, token: str) -> None:
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{host}:{args.port}"
+    body = json.dumps({"doses": [{
+        "record_id": "DEMO-0001", "national_id": "001099012345", "full_name": "Nguyễn Thị Ánh",
+        "birth_date": "1990-04-02", "sex": "F", "phone": "0912345678", "vaccine": "EU/1/21/1529",
+        "lot": "ABV5300", "dose_number": 1, "administered_at": "2021-08-14T09:30:00+07:00",
+    }]}, ensure_ascii=False)
+    print(f"""
+vaxline is running at {url}
+demo site {site_code}, bearer token (new at every start):
+{token}
+
+post a batch:
+curl -s -X POST {url}/v1/doses -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' -d '{body}'
+
+read it back:
+curl -s {url}/v1/persons/001099012345/doses -H 'Authorization: Bearer {token}'
+
+Ctrl-C stops everything cleanly.
+""", flush=True)
+
+
+def _status_printer():
+    from monitoring import exposition
+
+    interactive = sys.stdout.isatty()
+    state = {"at": time.monotonic(), "totals": exposition.totals(exposition.registry()), "printed": 0.0}
+
+    def tick() -> None:
+        now = time.monotonic()
+        current = exposition.totals(exposition.registry())
+        line = exposition.status_line(state["totals"], current, now - state["at"])
+        state.update(at=now, totals=current)
+        if interactive:
+            print(f"\r\033[K{line}", end="", flush=True)
+        elif now - state["printed"] >= 10:
+            print(line, flush=True)
+            state["printed"] = now
+
+    return tick
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Settings: one typed object, built once at start-up and passed explicitly.
+
+Every stream name, key prefix and limit lives here, so ingest and workers can
+never disagree about where a batch goes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    database_url: str
+    redis_url: str
+
+    # Streams: one key per shard, hash-tagged so a Redis Cluster spreads them.
+    stream_prefix: str = "vaxline"
+    shards: int = 4
+    group: str = "persist"
+
+    # Ingest limits (the HTTP contract).
+    max_batch_doses: int = 1000
+    max_body_bytes: int = 1024 * 1024
+    # Backpressure: 503 past either bound. Entries are batches, so the memory
+    # bound is the one that protects Redis when batches are large.
+    max_backlog_entries: int = 50_000
+    max_redis_memory_bytes: int = 2 * 1024**3
+    keepalive_timeout: float = 300.0  # longer than a desk's think time
+
+    # Workers: gather up to this many doses or this long, then one transaction.
+    gather_max_doses: int = 10_000
+    gather_max_wait: float = 0.05
+    claim_idle_ms: int = 30_000  # XAUTOCLAIM entries idle longer than the worst batch
+    max_deliveries: int = 5  # past this, a failing entry is dead-lettered
+    trim_interval: float = 1.0
+
+    data_dir: Path = Path(".vaxline")
+
+    def stream(self, shard: int) -> str:
+        return f"{self.stream_prefix}:doses:{{{shard}}}"
+
+    @property
+    def streams(self) -> list[str]:
+        return [self.stream(shard) for shard in range(self.shards)]
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return f"{self.stream_prefix}:dead"
+
+    def shard_of(self, site_id: int) -> int:
+        """Batches of one site always land on one shard (their order is kept)."""
+        return site_id % self.shards
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        env = os.environ
+        values: dict = {
+            "database_url": env.get("DATABASE_URL", ""),
+            "redis_url": env.get("REDIS_URL", ""),
+        }
+        for field in dataclasses.fields(cls):
+            name = f"VAXLINE_{field.name.upper()}"
+            if name in env and field.name not in ("database_url", "redis_url"):
+                values[field.name] = _parse(field.type, env[name])
+        values.update(overrides)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that rebuilds these settings in a child process."""
+        env = {"DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url}
+        for field in dataclasses.fields(self):
+            if field.name not in ("database_url", "redis_url"):
+                env[f"VAXLINE_{field.name.upper()}"] = str(getattr(self, field.name))
+        return env
+
+
+def _parse(type_name: str, text: str):
+    match type_name:
+        case "int":
+            return int(text)
+        case "float":
+            return float(text)
+        case "Path":
+            return Path(text)
+        case _:
+            return text

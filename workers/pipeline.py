@@ -1,0 +1,126 @@
+"""The worker pipeline: consume -> gather -> persist -> ack, plus trimming.
+
+    reader = ShardReader(...)            # own pending list, XAUTOCLAIM, new entries
+    for group in gather(reader, ...):    # up to gather_max_doses or gather_max_wait
+        persister.persist(group)         # one transaction; XACK after COMMIT
+
+Shutdown (the `stop` event) lets the group in hand finish and be
+acknowledged; a group still waiting for Postgres stays pending instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from monitoring import metrics
+from storage import partitions
+from storage.doses import prepare_connection
+from storage.errors import is_transient
+from vaxline.config import Settings
+from vaxline.streams import connect_redis, ensure_groups, read_backlog
+
+from .consume import ShardReader
+from .persist import Persister, Stopped
+from .rows import DecodedEntry, PoisonEntry, decode
+from .trim import trim
+
+log = logging.getLogger(__name__)
+
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+async def gather(reader: ShardReader, persister: Persister, settings: Settings,
+                 stop: asyncio.Event) -> AsyncIterator[list[DecodedEntry]]:
+    """Yield groups of decoded entries: up to gather_max_doses, or whatever came in gather_max_wait."""
+    while not stop.is_set():
+        group: list[DecodedEntry] = []
+        doses = 0
+        deadline = None
+        while doses < settings.gather_max_doses and not stop.is_set():
+            remaining = 0.2 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for entry in await reader.read(block_ms=max(1, int(remaining * 1000))):
+                try:
+                    decoded = decode(entry)
+                except PoisonEntry as poison:
+                    await persister.poison(poison)
+                    continue
+                group.append(decoded)
+                doses += decoded.dose_count
+            if group and deadline is None:
+                deadline = time.monotonic() + settings.gather_max_wait
+        if group:
+            yield group
+
+
+async def run_worker(settings: Settings, *, consumer: str, stop: asyncio.Event) -> None:
+    """Drain the shards until `stop` is set, surviving Redis and Postgres outages."""
+    pool = await _create_pool(settings, stop)
+    redis = connect_redis(settings)
+    housekeeping = asyncio.create_task(_housekeeping(redis, pool, settings))
+    try:
+        while not stop.is_set():
+            try:
+                await _drain(redis, pool, settings, consumer, stop)
+            except REDIS_DOWN as e:
+                log.warning("redis unreachable (%s); retrying", type(e).__name__)
+                await _sleep_unless(stop, 1.0)
+    except Stopped:
+        log.info("stopped while waiting for postgres; the group in hand stays pending")
+    finally:
+        housekeeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await housekeeping
+        await redis.aclose()
+        await pool.close()
+
+
+async def _drain(redis, pool, settings: Settings, consumer: str, stop: asyncio.Event) -> None:
+    await ensure_groups(redis, settings)
+    reader = ShardReader(redis, settings, consumer)
+    persister = Persister(pool, redis, reader, settings, stop)
+    async for group in gather(reader, persister, settings, stop):
+        await persister.persist(group)
+
+
+async def _create_pool(settings: Settings, stop: asyncio.Event) -> asyncpg.Pool:
+    while True:
+        try:
+            return await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2, init=prepare_connection)
+        except Exception as e:
+            if not is_transient(e) or stop.is_set():
+                raise
+            log.warning("postgres unreachable (%s); retrying", type(e).__name__)
+            await asyncio.sleep(1)
+
+
+async def _housekeeping(redis: aioredis.Redis, pool: asyncpg.Pool, settings: Settings) -> None:
+    """Trim streams, report backlog, keep partitions ahead; never fatal."""
+    next_partitions = 0.0
+    while True:
+        try:
+            await trim(redis, settings)
+            backlog = await read_backlog(redis, settings)
+            for shard, entries in enumerate(backlog.entries_per_shard):
+                metrics.stream_backlog.labels(shard=str(shard)).set(entries)
+            if time.monotonic() >= next_partitions:
+                async with pool.acquire() as conn:
+                    await partitions.maintain(conn)
+                next_partitions = time.monotonic() + 3600
+        except Exception as e:  # housekeeping retries on its next round, whatever failed
+            log.warning("housekeeping failed: %s", type(e).__name__)
+        await asyncio.sleep(settings.trim_interval)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -1,0 +1,70 @@
+"""Rows: the pure transform from decoded stream entries to COPY rows.
+
+No I/O here. A gathered group may hold the same record twice (a batch
+posted again before the first was persisted): only the first occurrence
+becomes a row, and each batch's receipt counts the rest as duplicates, which
+the database's key table then completes for records persisted earlier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import msgspec
+
+from storage.doses import BatchCount
+from vaxline.entries import BatchEntry, batch_id, decode_entry
+
+from .consume import StreamEntry
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DecodedEntry:
+    entry: StreamEntry
+    batch_id: str
+    batch: BatchEntry
+
+    @property
+    def dose_count(self) -> int:
+        return len(self.batch.doses)
+
+
+class PoisonEntry(Exception):
+    """An entry that can never be persisted as it is (arroyo's InvalidMessage)."""
+
+    def __init__(self, entry: StreamEntry, reason: str):
+        super().__init__(reason)
+        self.entry = entry
+
+
+def decode(entry: StreamEntry) -> DecodedEntry:
+    if entry.payload is None:
+        raise PoisonEntry(entry, "the entry's data is gone from the stream")
+    try:
+        batch = decode_entry(entry.payload)
+    except msgspec.DecodeError as e:
+        raise PoisonEntry(entry, f"undecodable entry: {e}") from e
+    return DecodedEntry(entry, batch_id(entry.shard, entry.entry_id), batch)
+
+
+def to_rows(entries: list[DecodedEntry]) -> tuple[list[tuple], list[BatchCount]]:
+    """COPY rows (first occurrence of each (site, record_id)) and per-batch counts."""
+    rows: list[tuple] = []
+    counts: list[BatchCount] = []
+    seen: set[tuple[int, str]] = set()
+    for decoded in entries:
+        site_id = decoded.batch.site_id
+        received_at = dt.datetime.fromtimestamp(decoded.batch.received_at, dt.timezone.utc)
+        for dose in decoded.batch.doses:
+            key = (site_id, dose.record_id)
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append((
+                site_id, dose.record_id, dose.national_id, dose.full_name, dose.birth_date, dose.sex,
+                dose.phone, dose.vaccine, dose.lot, dose.dose_number, dose.administered_at,
+                decoded.batch_id, received_at,
+            ))
+        counts.append(BatchCount(decoded.batch_id, site_id, decoded.dose_count, received_at))
+    return rows, counts
