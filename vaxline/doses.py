@@ -160,7 +160,7 @@ def field_errors(fields: dict[str, Any]) -> list[FieldError]:
                 errors.append(FieldError(field=name, reason="required"))
             continue
         try:
-            msgspec.convert(fields[name], field.type, strict=False)
+            msgspec.convert(fields[name], field.type)
         except msgspec.ValidationError as e:
             errors.append(FieldError(field=name, reason=FIELD_RULES.get(name) or _plain(e)))
     return errors

@@ -99,5 +99,8 @@ def _socket_path(folder: Path) -> Path:
 
 
 def silence_pgserver_warnings() -> None:
-    """platformdirs warns when XDG_RUNTIME_DIR is unset (as for root); harmless here."""
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+    """pgserver keeps its lock in XDG_RUNTIME_DIR; give it a private one when unset (as for root)."""
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        folder = Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(folder)

