@@ -177,7 +177,7 @@ async def _queued_entry(ingest: Ingest, batch_id: str):
 
 async def get_person_doses(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
-    site = await authenticated_site(request)
+    await authenticated_site(request)
     national_id = request.match_info["national_id"]
     if not _national_id.match(national_id):
         raise ApiError(400, "national_id must be a 12-digit CCCD, a 9-digit CMND or a passport number")

@@ -13,7 +13,8 @@ import logging
 import time
 
 import redis.asyncio as aioredis
-import redis.exceptions
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from monitoring import metrics
 from vaxline.config import Settings
@@ -66,14 +67,14 @@ class Enqueuer:
         payload = encode_entry(site_id=site_id, received_at=time.time(), doses=doses)
         try:
             entry_id = await self._redis.xadd(self._settings.stream(shard), {ENTRY_FIELD: payload})
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+        except (RedisConnectionError, RedisTimeoutError) as e:
             raise Overloaded("the stream cannot be reached", retry_after=5) from e
         return batch_id(shard, entry_id.decode())
 
     async def _refresh(self) -> None:
         try:
             self._backlog = await read_backlog(self._redis, self._settings)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        except (RedisConnectionError, RedisTimeoutError):
             self._backlog = None
             return
         for shard, entries in enumerate(self._backlog.entries_per_shard):

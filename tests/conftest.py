@@ -132,12 +132,15 @@ async def wait_until(predicate, *, timeout: float = 30.0, interval: float = 0.05
 def spawn(module: str, settings: Settings, *args: str) -> subprocess.Popen:
     """Start `python -m module` with the settings in its environment."""
     env = {**os.environ, **settings.to_env()}
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = open(settings.data_dir / f"{module}.log", "ab")  # read it when a test fails
+    with log:
+        return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=log)
 
 
 @contextlib.contextmanager
-def reaped(*processes: subprocess.Popen):
+def reaped(processes: list[subprocess.Popen]):
+    """Kill whatever is still running in `processes` (read at exit: restarts count too)."""
     try:
         yield
     finally:

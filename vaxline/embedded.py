@@ -103,4 +103,5 @@ def silence_pgserver_warnings() -> None:
     if not os.environ.get("XDG_RUNTIME_DIR"):
         folder = Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}"
         folder.mkdir(mode=0o700, exist_ok=True)
+        folder.chmod(0o700)
         os.environ["XDG_RUNTIME_DIR"] = str(folder)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import redis.asyncio as aioredis
-import redis.exceptions
+from redis.exceptions import ResponseError
 
 from .config import Settings
 
@@ -40,8 +40,8 @@ async def ensure_groups(redis: aioredis.Redis, settings: Settings) -> None:
     for stream in settings.streams:
         try:
             await redis.xgroup_create(stream, settings.group, id="0", mkstream=True)
-        except redis.exceptions.ResponseError as e:
-            if "BUSYGROUP" not in str(e):
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):  # redis-py has no class for this reply
                 raise
 
 

@@ -90,6 +90,7 @@ class Persister:
             rows, counts = to_rows(todo)
             receipts = await dose_store.persist(conn, rows, counts) if todo else []
         now = time.time()
+        log.debug("persisted %d batches, %d doses in %.0f ms", len(todo), len(rows), 1000 * (time.perf_counter() - started))
         metrics.persist_duration.observe(time.perf_counter() - started)
         metrics.gathered_doses.observe(len(rows))
         for receipt in receipts:

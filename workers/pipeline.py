@@ -18,7 +18,8 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import redis.asyncio as aioredis
-import redis.exceptions
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from monitoring import metrics
 from storage import partitions
@@ -34,7 +35,7 @@ from .trim import trim
 
 log = logging.getLogger(__name__)
 
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 
 
 async def gather(reader: ShardReader, persister: Persister, settings: Settings,
@@ -76,10 +77,13 @@ async def run_worker(settings: Settings, *, consumer: str, stop: asyncio.Event) 
                 await _sleep_unless(stop, 1.0)
     except Stopped:
         log.info("stopped while waiting for postgres; the group in hand stays pending")
+    except Exception:
+        log.exception("worker %s failed; its pending entries go to the next consumer", consumer)
+        raise
     finally:
         housekeeping.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await housekeeping
+        # redis-py may swallow a cancellation inside a command: do not wait forever for it.
+        await asyncio.wait([housekeeping], timeout=5)
         await redis.aclose()
         await pool.close()
 

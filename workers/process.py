@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import signal
 
 import uvloop
@@ -10,6 +12,16 @@ import uvloop
 from vaxline.config import Settings
 
 from .pipeline import run_worker
+
+log = logging.getLogger(__name__)
+
+
+def _dump_tasks() -> None:
+    """SIGUSR1: log where every task is waiting (for a worker that seems stuck)."""
+    for task in asyncio.all_tasks():
+        stream = io.StringIO()
+        task.print_stack(file=stream)
+        log.warning("task %s:\n%s", task.get_name(), stream.getvalue())
 
 
 def run_process(settings: Settings, consumer: str) -> None:
@@ -21,4 +33,5 @@ async def _main(settings: Settings, consumer: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
     await run_worker(settings, consumer=consumer, stop=stop)

@@ -1,0 +1,169 @@
+"""Crash safety: processes killed mid-stream lose nothing and store nothing twice.
+
+These run workers and ingest as real processes (python -m workers / ingest)
+and SIGKILL them; the assertions are exact counts in Postgres.
+"""
+
+import asyncio
+import datetime as dt
+import random
+import signal
+import socket
+
+import aiohttp
+import msgspec
+
+from tests.conftest import reaped, spawn, wait_until
+from tests.factory import batch
+from tests.stack import running_stack
+from vaxline.entries import ENTRY_FIELD, encode_entry
+from vaxline.doses import Dose
+
+
+async def exactly_once(db, expected: int) -> None:
+    row = await db.fetchrow(
+        "SELECT count(*) AS rows, count(DISTINCT (site_id, record_id)) AS keys FROM doses")
+    assert row["rows"] == row["keys"] == expected
+    receipts = await db.fetchrow("SELECT count(*) AS n, sum(inserted) AS inserted, sum(accepted) AS accepted,"
+                                 " bool_and(inserted + duplicates = accepted) AS balanced FROM batches")
+    assert receipts["inserted"] == expected and receipts["balanced"]
+
+
+async def nothing_pending(redis, settings) -> bool:
+    for stream in settings.streams:
+        if (await redis.xpending(stream, settings.group))["pending"]:
+            return False
+    return True
+
+
+async def test_workers_killed_three_times_mid_drain_lose_nothing(make_settings, db, redis):
+    settings = make_settings(claim_idle_ms=1000, gather_max_doses=2000)
+    total, per_batch = 50_000, 500
+    rng = random.Random(7)
+    async with running_stack(settings, workers=0) as stack:
+        _, token = await stack.site()
+        workers = [spawn("workers", settings, "--consumer", "crash-0")]
+        accepted: list[str] = []
+        persisted_at_kill: list[int] = []
+
+        async def post_all():
+            for start in range(0, total, per_batch):
+                response = await stack.post(token, batch(start, per_batch))
+                assert response.status == 202
+                accepted.append((await response.json())["batch_id"])
+
+        async def kill_and_restart():
+            for kill in range(1, 4):
+                await wait_until(lambda: db.fetchval("SELECT count(*) >= $1 FROM doses", kill * 10_000),
+                                 timeout=120, message=f"{kill * 10_000} doses before kill {kill}")
+                await asyncio.sleep(rng.uniform(0, 0.2))
+                workers[-1].send_signal(signal.SIGKILL)
+                workers[-1].wait()
+                persisted_at_kill.append(await db.fetchval("SELECT count(*) FROM doses"))
+                # Alternately restart under the same name (own pending list) and a new one (XAUTOCLAIM).
+                workers.append(spawn("workers", settings, "--consumer", f"crash-{kill % 2}"))
+
+        with reaped(workers):
+            await asyncio.gather(post_all(), kill_and_restart())
+            await wait_until(lambda: db.fetchval("SELECT count(*) = $1 FROM batches", len(accepted)),
+                             timeout=180, message="every accepted batch persisted")
+            await wait_until(lambda: nothing_pending(redis, settings), timeout=30, message="pending lists empty")
+        for process in workers[:-1]:
+            assert process.returncode == -signal.SIGKILL
+        assert all(count < total for count in persisted_at_kill), persisted_at_kill  # killed mid-drain
+    await exactly_once(db, total)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_ingest_killed_mid_request_keeps_every_202_and_retries_are_safe(settings, db):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1/doses"
+    batches, per_batch = 80, 100
+    async with running_stack(settings, workers=1) as stack:
+        _, token = await stack.site()
+        servers = [spawn("ingest", settings, "--port", str(port))]
+        got_202: dict[int, str] = {}
+        failures = 0
+
+        async def post(session, start):
+            nonlocal failures
+            while True:
+                try:
+                    async with session.post(url, json=batch(start, per_batch),
+                                            headers={"Authorization": f"Bearer {token}"}) as response:
+                        if response.status == 202:
+                            got_202[start] = (await response.json())["batch_id"]
+                            return
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    pass
+                failures += 1  # no 202: the site retries the same records
+                await asyncio.sleep(0.05)
+
+        async def clients():
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+                queue = list(range(0, batches * per_batch, per_batch))
+
+                async def lane():
+                    while queue:
+                        await post(session, queue.pop(0))
+
+                await asyncio.gather(*(lane() for _ in range(4)))
+
+        async def kill_and_restart():
+            for kill in range(1, 3):
+                await wait_until(lambda: len(got_202) >= kill * 20, timeout=60, message="202s before the kill")
+                servers[-1].send_signal(signal.SIGKILL)
+                servers[-1].wait()
+                servers.append(spawn("ingest", settings, "--port", str(port)))
+
+        async def ready():
+            try:
+                async with aiohttp.ClientSession() as session:
+                    async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                        return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        with reaped(servers):
+            await wait_until(ready, timeout=30, message="ingest ready")
+            await asyncio.gather(clients(), kill_and_restart())
+            assert len(got_202) == batches
+            await wait_until(lambda: db.fetchval("SELECT count(*) >= $1 FROM batches", batches),
+                             timeout=60, message="receipts for every 202")
+    await exactly_once(db, batches * per_batch)
+    receipted = {r["batch_id"] for r in await db.fetch("SELECT batch_id FROM batches")}
+    assert set(got_202.values()) <= receipted
+
+
+async def test_a_poison_entry_is_dead_lettered_and_does_not_block_the_rest(make_settings, db, redis):
+    settings = make_settings(max_deliveries=2, claim_idle_ms=200)
+    async with running_stack(settings, workers=1) as stack:
+        site_id, token = await stack.site()
+        stream = settings.stream(settings.shard_of(site_id))
+        garbage = await redis.xadd(stream, {ENTRY_FIELD: b"\xc1 not msgpack"})
+        nul = msgspec.convert(batch(900, 1)["doses"][0] | {"lot": "LOT\x00"}, Dose)
+        unstorable = await redis.xadd(stream, {ENTRY_FIELD: encode_entry(
+            site_id=site_id, received_at=dt.datetime.now().timestamp(), doses=[nul])})
+        good = (await (await stack.post(token, batch(0, 10))).json())["batch_id"]
+
+        await wait_until(lambda: db.fetchval("SELECT count(*) = 2 FROM dead_letters"), timeout=30,
+                         message="two dead letters")
+        await wait_until(lambda: db.fetchval("SELECT count(*) = 1 FROM batches WHERE batch_id = $1", good),
+                         message="the good batch")
+        unstorable_id = f"{settings.shard_of(site_id)}-{unstorable.decode()}"
+        response = await stack.client.get(f"/v1/batches/{unstorable_id}", headers={"Authorization": f"Bearer {token}"})
+        assert (await response.json())["status"] == "failed"
+
+    letters = {r["entry_id"]: r for r in await db.fetch("SELECT entry_id, error, deliveries, site_id FROM dead_letters")}
+    assert "undecodable" in letters[garbage.decode()]["error"]
+    assert letters[unstorable.decode()]["deliveries"] >= 2
+    assert letters[unstorable.decode()]["site_id"] == site_id
+    assert "Character" in letters[unstorable.decode()]["error"] or "0x00" in letters[unstorable.decode()]["error"]
+    assert await redis.xlen(settings.dead_letter_stream) == 2
+    assert await db.fetchval("SELECT count(*) FROM doses") == 10
+    assert await nothing_pending(redis, settings)
