@@ -21,7 +21,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from monitoring import exposition, metrics
 from storage import doses as dose_store
 from vaxline.config import Settings
-from vaxline.doses import NATIONAL_ID_PATTERN, BatchTooLarge, BatchValidator, MalformedBatch
+from vaxline.doses import (
+    NATIONAL_ID_PATTERN,
+    BatchTooLarge,
+    BatchValidator,
+    MalformedBatch,
+)
 from vaxline.entries import ENTRY_FIELD, decode_entry, parse_batch_id
 
 from .auth import SiteAuth

@@ -17,12 +17,10 @@ import datetime as dt
 import asyncpg
 import msgspec
 
-from vaxline.entries import batch_id, decode_entry
+from vaxline.entries import DOSE_FIELDS, batch_id, decode_entry
 
-STAGING_COLUMNS = (
-    "site_id", "record_id", "national_id", "full_name", "birth_date", "sex", "phone",
-    "vaccine", "lot", "dose_number", "administered_at", "batch_id", "received_at",
-)
+# The order of a row built by workers.rows: the dose's fields as the stream carries them.
+STAGING_COLUMNS = ("site_id", *DOSE_FIELDS, "batch_id", "received_at")
 _COLUMN_LIST = ", ".join(STAGING_COLUMNS)
 
 CREATE_STAGING = f"""

@@ -16,8 +16,8 @@ import msgspec
 from tests.conftest import reaped, spawn, wait_until
 from tests.factory import batch
 from tests.stack import running_stack
-from vaxline.entries import ENTRY_FIELD, encode_entry
 from vaxline.doses import Dose
+from vaxline.entries import ENTRY_FIELD, encode_entry
 
 
 async def exactly_once(db, expected: int) -> None:

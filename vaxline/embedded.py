@@ -63,7 +63,8 @@ class EmbeddedRedis:
             "--dir", str(self.folder), "--appendonly", "yes", "--appendfsync", self.appendfsync,
             "--save", "", "--daemonize", "no", "--logfile", str(self.folder / "redis.log"),
         ]
-        self.process = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL)
+        self.process = subprocess.Popen(args, start_new_session=True, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while not self.socket.exists():
             if self.process.poll() is not None:

@@ -4,6 +4,9 @@
     for group in gather(reader, ...):    # up to gather_max_doses or gather_max_wait
         persister.persist(group)         # one transaction; XACK after COMMIT
 
+The next group is read and decoded while the current one is in Postgres, so
+the worker's Python and the database work at the same time.
+
 Shutdown (the `stop` event) lets the group in hand finish and be
 acknowledged; a group still waiting for Postgres stays pending instead.
 """
@@ -89,17 +92,35 @@ async def run_worker(settings: Settings, *, consumer: str, stop: asyncio.Event) 
 
 
 async def _drain(redis, pool, settings: Settings, consumer: str, stop: asyncio.Event) -> None:
+    """Persist groups while the next one is read and decoded (one group ahead, no more)."""
     await ensure_groups(redis, settings)
     reader = ShardReader(redis, settings, consumer)
     persister = Persister(pool, redis, reader, settings, stop)
-    async for group in gather(reader, persister, settings, stop):
-        await persister.persist(group)
+    ahead: asyncio.Queue[list[DecodedEntry] | BaseException | None] = asyncio.Queue(maxsize=1)
+
+    async def read_ahead() -> None:
+        try:
+            async for group in gather(reader, persister, settings, stop):
+                await ahead.put(group)
+            await ahead.put(None)
+        except Exception as e:  # handed to the persisting side, which raises it
+            await ahead.put(e)
+
+    reading = asyncio.create_task(read_ahead())
+    try:
+        while (group := await ahead.get()) is not None:
+            if isinstance(group, BaseException):
+                raise group
+            await persister.persist(group)
+    finally:
+        reading.cancel()
+        await asyncio.wait([reading], timeout=5)
 
 
 async def _create_pool(settings: Settings, stop: asyncio.Event) -> asyncpg.Pool:
     while True:
         try:
-            return await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2, init=prepare_connection)
+            return await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3, init=prepare_connection)
         except Exception as e:
             if not is_transient(e) or stop.is_set():
                 raise

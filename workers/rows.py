@@ -1,5 +1,8 @@
 """Rows: the pure transform from decoded stream entries to COPY rows.
 
+A row is (site_id, *the dose's fields in DOSE_FIELDS order, batch_id,
+received_at): storage.doses.STAGING_COLUMNS names them in that order.
+
 No I/O here. A gathered group may hold the same record twice (a batch
 posted again before the first was persisted): only the first occurrence
 becomes a row, and each batch's receipt counts the rest as duplicates, which
@@ -57,14 +60,10 @@ def to_rows(entries: list[DecodedEntry]) -> tuple[list[tuple], list[BatchCount]]
         site_id = decoded.batch.site_id
         received_at = dt.datetime.fromtimestamp(decoded.batch.received_at, dt.timezone.utc)
         for dose in decoded.batch.doses:
-            key = (site_id, dose.record_id)
+            key = (site_id, dose[0])  # dose[0] is the record_id
             if key in seen:
                 continue
             seen.add(key)
-            rows.append((
-                site_id, dose.record_id, dose.national_id, dose.full_name, dose.birth_date, dose.sex,
-                dose.phone, dose.vaccine, dose.lot, dose.dose_number, dose.administered_at,
-                decoded.batch_id, received_at,
-            ))
+            rows.append((site_id, *dose, decoded.batch_id, received_at))
         counts.append(BatchCount(decoded.batch_id, site_id, decoded.dose_count, received_at))
     return rows, counts

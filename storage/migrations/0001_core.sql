@@ -22,7 +22,6 @@ CREATE TABLE persons (
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX persons_phone ON persons (phone) WHERE phone IS NOT NULL;
 
 -- Doses as the site recorded them, partitioned by administration time
 -- (from the payload, never the time of receipt), monthly, in Vietnam's time

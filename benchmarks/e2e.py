@@ -1,0 +1,333 @@
+"""End-to-end throughput: HTTP in, Postgres out, beside the raw COPY ceiling.
+
+    python -m benchmarks.e2e [--doses 1000000] [--clients 4] [--batch 1000]
+
+Starts the stack (the servers in DATABASE_URL/REDIS_URL, or the embedded
+default in a temporary folder, Redis with appendfsync always unless
+--appendfsync says otherwise), posts N doses over HTTP from several client
+processes, waits until every one is persisted, and prints doses/s end to
+end and each process's peak memory. In the same run it measures the
+ceiling: psql `COPY` of the same rows into a fresh copy of the doses table,
+two connections at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import multiprocessing
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from storage.migrate import migrate
+from storage.sites import add_site
+from vaxline import embedded
+from vaxline.config import Settings
+from vaxline.procs import Supervisor
+
+VIETNAM = dt.timezone(dt.timedelta(hours=7))
+FAMILY = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Phan", "Vũ", "Đặng"]
+GIVEN = ["Thị Ánh", "Văn Hùng", "Ngọc Lan", "Minh Dũng", "Thị Hoa", "Hữu Nam"]
+VACCINES = ["EU/1/21/1529", "EU/1/20/1528", "EU/1/20/1507", "BBIBP-CorV"]
+START = dt.datetime(2021, 7, 1, 7, 0, tzinfo=VIETNAM)
+
+
+def dose_fields(n: int) -> tuple:
+    """The n-th synthetic dose, as the 11 fields a site would send."""
+    year = 1940 + n % 60
+    female = n % 2
+    national_id = f"{1 + n % 96:03d}{(0 if year < 2000 else 2) + female}{year % 100:02d}{n % 1_000_000:06d}"
+    return (
+        f"B-{n:08d}", national_id, f"{FAMILY[n % 8]} {GIVEN[n % 6]}", dt.date(year, 1 + n % 12, 1 + n % 28),
+        "F" if female else "M", f"09{n % 100_000_000:08d}", VACCINES[n % 4], f"LOT{n % 997}", 1,
+        START + dt.timedelta(seconds=17 * n),
+    )
+
+
+def batch_body(start: int, count: int) -> bytes:
+    import msgspec
+
+    keys = ("record_id", "national_id", "full_name", "birth_date", "sex", "phone", "vaccine", "lot",
+            "dose_number", "administered_at")
+    return msgspec.json.encode({"doses": [dict(zip(keys, dose_fields(n))) for n in range(start, start + count)]})
+
+
+# -- clients ------------------------------------------------------------------
+
+def client_process(url: str, token: str, ranges: list[tuple[int, int]], concurrency: int, ready, go,
+                   results) -> None:
+    """One client process: builds its request bodies first, so the clock measures vaxline, not the client."""
+    import resource
+
+    import uvloop
+
+    bodies = [batch_body(start, count) for start, count in ranges]
+    ready.release()
+    go.wait()
+    accepted, retried = uvloop.run(_client(url, token, bodies, concurrency))
+    results.put((accepted, retried, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+async def _client(url: str, token: str, bodies: list[bytes], concurrency: int) -> tuple[int, int]:
+    import aiohttp
+
+    accepted = retried = 0
+    queue = bodies[::-1]
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        async def lane():
+            nonlocal accepted, retried
+            while queue:
+                body = queue.pop()
+                while True:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        if response.status == 202:
+                            accepted += (await response.json())["accepted"]
+                            break
+                        if response.status != 503:
+                            raise RuntimeError(f"{response.status}: {await response.text()}")
+                        retried += 1
+                        await asyncio.sleep(float(response.headers.get("Retry-After", "1")) / 10)
+
+        await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return accepted, retried
+
+
+def collect(results, clients, timeout: float = 3600):
+    """The next client's outcome; fails fast when a client died without one."""
+    import queue
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return results.get(timeout=1)
+        except queue.Empty:
+            if any(c.exitcode not in (None, 0) for c in clients):
+                raise RuntimeError("a client process failed; see its traceback above") from None
+    raise TimeoutError("clients did not finish in time")
+
+
+def wait_ready(url: str, timeout: float = 60) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} not ready")
+        time.sleep(0.1)
+
+
+# -- measurement helpers ----------------------------------------------------------
+
+def peak_rss_mib(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+def psql_binary() -> str:
+    with contextlib.suppress(ImportError):
+        from pgserver._commands import POSTGRES_BIN_PATH
+
+        if (POSTGRES_BIN_PATH / "psql").exists():
+            return str(POSTGRES_BIN_PATH / "psql")
+    return shutil.which("psql") or "psql"
+
+
+async def copy_ceiling(database_url: str, doses: int, folder: Path) -> float:
+    """psql COPY of the same rows into a fresh copy of `doses`, two connections at once."""
+    conn = await asyncpg.connect(database_url)
+    await conn.execute("DROP TABLE IF EXISTS doses_ceiling")
+    await conn.execute("CREATE TABLE doses_ceiling (LIKE doses INCLUDING DEFAULTS) PARTITION BY RANGE (administered_at)")
+    await conn.execute("CREATE TABLE doses_ceiling_default PARTITION OF doses_ceiling DEFAULT")
+    for (name,) in await conn.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'doses'::regclass AND c.relname <> 'doses_default'"):
+        bound = await conn.fetchval("SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = $1", name)
+        await conn.execute(f"CREATE TABLE {name}_ceiling PARTITION OF doses_ceiling {bound}")
+    await conn.execute("CREATE INDEX ON doses_ceiling (national_id, administered_at)")
+    await conn.close()
+
+    files = []
+    half = doses // 2
+    for part, (start, count) in enumerate([(0, half), (half, doses - half)]):
+        path = folder / f"ceiling-{part}.csv"
+        with path.open("w") as out:
+            for n in range(start, start + count):
+                f = dose_fields(n)
+                out.write(f"1,{f[0]},{f[1]},{f[2]},{f[3]},{f[4]},{f[5]},{f[6]},{f[7]},{f[8]},{f[9].isoformat()},"
+                          f"ceiling,{f[9].isoformat()}\n")
+        files.append(path)
+    columns = ("site_id, record_id, national_id, full_name, birth_date, sex, phone, vaccine, lot, dose_number,"
+               " administered_at, batch_id, received_at")
+    started = time.perf_counter()
+    copies = [subprocess.Popen([psql_binary(), database_url, "-q", "-c",
+                                f"\\copy doses_ceiling ({columns}) FROM '{path}' CSV"]) for path in files]
+    for copy in copies:
+        if copy.wait() != 0:
+            raise RuntimeError("psql COPY failed")
+    elapsed = time.perf_counter() - started
+    conn = await asyncpg.connect(database_url)
+    copied = await conn.fetchval("SELECT count(*) FROM doses_ceiling")
+    await conn.execute("DROP TABLE doses_ceiling")
+    await conn.close()
+    if copied != doses:
+        raise RuntimeError(f"the ceiling COPY stored {copied} of {doses} rows")
+    return doses / elapsed
+
+
+# -- the run --------------------------------------------------------------------
+
+async def prepare(settings: Settings, sites: int) -> list[str]:
+    conn = await asyncpg.connect(settings.database_url)
+    await migrate(conn)
+    tokens = []
+    for i in range(sites):
+        _, token = await add_site(conn, code=f"BENCH-{i:03d}", name=f"Bench site {i}", province=1 + i, kind="fixed")
+        tokens.append(token)
+    await conn.close()
+    return tokens
+
+
+async def wait_persisted(settings: Settings, doses: int, timeout: float) -> None:
+    conn = await asyncpg.connect(settings.database_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while (await conn.fetchval("SELECT coalesce(sum(accepted), 0) FROM batches")) < doses:
+            if time.monotonic() > deadline:
+                raise TimeoutError("not every dose was persisted in time")
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--doses", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=4, help="client processes")
+    parser.add_argument("--concurrency", type=int, default=2, help="requests in flight per client process")
+    parser.add_argument("--ingest", type=int, default=2, help="ingest processes")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes")
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--appendfsync", default="always", choices=["always", "everysec"],
+                        help="embedded Redis only")
+    parser.add_argument("--port", type=int, default=18080)
+    args = parser.parse_args()
+
+    folder = Path(tempfile.mkdtemp(prefix="vaxline-bench-"))
+    database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
+    redis_server = None
+    pids: dict[str, int] = {}
+    if not database_url:
+        embedded.silence_pgserver_warnings()
+        server, database_url = embedded.start_postgres(folder / "postgres")
+        pids["postgres (postmaster)"] = server.get_pid()
+    name = f"vaxline_bench_{secrets.token_hex(3)}"
+    asyncio.run(_admin(database_url, f"CREATE DATABASE {name}"))
+    if not redis_url:
+        redis_server = embedded.EmbeddedRedis(folder / "redis", appendfsync=args.appendfsync).start()
+        redis_url = redis_server.url
+        pids["redis"] = redis_server.process.pid
+    settings = Settings.from_env(database_url=with_database(database_url, name), redis_url=redis_url,
+                                 shards=args.shards, stream_prefix=f"bench{secrets.token_hex(3)}",
+                                 max_backlog_entries=10_000)
+    supervisor = Supervisor()
+    try:
+        tokens = asyncio.run(prepare(settings, args.clients))
+        from ingest.server import run_process as ingest_process
+        from workers.process import run_process as worker_process
+
+        for i in range(args.ingest):
+            supervisor.add(f"ingest-{i}", ingest_process, settings, "127.0.0.1", args.port)
+        for i in range(args.workers):
+            supervisor.add(f"worker-{i}", worker_process, settings, f"bench-{i}")
+
+        per_client = args.doses // args.clients
+        spawn = multiprocessing.get_context("spawn")
+        results, ready, go = spawn.Queue(), spawn.Semaphore(0), spawn.Event()
+        clients = []
+        for c in range(args.clients):
+            first = c * per_client
+            ranges = [(s, min(args.batch, first + per_client - s)) for s in range(first, first + per_client, args.batch)]
+            clients.append(spawn.Process(target=client_process, args=(
+                f"http://127.0.0.1:{args.port}/v1/doses", tokens[c], ranges, args.concurrency, ready, go, results)))
+            clients[-1].start()
+        wait_ready(f"http://127.0.0.1:{args.port}/readyz")
+        for _ in clients:
+            if not ready.acquire(timeout=600):
+                raise RuntimeError("a client process did not get ready")
+        started = time.perf_counter()
+        go.set()
+        outcomes = [collect(results, clients) for _ in clients]
+        posted = time.perf_counter() - started
+        for c in clients:
+            c.join()
+        accepted = sum(a for a, _, _ in outcomes)
+        asyncio.run(wait_persisted(settings, accepted, timeout=3600))
+        elapsed = time.perf_counter() - started
+        pids.update(supervisor.pids())
+        peaks = {label: peak_rss_mib(pid) for label, pid in pids.items()}
+        supervisor.stop()
+
+        ceiling = asyncio.run(copy_ceiling(settings.database_url, args.doses, folder))
+        print(f"\nvaxline end-to-end benchmark ({os.cpu_count()} cores; Redis appendfsync "
+              f"{args.appendfsync if redis_server else 'as configured'}; {args.ingest} ingest, {args.workers} workers,"
+              f" {args.shards} shards; {args.clients} client processes x {args.concurrency} in flight,"
+              f" {args.batch}-dose batches)")
+        print(f"  doses accepted (202):        {accepted:,} ({sum(r for _, r, _ in outcomes)} requests retried after 503)")
+        print(f"  HTTP posting finished after: {posted:.1f} s ({accepted / posted:,.0f} doses/s accepted)")
+        print(f"  all persisted after:         {elapsed:.1f} s")
+        print(f"  end to end:                  {accepted / elapsed:,.0f} doses/s")
+        print(f"  ceiling, psql COPY x2:       {ceiling:,.0f} doses/s (same rows, fresh copy of the table)")
+        print(f"  end to end / ceiling:        {accepted / elapsed / ceiling:.0%}")
+        print(f"  5,000,000 doses would take:  {5_000_000 / (accepted / elapsed) / 60:.1f} min")
+        print("  peak memory (VmHWM):")
+        for label, mib in sorted(peaks.items()):
+            print(f"    {label:<24} {mib:8.0f} MiB")
+        print(f"    {'clients (each)':<24} {max(m for _, _, m in outcomes):8.0f} MiB")
+    finally:
+        supervisor.stop()
+        if redis_server:
+            redis_server.stop()
+        with contextlib.suppress(Exception):
+            asyncio.run(_admin(database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _admin(database_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
