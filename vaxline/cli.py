@@ -233,6 +233,7 @@ def cmd_run(args) -> int:
     if not settings.redis_url:
         redis_server = embedded.EmbeddedRedis(data_dir / "redis").start()
         settings = Settings.from_env(data_dir=data_dir, database_url=settings.database_url, redis_url=redis_server.url)
+    supervisor = Supervisor(on_exit=_process_exited)
     try:
         applied = asyncio.run(_migrate(settings))
         log.info("migrations applied: %s", ", ".join(applied) or "none pending")
@@ -240,12 +241,13 @@ def cmd_run(args) -> int:
         _metrics_dir(args, "run")
         _urls_file(data_dir).write_text(json.dumps({"database_url": settings.database_url,
                                                     "redis_url": settings.redis_url}))
-        supervisor = Supervisor(on_exit=_process_exited)
         start_ingest(supervisor, settings, host=args.host, port=args.port, processes=args.ingest_processes)
         start_workers(supervisor, settings, name=f"{socket.gethostname()}-run", processes=args.workers)
+        _wait_ready(args, supervisor)
         _print_banner(args, site.code, token)
         _supervise(supervisor, tick=_status_printer())
     finally:
+        supervisor.stop()
         _urls_file(data_dir).unlink(missing_ok=True)
         if redis_server:
             redis_server.stop()
@@ -253,9 +255,31 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _print_banner(args, site_code: str, token: str) -> None:
+def _local_url(args) -> str:
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    url = f"http://{host}:{args.port}"
+    return f"http://{host}:{args.port}"
+
+
+def _wait_ready(args, supervisor, timeout: float = 60) -> None:
+    """Poll /readyz until ingest answers, so the banner's curl works when it is shown."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{_local_url(args)}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        supervisor.poll()
+        time.sleep(0.1)
+    raise ConfigError(f"ingest did not become ready on port {args.port} within {timeout:.0f}s")
+
+
+def _print_banner(args, site_code: str, token: str) -> None:
+    url = _local_url(args)
     body = json.dumps({"doses": [{
         "record_id": "DEMO-0001", "national_id": "001099012345", "full_name": "Nguyễn Thị Ánh",
         "birth_date": "1990-04-02", "sex": "F", "phone": "0912345678", "vaccine": "EU/1/21/1529",

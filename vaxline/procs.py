@@ -66,6 +66,7 @@ class Supervisor:
                 child.start()
 
     def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM every child and wait; idempotent."""
         self._stopping = True
         for child in self.children:
             if child.process is not None and child.process.is_alive():

@@ -29,12 +29,12 @@ class StreamEntry:
 
 
 class ShardReader:
-    def __init__(self, redis: aioredis.Redis, settings: Settings, consumer: str, *, read_count: int = 50,
+    def __init__(self, redis: aioredis.Redis, settings: Settings, consumer: str, *, claim_count: int = 20,
                  clock=time.monotonic):
         self._redis = redis
         self._settings = settings
         self.consumer = consumer
-        self._read_count = read_count
+        self._claim_count = claim_count
         self._clock = clock
         self._streams = {stream: shard for shard, stream in enumerate(settings.streams)}
         # Own pending list first: the last id read per shard, until it runs dry.
@@ -42,9 +42,10 @@ class ShardReader:
         self._claim_interval = max(settings.claim_idle_ms / 2000, 0.1)
         self._next_claim = clock() + self._claim_interval
 
-    async def read(self, *, block_ms: int) -> list[StreamEntry]:
+    async def read(self, *, block_ms: int, count: int) -> list[StreamEntry]:
+        """Up to `count` entries: own pending first, then idle ones of others, then new ones."""
         if self._history:
-            entries = await self._read_history()
+            entries = await self._read_history(count)
             if entries:
                 return entries
         if self._clock() >= self._next_claim:
@@ -52,10 +53,10 @@ class ShardReader:
             entries = await self._claim_idle()
             if entries:
                 return entries
-        return await self._read(dict.fromkeys(self._streams, ">"), block_ms=block_ms)
+        return await self._read(dict.fromkeys(self._streams, ">"), block_ms=block_ms, count=count)
 
-    async def _read_history(self) -> list[StreamEntry]:
-        entries = await self._read(dict(self._history), block_ms=None)
+    async def _read_history(self, count: int) -> list[StreamEntry]:
+        entries = await self._read(dict(self._history), block_ms=None, count=count)
         done = set(self._history)
         for entry in entries:
             stream = self._settings.stream(entry.shard)
@@ -65,10 +66,8 @@ class ShardReader:
             del self._history[stream]
         return entries
 
-    async def _read(self, streams: dict[str, str], *, block_ms: int | None) -> list[StreamEntry]:
-        reply = await self._redis.xreadgroup(
-            self._settings.group, self.consumer, streams, count=self._read_count, block=block_ms
-        )
+    async def _read(self, streams: dict[str, str], *, block_ms: int | None, count: int) -> list[StreamEntry]:
+        reply = await self._redis.xreadgroup(self._settings.group, self.consumer, streams, count=count, block=block_ms)
         return [
             self._entry(stream, entry_id, fields)
             for stream, messages in (reply or [])
@@ -80,7 +79,7 @@ class ShardReader:
         for stream in self._streams:
             reply = await self._redis.xautoclaim(
                 stream, self._settings.group, self.consumer, self._settings.claim_idle_ms,
-                start_id="0-0", count=self._read_count,
+                start_id="0-0", count=self._claim_count,
             )
             claimed.extend(self._entry(stream, entry_id, fields) for entry_id, fields in reply[1])
         return claimed

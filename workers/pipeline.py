@@ -43,7 +43,13 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 
 async def gather(reader: ShardReader, persister: Persister, settings: Settings,
                  stop: asyncio.Event) -> AsyncIterator[list[DecodedEntry]]:
-    """Yield groups of decoded entries: up to gather_max_doses, or whatever came in gather_max_wait."""
+    """Yield groups of decoded entries: up to gather_max_doses, or whatever came in gather_max_wait.
+
+    Entries hold 1 to 1,000 doses, so each read asks for as many entries as
+    should fill the rest of the group at the average size seen so far: a
+    group stays near its bound whatever the mix of desk and bulk batches.
+    """
+    entry_doses = 10.0  # running average of doses per entry
     while not stop.is_set():
         group: list[DecodedEntry] = []
         doses = 0
@@ -52,7 +58,8 @@ async def gather(reader: ShardReader, persister: Persister, settings: Settings,
             remaining = 0.2 if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 break
-            for entry in await reader.read(block_ms=max(1, int(remaining * 1000))):
+            count = max(1, min(500, int((settings.gather_max_doses - doses) / entry_doses)))
+            for entry in await reader.read(block_ms=max(1, int(remaining * 1000)), count=count):
                 try:
                     decoded = decode(entry)
                 except PoisonEntry as poison:
@@ -60,6 +67,7 @@ async def gather(reader: ShardReader, persister: Persister, settings: Settings,
                     continue
                 group.append(decoded)
                 doses += decoded.dose_count
+                entry_doses = 0.9 * entry_doses + 0.1 * max(1, decoded.dose_count)
             if group and deadline is None:
                 deadline = time.monotonic() + settings.gather_max_wait
         if group:

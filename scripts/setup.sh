@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Prepare .venv with vaxline and its test dependencies; quick when nothing changed.
+# Needs only Python 3.11+ (on Debian, the venv module comes from python3-venv,
+# which this script installs with apt-get when it is missing and it runs as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "vaxline needs Python 3.11 or newer as \`$python\` (set PYTHON=...)" >&2
+    exit 1
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    if ! "$python" -m venv .venv 2>/dev/null; then
+        rm -rf .venv
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            apt-get update -qq && apt-get install -y -qq "python3-venv" >/dev/null
+            "$python" -m venv .venv
+        else
+            echo "cannot create a virtualenv: install python3-venv (sudo apt-get install python3-venv)" >&2
+            exit 1
+        fi
+    fi
+fi
+
+stamp=.venv/.vaxline-installed
+wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip install --quiet -e '.[test]'
+    echo "$wanted" > "$stamp"
+fi

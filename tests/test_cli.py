@@ -1,0 +1,99 @@
+"""The command line, as an operator runs it: real processes, real services."""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_crash import free_port
+
+VAXLINE = [sys.executable, "-m", "vaxline.cli"]
+
+
+def run_cli(*args, settings=None, env=None, **kwargs):
+    environment = {**os.environ, **(settings.to_env() if settings else {}), **(env or {})}
+    return subprocess.run([*VAXLINE, *args], cwd=ROOT, env=environment, capture_output=True, text=True,
+                          timeout=60, **kwargs)
+
+
+def test_migrate_is_idempotent(settings):
+    first = run_cli("migrate", settings=settings)
+    assert first.returncode == 0, first.stderr
+    assert "schema up to date" in first.stdout  # the template database was migrated already
+
+
+def test_sites_add_prints_the_token_last_and_stores_only_its_hash(settings):
+    result = run_cli("sites", "add", "--code", "HN-0001", "--name", "Trạm Y tế Phường Láng Hạ",
+                     "--province", "1", "--kind", "mobile", settings=settings)
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"vx_[A-Za-z0-9_-]{40,}", token)
+    dump = subprocess.run([sys.executable, "-c", (
+        "import asyncio, asyncpg, sys\n"
+        "async def main():\n"
+        "    c = await asyncpg.connect(sys.argv[1])\n"
+        "    print(await c.fetch('SELECT * FROM sites'))\n"
+        "asyncio.run(main())\n"), settings.database_url], capture_output=True, text=True, check=True)
+    assert token not in dump.stdout and "mobile" in dump.stdout
+
+
+def test_commands_without_urls_explain_what_is_missing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    result = subprocess.run([*VAXLINE, "--data-dir", str(tmp_path), "migrate"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "DATABASE_URL" in result.stderr
+
+
+def _request(url, *, token=None, body=None):
+    headers = {"Content-Type": "application/json"} if body else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_run_starts_everything_and_ctrl_c_stops_it_cleanly(tmp_path):
+    """`vaxline run` on the embedded default: the banner's curl works, Ctrl-C loses nothing."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    process = subprocess.Popen([*VAXLINE, "--data-dir", str(tmp_path / "data"), "run", "--port", str(port)],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 90
+        while not any(line.startswith("curl -s -X POST") for line in lines):
+            assert time.monotonic() < deadline and process.poll() is None, "".join(lines)
+            lines.append(process.stdout.readline())
+        token = lines[lines.index(next(line for line in lines if "bearer token" in line)) + 1].strip()
+        curl = next(line for line in lines if line.startswith("curl -s -X POST")).strip()
+        if shutil.which("curl"):
+            posted = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=30, check=True)
+            batch = json.loads(posted.stdout)
+        else:
+            body = shlex.split(curl)[-1].encode()
+            _, batch = _request(f"http://127.0.0.1:{port}/v1/doses", token=token, body=body)
+        assert batch["accepted"] == 1 and batch["rejected"] == []
+        deadline = time.monotonic() + 30
+        while _request(f"http://127.0.0.1:{port}/v1/batches/{batch['batch_id']}", token=token)[1]["status"] != "persisted":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert not (tmp_path / "data" / "urls.json").exists()
+    aof = list((tmp_path / "data" / "redis").glob("appendonly*"))
+    assert aof, "the embedded Redis keeps an append-only file"

@@ -1,0 +1,95 @@
+"""Stream mechanics on every Redis at hand: the embedded 6.2 and, when one
+answers, a Redis 7 (TEST_REDIS7_URL, or the machine's 127.0.0.1:6379).
+
+XAUTOCLAIM's reply and XINFO's fields differ between the two; a worker that
+crashes on one of them stops draining without a word.
+"""
+
+import asyncio
+import dataclasses
+import os
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from vaxline.streams import ensure_groups
+from workers.consume import ShardReader
+from workers.trim import safe_min_id, trim
+
+REDIS7 = os.environ.get("TEST_REDIS7_URL", "redis://127.0.0.1:6379/0")
+
+
+async def _reachable(url: str) -> str | None:
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        return (await client.info("server"))["redis_version"]
+    except (RedisConnectionError, OSError):
+        return None
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(params=["embedded", "redis7"])
+async def stream_settings(request, make_settings):
+    if request.param == "embedded":
+        settings = make_settings()
+    else:
+        version = await _reachable(REDIS7)
+        if not version or int(version.split(".")[0]) < 7:
+            pytest.skip(f"no Redis 7 at {REDIS7}")
+        settings = make_settings(redis_url=REDIS7)
+    client = aioredis.Redis.from_url(settings.redis_url)
+    await ensure_groups(client, settings)
+    yield settings, client
+    keys = [k async for k in client.scan_iter(match=f"{settings.stream_prefix}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+async def add(client, settings, n, shard=0):
+    return [(await client.xadd(settings.stream(shard), {b"b": b"x%d" % i})).decode() for i in range(n)]
+
+
+async def test_a_reader_sees_its_own_pending_list_first_after_a_restart(stream_settings):
+    settings, client = stream_settings
+    ids = await add(client, settings, 3)
+    first = ShardReader(client, settings, "w-0")
+    assert [e.entry_id for e in await first.read(block_ms=10, count=10)] == ids
+    await add(client, settings, 1)
+    again = ShardReader(client, settings, "w-0")  # the same consumer, restarted
+    assert [e.entry_id for e in await again.read(block_ms=10, count=10)] == ids
+
+
+async def test_idle_entries_of_a_dead_consumer_are_claimed(stream_settings):
+    settings, client = stream_settings
+    settings = dataclasses.replace(settings, claim_idle_ms=100)
+    ids = await add(client, settings, 2)
+    await ShardReader(client, settings, "dead").read(block_ms=10, count=10)
+    await asyncio.sleep(settings.claim_idle_ms / 1000 + 0.05)  # the idle time is the point of this test
+    heir = ShardReader(client, settings, "heir")
+    heir._history.clear()
+    heir._next_claim = 0
+    claimed = await heir.read(block_ms=10, count=10)
+    assert [e.entry_id for e in claimed] == ids and all(e.payload for e in claimed)
+    assert await heir.deliveries(claimed[0]) == 2
+
+
+async def test_trim_keeps_pending_and_undelivered_entries(stream_settings):
+    settings, client = stream_settings
+    ids = await add(client, settings, 5)
+    reader = ShardReader(client, settings, "w-0")
+    read = await reader.read(block_ms=10, count=3)
+    await reader.ack(read[:1])
+    assert await safe_min_id(client, settings.stream(0)) == ids[1]
+    await trim(client, settings)
+    assert [e[0].decode() for e in await client.xrange(settings.stream(0))] == ids[1:]
+    await reader.ack(read)
+    await trim(client, settings)
+    assert [e[0].decode() for e in await client.xrange(settings.stream(0))] == ids[3:]
+
+
+async def test_an_empty_stream_is_never_trimmed_blindly(stream_settings):
+    settings, client = stream_settings
+    assert await trim(client, settings) == 0
