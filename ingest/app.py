@@ -7,7 +7,9 @@ body, decodes and validates in one pass, and answers 202 only after XADD.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 import re
 import time
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import asyncpg
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -32,6 +35,9 @@ from vaxline.entries import ENTRY_FIELD, decode_entry, parse_batch_id
 from .auth import SiteAuth
 from .enqueue import Enqueuer, Overloaded
 
+log = logging.getLogger(__name__)
+
+UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
 BODY_FORMATS = {"application/json": "json", "application/msgpack": "msgpack", "application/x-msgpack": "msgpack"}
 _national_id = re.compile(NATIONAL_ID_PATTERN)
 _json = msgspec.json.Encoder()
@@ -91,6 +97,13 @@ async def error_bodies(request: web.Request, handler):
             raise
         headers = {k: v for k, v in e.headers.items() if k.lower() in ("retry-after", "allow")}
         response = json_response({"error": e.reason if e.text is None else _reason(e)}, e.status, headers)
+    except UNAVAILABLE as e:  # Postgres or Redis unreachable or refusing: the client should retry
+        log.warning("%s %s: backing service failed: %s", request.method, route, type(e).__name__)
+        response = json_response({"error": "a backing service is unavailable; retry later"}, 503,
+                                 {"Retry-After": "5"})
+    except Exception:
+        log.exception("%s %s failed", request.method, route)
+        response = json_response({"error": "internal error"}, 500)
     metrics.http_requests.labels(route=route, status=str(response.status)).inc()
     metrics.http_latency.labels(route=route).observe(time.perf_counter() - started)
     return response

@@ -13,14 +13,13 @@ import logging
 import time
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from monitoring import metrics
 from vaxline.config import Settings
 from vaxline.doses import Dose
 from vaxline.entries import ENTRY_FIELD, batch_id, encode_entry
-from vaxline.streams import Backlog, read_backlog
+from vaxline.streams import Backlog, check_shard_count, read_backlog
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +33,22 @@ class Overloaded(Exception):
 
 
 class Enqueuer:
-    def __init__(self, redis: aioredis.Redis, settings: Settings, *, poll_interval: float = 0.5):
+    def __init__(self, redis: aioredis.Redis, settings: Settings, *, poll_interval: float = 0.5,
+                 clock=time.monotonic):
         self._redis = redis
         self._settings = settings
         self._poll_interval = poll_interval
+        self._clock = clock
         self._backlog: Backlog | None = None
+        self._read_at = float("-inf")
+        self._shards_checked = False
         self._poller: asyncio.Task | None = None
 
     async def start(self) -> None:
+        """Start polling; refuses to start with another shard count than the deployment's."""
+        with contextlib.suppress(RedisError):  # Redis down: checked by the poller once it is back
+            await check_shard_count(self._redis, self._settings)
+            self._shards_checked = True
         await self._refresh()
         self._poller = asyncio.create_task(self._poll())
 
@@ -54,7 +61,7 @@ class Enqueuer:
     def check_capacity(self) -> None:
         """Raise Overloaded when the last backlog reading is past a bound."""
         backlog = self._backlog
-        if backlog is None:
+        if backlog is None or self._clock() - self._read_at > 10 * self._poll_interval:
             raise Overloaded("the stream cannot be reached", retry_after=5)
         if max(backlog.entries_per_shard) > self._settings.max_backlog_entries:
             raise Overloaded("the stream backlog is past its bound", retry_after=10)
@@ -67,14 +74,21 @@ class Enqueuer:
         payload = encode_entry(site_id=site_id, received_at=time.time(), doses=doses)
         try:
             entry_id = await self._redis.xadd(self._settings.stream(shard), {ENTRY_FIELD: payload})
-        except (RedisConnectionError, RedisTimeoutError) as e:
-            raise Overloaded("the stream cannot be reached", retry_after=5) from e
+        except RedisError as e:  # unreachable, out of memory, read-only after failover, AOF disk full
+            log.warning("XADD failed: %s: %s", type(e).__name__, str(e)[:200])
+            raise Overloaded("the stream cannot take the batch now", retry_after=5) from e
         return batch_id(shard, entry_id.decode())
 
     async def _refresh(self) -> None:
+        """Read the backlog; an unknown backlog (any failure) refuses batches until the next good reading."""
         try:
+            if not self._shards_checked:
+                await check_shard_count(self._redis, self._settings)
+                self._shards_checked = True
             self._backlog = await read_backlog(self._redis, self._settings)
-        except (RedisConnectionError, RedisTimeoutError):
+            self._read_at = self._clock()
+        except Exception as e:  # the poller must survive whatever Redis answers (a shard mismatch included)
+            log.warning("reading the stream backlog failed: %s: %s", type(e).__name__, str(e)[:200])
             self._backlog = None
             return
         for shard, entries in enumerate(self._backlog.entries_per_shard):

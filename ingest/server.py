@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 @contextlib.asynccontextmanager
 async def ingest_app(settings: Settings):
     """The app with its pools and background tasks, closed on exit."""
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
+    pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=4, command_timeout=10)
     redis = connect_redis(settings)
     enqueuer = Enqueuer(redis, settings)
     await enqueuer.start()

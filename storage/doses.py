@@ -40,16 +40,18 @@ WITH new_keys AS (
     INSERT INTO doses ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM new_doses
     RETURNING batch_id
 ), people AS (
-    INSERT INTO persons (national_id, full_name, birth_date, sex, phone)
-    SELECT DISTINCT ON (national_id) national_id, full_name, birth_date, sex, phone
+    INSERT INTO persons (national_id, full_name, birth_date, sex, phone, last_administered_at)
+    SELECT DISTINCT ON (national_id) national_id, full_name, birth_date, sex, phone, administered_at
     FROM new_doses ORDER BY national_id, administered_at DESC
     ON CONFLICT (national_id) DO UPDATE SET
         full_name = EXCLUDED.full_name,
         birth_date = EXCLUDED.birth_date,
         sex = COALESCE(EXCLUDED.sex, persons.sex),
         phone = COALESCE(EXCLUDED.phone, persons.phone),
+        last_administered_at = EXCLUDED.last_administered_at,
         updated_at = now()
-    WHERE (persons.full_name, persons.birth_date, persons.sex, persons.phone)
+    WHERE EXCLUDED.last_administered_at >= persons.last_administered_at
+      AND (persons.full_name, persons.birth_date, persons.sex, persons.phone)
           IS DISTINCT FROM (EXCLUDED.full_name, EXCLUDED.birth_date,
                             COALESCE(EXCLUDED.sex, persons.sex), COALESCE(EXCLUDED.phone, persons.phone))
 )
@@ -101,6 +103,8 @@ async def persist(conn: asyncpg.Connection, rows: list[tuple], batches: list[Bat
         if rows:
             await conn.copy_records_to_table("dose_staging", records=rows, columns=STAGING_COLUMNS)
         inserted = {r["batch_id"]: r["inserted"] for r in await conn.fetch(_INSERT)} if rows else {}
+        # In batch id order, like the keys: two workers holding the same batches lock them alike.
+        batches = sorted(batches, key=lambda b: b.batch_id)
         receipts = [
             Receipt(b.batch_id, b.site_id, b.accepted, inserted.get(b.batch_id, 0), b.accepted - inserted.get(b.batch_id, 0))
             for b in batches
@@ -134,14 +138,18 @@ async def person_doses(conn: asyncpg.Connection, national_id: str) -> list[async
 
 
 async def dead_letter(conn: asyncpg.Connection, *, shard: int, stream: str, entry_id: str, deliveries: int,
-                      error: str, payload: bytes) -> None:
-    """Keep a failed entry with its error; the site id is read back when the payload allows."""
+                      error: str, payload: bytes) -> bool:
+    """Keep a failed entry with its error; True if it was not kept already.
+
+    The site id is read back when the payload allows, so the site can see it.
+    """
     try:
         site_id = decode_entry(payload).site_id
     except msgspec.DecodeError:  # the payload may be exactly what is broken
         site_id = None
-    await conn.execute(
+    inserted = await conn.fetchval(
         "INSERT INTO dead_letters (batch_id, stream, entry_id, deliveries, error, payload, site_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (batch_id) DO NOTHING",
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (batch_id) DO NOTHING RETURNING true",
         batch_id(shard, entry_id), stream, entry_id, deliveries, error, payload, site_id,
     )
+    return bool(inserted)

@@ -1,24 +1,17 @@
 """How Postgres failures are classified for the pipeline.
 
-A transient failure (the connection, the server shutting down, a deadlock or
-serialization conflict, resource exhaustion) is retried with backoff and never
-counts against a batch. Anything else is a property of the data: the batch
-is isolated and, past the delivery bound, dead-lettered.
+Only a failure that is a property of the data makes a batch poison: a value
+Postgres refuses (class 22, e.g. a NUL byte in text) or a violated constraint
+(class 23). Everything else (a lost connection, a server restarting or
+failing over, a deadlock, a lock timeout, a statement timeout, even a broken
+migration) is the system's fault, not the batch's: it is retried with
+backoff for as long as it lasts, so that an outage can never turn good
+acknowledged doses into dead letters.
 """
 
 import asyncpg
 
-TRANSIENT = (
-    OSError,
-    asyncpg.InterfaceError,  # includes ConnectionDoesNotExistError
-    asyncpg.PostgresConnectionError,  # class 08
-    asyncpg.TransactionRollbackError,  # class 40: deadlock, serialization
-    asyncpg.InsufficientResourcesError,  # class 53
-    asyncpg.OperatorInterventionError,  # class 57: admin shutdown, cannot connect now
-    asyncpg.exceptions.CannotConnectNowError,
-    TimeoutError,
+POISON = (
+    asyncpg.DataError,  # class 22, and asyncpg's own "invalid input" on encoding
+    asyncpg.IntegrityConstraintViolationError,  # class 23
 )
-
-
-def is_transient(error: BaseException) -> bool:
-    return isinstance(error, TRANSIENT)

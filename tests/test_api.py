@@ -5,6 +5,7 @@ import pytest
 
 from tests.conftest import wait_until
 from tests.factory import batch, dose
+from ingest.app import INGEST as INGEST_KEY
 from tests.stack import running_stack
 
 
@@ -146,3 +147,24 @@ async def test_health_and_readiness(settings):
         assert ready.status == 200 and (await ready.json())["checks"] == {"postgres": "ok", "redis": "ok"}
         metrics = await (await stack.client.get("/metrics")).text()
         assert "vaxline_doses_accepted_total" in metrics
+
+
+async def test_unknown_top_level_fields_and_impossible_batch_ids_are_client_errors(settings):
+    async with running_stack(settings, workers=0) as stack:
+        _, token = await stack.site()
+        auth = {"Authorization": f"Bearer {token}"}
+        response = await stack.post(token, {**batch(0, 1), "dosez": []})
+        assert response.status == 400 and "dosez" in (await response.json())["error"]
+        response = await stack.client.get("/v1/batches/0-99999999999999999999-0", headers=auth)
+        assert response.status == 404
+
+
+async def test_postgres_unreachable_is_503_not_500(make_settings):
+    settings = make_settings()
+    async with running_stack(settings, workers=0) as stack:
+        _, token = await stack.site()
+        stack.client.server.app[INGEST_KEY].auth._cache.clear()
+        await stack.client.server.app[INGEST_KEY].pool.close()
+        response = await stack.post(token, batch(0, 1))
+        assert response.status == 503 and response.headers["Retry-After"]
+        assert "error" in await response.json()

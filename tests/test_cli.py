@@ -10,9 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
-import pytest
 
 from tests.conftest import ROOT
 from tests.test_crash import free_port

@@ -111,3 +111,16 @@ async def test_partitions_follow_vietnam_month_boundaries(db):
 async def test_migrate_twice_changes_nothing(db):
     assert await migrate(db) == []
     assert await db.fetchval("SELECT count(*) FROM schema_migrations") >= 1
+
+
+async def test_a_back_entered_older_record_does_not_overwrite_newer_person_details(settings, db):
+    async with running_stack(settings) as stack:
+        _, token = await stack.site()
+        await stack.post(token, {"doses": [dose(1, full_name="Lê Thị Mai", administered_at="2021-10-01T08:00:00+07:00")]})
+        await wait_until(lambda: all_persisted(db, 1), message="first receipt")
+        await stack.post(token, {"doses": [dose(1, record_id="OLD-1", full_name="Le Thi Mai (old paper)",
+                                                phone=None, administered_at="2021-07-01T08:00:00+07:00")]})
+        await wait_until(lambda: all_persisted(db, 2), message="second receipt")
+    person = await db.fetchrow("SELECT full_name, phone FROM persons")
+    assert person["full_name"] == "Lê Thị Mai" and person["phone"] == "0912345678"
+    assert await db.fetchval("SELECT count(*) FROM doses") == 2

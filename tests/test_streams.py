@@ -93,3 +93,18 @@ async def test_trim_keeps_pending_and_undelivered_entries(stream_settings):
 async def test_an_empty_stream_is_never_trimmed_blindly(stream_settings):
     settings, client = stream_settings
     assert await trim(client, settings) == 0
+
+
+async def test_a_pending_entry_whose_data_was_deleted_is_handed_on_without_payload(stream_settings):
+    """Redis 6.2 answers such an entry as nil, 7.0 in a third list: either way it must surface."""
+    settings, client = stream_settings
+    settings = dataclasses.replace(settings, claim_idle_ms=100)
+    kept, deleted = await add(client, settings, 2)
+    await ShardReader(client, settings, "dead").read(block_ms=10, count=10)
+    await client.xdel(settings.stream(0), deleted)
+    await asyncio.sleep(0.15)  # past claim_idle_ms: the idle time is the point of this test
+    heir = ShardReader(client, settings, "heir")
+    heir._history.clear()
+    heir._next_claim = 0
+    claimed = {e.entry_id: e.payload for e in await heir.read(block_ms=10, count=10)}
+    assert claimed == {kept: b"x0", deleted: None}

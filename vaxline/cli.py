@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"vaxline: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -36,6 +36,7 @@ class Settings:
     claim_idle_ms: int = 30_000  # XAUTOCLAIM entries idle longer than the worst batch
     max_deliveries: int = 5  # past this, a failing entry is dead-lettered
     trim_interval: float = 1.0
+    statement_timeout: float = 120.0  # a persist stuck longer is cut off and retried
 
     data_dir: Path = Path(".vaxline")
 

@@ -61,7 +61,7 @@ class DoseBatch(msgspec.Struct, forbid_unknown_fields=True):
     doses: list[Dose]
 
 
-class _LooseBatch(msgspec.Struct):
+class _LooseBatch(msgspec.Struct, forbid_unknown_fields=True):
     """The batch with its items left undecoded, to check them one by one."""
 
     doses: list[msgspec.Raw]

@@ -10,6 +10,7 @@ entry keeps its id, which is what makes receipts idempotent.
 
 from __future__ import annotations
 
+import re
 import typing
 
 import msgspec
@@ -55,10 +56,12 @@ def batch_id(shard: int, entry_id: str) -> str:
     return f"{shard}-{entry_id}"
 
 
+_batch_id = re.compile(r"([0-9]{1,4})-([0-9]{1,19})-([0-9]{1,19})")
+
+
 def parse_batch_id(value: str) -> tuple[int, str] | None:
-    """(shard, stream entry id), or None when the text is not a batch id."""
-    shard, sep, entry_id = value.partition("-")
-    ms, sep2, seq = entry_id.partition("-")
-    if not (sep and sep2 and shard.isdigit() and ms.isdigit() and seq.isdigit()):
+    """(shard, stream entry id), or None when the text is not a batch id Redis could hold."""
+    match = _batch_id.fullmatch(value)
+    if not match or int(match[2]) >= 2**64 or int(match[3]) >= 2**64:
         return None
-    return int(shard), entry_id
+    return int(match[1]), f"{match[2]}-{match[3]}"

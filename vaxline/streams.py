@@ -35,8 +35,24 @@ async def read_backlog(redis: aioredis.Redis, settings: Settings) -> Backlog:
     return Backlog(tuple(lengths), int(memory["used_memory"]))
 
 
+class ShardCountMismatch(RuntimeError):
+    """This process would use another number of shards than the deployment: entries would be stranded."""
+
+
+async def check_shard_count(redis: aioredis.Redis, settings: Settings) -> None:
+    """The first process fixes the deployment's shard count in Redis; every later one must agree."""
+    key = f"{settings.stream_prefix}:shards"
+    await redis.set(key, settings.shards, nx=True)
+    recorded = int(await redis.get(key))
+    if recorded != settings.shards:
+        raise ShardCountMismatch(
+            f"this deployment's streams use {recorded} shards ({key}); this process was configured with"
+            f" {settings.shards}. Set VAXLINE_SHARDS={recorded}: changing it strands entries.")
+
+
 async def ensure_groups(redis: aioredis.Redis, settings: Settings) -> None:
-    """Create the consumer group on every shard (from the start of the stream)."""
+    """Check the shard count, then create the consumer group on every shard (from the stream's start)."""
+    await check_shard_count(redis, settings)
     for stream in settings.streams:
         try:
             await redis.xgroup_create(stream, settings.group, id="0", mkstream=True)
@@ -46,4 +62,8 @@ async def ensure_groups(redis: aioredis.Redis, settings: Settings) -> None:
 
 
 def connect_redis(settings: Settings) -> aioredis.Redis:
-    return aioredis.Redis.from_url(settings.redis_url, health_check_interval=10)
+    """Explicit timeouts: a half-open connection must fail, not hang an XADD or XREADGROUP
+    (reads block for at most a fraction of a second, well under the socket timeout)."""
+    tcp = {} if settings.redis_url.startswith("unix:") else {"socket_keepalive": True}
+    return aioredis.Redis.from_url(settings.redis_url, health_check_interval=10, socket_timeout=10,
+                                   socket_connect_timeout=5, **tcp)

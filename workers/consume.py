@@ -6,8 +6,11 @@ takes over entries that another consumer left idle longer than
 `claim_idle_ms` (XAUTOCLAIM). Acknowledging is separate and happens only
 after the COMMIT (see workers.pipeline).
 
-Redis 6.2 answers XAUTOCLAIM with two elements and 7.0 with three; only the
-first two are read. An entry whose data is gone comes back with no fields.
+Redis 6.2 answers XAUTOCLAIM with two elements and 7.0 with three (the third
+lists pending entries whose data is gone, which 7.0 drops from the pending
+list); 6.2 answers such an entry as nil and keeps it pending. Either way the
+entry is handed on with no payload, so that it is dead-lettered (recorded,
+acknowledged) rather than silently forgotten or pinning the trim floor.
 """
 
 from __future__ import annotations
@@ -29,18 +32,17 @@ class StreamEntry:
 
 
 class ShardReader:
-    def __init__(self, redis: aioredis.Redis, settings: Settings, consumer: str, *, claim_count: int = 20,
-                 clock=time.monotonic):
+    def __init__(self, redis: aioredis.Redis, settings: Settings, consumer: str, *, clock=time.monotonic):
         self._redis = redis
         self._settings = settings
         self.consumer = consumer
-        self._claim_count = claim_count
         self._clock = clock
         self._streams = {stream: shard for shard, stream in enumerate(settings.streams)}
         # Own pending list first: the last id read per shard, until it runs dry.
         self._history: dict[str, str] = {stream: "0" for stream in settings.streams}
         self._claim_interval = max(settings.claim_idle_ms / 2000, 0.1)
         self._next_claim = clock() + self._claim_interval
+        self._claim_cursor: dict[str, str] = {stream: "0-0" for stream in settings.streams}
 
     async def read(self, *, block_ms: int, count: int) -> list[StreamEntry]:
         """Up to `count` entries: own pending first, then idle ones of others, then new ones."""
@@ -49,8 +51,9 @@ class ShardReader:
             if entries:
                 return entries
         if self._clock() >= self._next_claim:
-            self._next_claim = self._clock() + self._claim_interval
-            entries = await self._claim_idle()
+            entries, more = await self._claim_idle(count)
+            # A full page means more may be waiting: claim again at the next read.
+            self._next_claim = self._clock() + (0 if more else self._claim_interval)
             if entries:
                 return entries
         return await self._read(dict.fromkeys(self._streams, ">"), block_ms=block_ms, count=count)
@@ -74,20 +77,38 @@ class ShardReader:
             for entry_id, fields in messages
         ]
 
-    async def _claim_idle(self) -> list[StreamEntry]:
-        claimed = []
-        for stream in self._streams:
-            reply = await self._redis.xautoclaim(
-                stream, self._settings.group, self.consumer, self._settings.claim_idle_ms,
-                start_id="0-0", count=self._claim_count,
-            )
-            claimed.extend(self._entry(stream, entry_id, fields) for entry_id, fields in reply[1])
-        return claimed
+    async def _claim_idle(self, count: int) -> tuple[list[StreamEntry], bool]:
+        """Entries idle past claim_idle_ms, from where the last pass stopped; (entries, page was full)."""
+        claimed: list[StreamEntry] = []
+        more = False
+        for stream, shard in self._streams.items():
+            start = self._claim_cursor[stream]
+            reply = await self._redis.xautoclaim(stream, self._settings.group, self.consumer,
+                                                 self._settings.claim_idle_ms, start_id=start, count=count)
+            cursor = _text(reply[0])
+            self._claim_cursor[stream] = cursor
+            more = more or (len(reply[1]) >= count and cursor != "0-0")
+            claimed.extend(self._entry(stream, i, f) for i, f in reply[1] if i is not None)
+            gone = [_text(i) for i in reply[2]] if len(reply) > 2 else []  # Redis 7
+            if any(i is None for i, _ in reply[1]):  # Redis 6.2 answers nil for them
+                gone += await self._vanished(stream, start, cursor, count)
+            claimed.extend(StreamEntry(shard, entry_id, None) for entry_id in gone)
+        return claimed, more
+
+    async def _vanished(self, stream: str, start: str, end: str, count: int) -> list[str]:
+        """This consumer's pending ids in [start, end) whose data is no longer in the stream."""
+        pending = await self._redis.xpending_range(stream, self._settings.group, min=start,
+                                                   max="+" if end == "0-0" else end, count=count,
+                                                   consumername=self.consumer)
+        gone = []
+        for item in pending:
+            entry_id = _text(item["message_id"])
+            if not await self._redis.xrange(stream, min=entry_id, max=entry_id, count=1):
+                gone.append(entry_id)
+        return gone
 
     def _entry(self, stream, entry_id, fields) -> StreamEntry:
-        stream = stream.decode() if isinstance(stream, bytes) else stream
-        entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-        return StreamEntry(self._streams[stream], entry_id, (fields or {}).get(ENTRY_FIELD))
+        return StreamEntry(self._streams[_text(stream)], _text(entry_id), (fields or {}).get(ENTRY_FIELD))
 
     async def ack(self, entries: list[StreamEntry]) -> None:
         by_stream: dict[str, list[str]] = {}
@@ -105,3 +126,7 @@ class ShardReader:
             min=entry.entry_id, max=entry.entry_id, count=1,
         )
         return pending[0]["times_delivered"] if pending else 0
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

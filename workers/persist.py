@@ -2,9 +2,10 @@
 
 Promises, in order of importance:
 - an entry is acknowledged only after the COMMIT that persisted it;
-- a transient failure (Postgres restarting, a dropped connection, a deadlock)
-  is retried with backoff for as long as it lasts and never counts against
-  the data; on shutdown the group is left pending for the next start;
+- a failure of the system (Postgres restarting, a dropped connection, a
+  deadlock, a timeout; see storage.errors) is retried with backoff for as
+  long as it lasts and never counts against the data; on shutdown the group
+  is left pending for the next start;
 - a group that fails for a reason of its data is split into its entries, so
   one poison entry cannot block the rest; an entry that keeps failing is
   dead-lettered (stream and table, with its error) once the group has
@@ -23,7 +24,7 @@ import redis.asyncio as aioredis
 
 from monitoring import metrics
 from storage import doses as dose_store
-from storage.errors import is_transient
+from storage.errors import POISON
 from vaxline.config import Settings
 
 from .consume import ShardReader, StreamEntry
@@ -49,9 +50,7 @@ class Persister:
         """Persist and acknowledge a group; returns the receipts written."""
         try:
             receipts = await self._transaction(group)
-        except Stopped:
-            raise
-        except Exception as e:
+        except POISON as e:
             if len(group) == 1:
                 await self._failed(group[0].entry, e)
                 return []
@@ -68,15 +67,20 @@ class Persister:
         await self._dead_letter(poison.entry, str(poison), deliveries=await self._reader.deliveries(poison.entry))
 
     async def _transaction(self, group: list[DecodedEntry]) -> list[dose_store.Receipt]:
+        return await self._retrying(self._attempt, group)
+
+    async def _retrying(self, operation, *args):
+        """Run `operation` until it succeeds or fails for a reason of the data (which is raised)."""
         delay = 0.05
         while True:
             try:
-                return await self._attempt(group)
-            except Exception as e:
-                if not is_transient(e):
-                    raise
+                return await operation(*args)
+            except POISON:
+                raise
+            except Exception as e:  # anything else is the system's fault: wait it out
                 metrics.persist_retries.labels(error=type(e).__name__).inc()
-                log.warning("persist failed (%s); retrying in %.2fs", type(e).__name__, delay)
+                log.warning("%s failed (%s: %s); retrying in %.2fs", operation.__name__, type(e).__name__,
+                            str(e)[:200], delay)
             if self._stop.is_set():
                 raise Stopped()
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
@@ -113,21 +117,17 @@ class Persister:
 
     async def _dead_letter(self, entry: StreamEntry, reason: str, *, deliveries: int) -> None:
         stream = self._settings.stream(entry.shard)
-        while True:
-            try:
-                async with self._pool.acquire() as conn:
-                    await dose_store.dead_letter(conn, shard=entry.shard, stream=stream, entry_id=entry.entry_id,
-                                                 deliveries=deliveries, error=reason, payload=entry.payload or b"")
-                break
-            except Exception as e:
-                if not is_transient(e):
-                    raise
-                if self._stop.is_set():
-                    raise Stopped() from e
-                await asyncio.sleep(1)
-        await self._redis.xadd(self._settings.dead_letter_stream, {
-            b"stream": stream, b"entry_id": entry.entry_id, b"error": reason, b"payload": entry.payload or b"",
-        })
+        new = await self._retrying(self._store_dead_letter, entry, stream, reason, deliveries)
+        if new:  # a redelivered dead letter is in the table already and on the stream
+            await self._redis.xadd(self._settings.dead_letter_stream, {
+                b"stream": stream, b"entry_id": entry.entry_id, b"error": reason, b"payload": entry.payload or b"",
+            })
+            metrics.dead_letters.inc()
+            log.error("dead-lettered entry %s of %s after %d deliveries: %s", entry.entry_id, stream, deliveries,
+                      reason)
         await self._reader.ack([entry])
-        metrics.dead_letters.inc()
-        log.error("dead-lettered entry %s of %s after %d deliveries: %s", entry.entry_id, stream, deliveries, reason)
+
+    async def _store_dead_letter(self, entry: StreamEntry, stream: str, reason: str, deliveries: int) -> bool:
+        async with self._pool.acquire() as conn:
+            return await dose_store.dead_letter(conn, shard=entry.shard, stream=stream, entry_id=entry.entry_id,
+                                                deliveries=deliveries, error=reason, payload=entry.payload or b"")

@@ -7,8 +7,9 @@
 The next group is read and decoded while the current one is in Postgres, so
 the worker's Python and the database work at the same time.
 
-Shutdown (the `stop` event) lets the group in hand finish and be
-acknowledged; a group still waiting for Postgres stays pending instead.
+Shutdown (the `stop` event) ends reading; the groups already read (the one
+in Postgres and the one read ahead) are persisted and acknowledged. A group
+still waiting for an unreachable Postgres stays pending instead.
 """
 
 from __future__ import annotations
@@ -21,13 +22,11 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from monitoring import metrics
 from storage import partitions
 from storage.doses import prepare_connection
-from storage.errors import is_transient
 from vaxline.config import Settings
 from vaxline.streams import connect_redis, ensure_groups, read_backlog
 
@@ -38,7 +37,6 @@ from .trim import trim
 
 log = logging.getLogger(__name__)
 
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 
 
 async def gather(reader: ShardReader, persister: Persister, settings: Settings,
@@ -49,7 +47,7 @@ async def gather(reader: ShardReader, persister: Persister, settings: Settings,
     should fill the rest of the group at the average size seen so far: a
     group stays near its bound whatever the mix of desk and bulk batches.
     """
-    entry_doses = 10.0  # running average of doses per entry
+    entry_doses = float(settings.max_batch_doses)  # running average of doses per entry; start pessimistic
     while not stop.is_set():
         group: list[DecodedEntry] = []
         doses = 0
@@ -58,7 +56,8 @@ async def gather(reader: ShardReader, persister: Persister, settings: Settings,
             remaining = 0.2 if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 break
-            count = max(1, min(500, int((settings.gather_max_doses - doses) / entry_doses)))
+            # COUNT applies to each shard's stream, hence the division.
+            count = max(1, min(500, int((settings.gather_max_doses - doses) / entry_doses / settings.shards)))
             for entry in await reader.read(block_ms=max(1, int(remaining * 1000)), count=count):
                 try:
                     decoded = decode(entry)
@@ -77,14 +76,16 @@ async def gather(reader: ShardReader, persister: Persister, settings: Settings,
 async def run_worker(settings: Settings, *, consumer: str, stop: asyncio.Event) -> None:
     """Drain the shards until `stop` is set, surviving Redis and Postgres outages."""
     pool = await _create_pool(settings, stop)
+    if pool is None:
+        return
     redis = connect_redis(settings)
     housekeeping = asyncio.create_task(_housekeeping(redis, pool, settings))
     try:
         while not stop.is_set():
             try:
                 await _drain(redis, pool, settings, consumer, stop)
-            except REDIS_DOWN as e:
-                log.warning("redis unreachable (%s); retrying", type(e).__name__)
+            except RedisError as e:  # unreachable, failing over, a stream deleted: start over
+                log.warning("redis failed (%s: %s); reconnecting", type(e).__name__, str(e)[:200])
                 await _sleep_unless(stop, 1.0)
     except Stopped:
         log.info("stopped while waiting for postgres; the group in hand stays pending")
@@ -125,15 +126,16 @@ async def _drain(redis, pool, settings: Settings, consumer: str, stop: asyncio.E
         await asyncio.wait([reading], timeout=5)
 
 
-async def _create_pool(settings: Settings, stop: asyncio.Event) -> asyncpg.Pool:
-    while True:
+async def _create_pool(settings: Settings, stop: asyncio.Event) -> asyncpg.Pool | None:
+    """A pool once Postgres answers; None if asked to stop first."""
+    while not stop.is_set():
         try:
-            return await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3, init=prepare_connection)
-        except Exception as e:
-            if not is_transient(e) or stop.is_set():
-                raise
+            return await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3, init=prepare_connection,
+                                             command_timeout=settings.statement_timeout)
+        except Exception as e:  # unreachable or starting up: wait for it
             log.warning("postgres unreachable (%s); retrying", type(e).__name__)
-            await asyncio.sleep(1)
+            await _sleep_unless(stop, 1.0)
+    return None
 
 
 async def _housekeeping(redis: aioredis.Redis, pool: asyncpg.Pool, settings: Settings) -> None:

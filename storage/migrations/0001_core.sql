@@ -19,6 +19,9 @@ CREATE TABLE persons (
     birth_date  date NOT NULL,
     sex         text,
     phone       text,
+    -- Details come from the most recent dose, so a back-entered old record
+    -- never overwrites a newer name, whatever order workers persist them in.
+    last_administered_at timestamptz NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
