@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -54,14 +55,20 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"unix://{self.socket}"
 
+    @property
+    def pidfile(self) -> Path:
+        return self.folder / "redis.pid"
+
     def start(self, timeout: float = 10.0) -> "EmbeddedRedis":
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._stop_stale()
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         args = [
             redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
             "--dir", str(self.folder), "--appendonly", "yes", "--appendfsync", self.appendfsync,
             "--save", "", "--daemonize", "no", "--logfile", str(self.folder / "redis.log"),
+            "--pidfile", str(self.pidfile),
         ]
         self.process = subprocess.Popen(args, start_new_session=True, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -73,6 +80,22 @@ class EmbeddedRedis:
                 raise EmbeddedError("redis-server did not start in time")
             time.sleep(0.02)
         return self
+
+    def _stop_stale(self) -> None:
+        """A Redis left by a run that was killed must not share the AOF with a new one: stop it first."""
+        try:
+            pid = int(self.pidfile.read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, PermissionError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().find(b"redis-server") < 0:
+                return  # the pid was reused by something else
+            log.warning("stopping the embedded Redis left running by an earlier run (pid %d)", pid)
+            os.kill(pid, signal.SIGTERM)  # it writes its AOF and exits
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.pidfile.unlink(missing_ok=True)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -88,6 +111,15 @@ class EmbeddedRedis:
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it counts as gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
 
 
 def _socket_path(folder: Path) -> Path:
