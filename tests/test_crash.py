@@ -14,7 +14,7 @@ import aiohttp
 import msgspec
 
 from tests.conftest import reaped, spawn, wait_until
-from tests.factory import batch
+from tests.factory import batch, dose
 from tests.stack import running_stack
 from vaxline.doses import Dose
 from vaxline.entries import ENTRY_FIELD, encode_entry
@@ -72,6 +72,12 @@ async def test_workers_killed_three_times_mid_drain_lose_nothing(make_settings, 
             assert process.returncode == -signal.SIGKILL
         assert all(count < total for count in persisted_at_kill), persisted_at_kill  # killed mid-drain
     await exactly_once(db, total)
+    log = (settings.data_dir / "workers.log").read_text()
+    assert log and not any(national_id(n) in log for n in range(0, total, 97))  # no personal data in logs
+
+
+def national_id(n: int) -> str:
+    return dose(n)["national_id"]
 
 
 def free_port() -> int:

@@ -79,8 +79,7 @@ class Persister:
                 raise
             except Exception as e:  # anything else is the system's fault: wait it out
                 metrics.persist_retries.labels(error=type(e).__name__).inc()
-                log.warning("%s failed (%s: %s); retrying in %.2fs", operation.__name__, type(e).__name__,
-                            str(e)[:200], delay)
+                log.warning("%s failed (%s); retrying in %.2fs", operation.__name__, _kind(e), delay)
             if self._stop.is_set():
                 raise Stopped()
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
@@ -113,7 +112,7 @@ class Persister:
         else:
             # Left pending: XAUTOCLAIM delivers it again after claim_idle_ms.
             log.warning("entry %s failed on delivery %d (%s); left pending", entry.entry_id, deliveries,
-                        type(error).__name__)
+                        _kind(error))
 
     async def _dead_letter(self, entry: StreamEntry, reason: str, *, deliveries: int) -> None:
         stream = self._settings.stream(entry.shard)
@@ -123,11 +122,18 @@ class Persister:
                 b"stream": stream, b"entry_id": entry.entry_id, b"error": reason, b"payload": entry.payload or b"",
             })
             metrics.dead_letters.inc()
-            log.error("dead-lettered entry %s of %s after %d deliveries: %s", entry.entry_id, stream, deliveries,
-                      reason)
+            log.error("dead-lettered entry %s of %s after %d deliveries (its error is in dead_letters)",
+                      entry.entry_id, stream, deliveries)
         await self._reader.ack([entry])
 
     async def _store_dead_letter(self, entry: StreamEntry, stream: str, reason: str, deliveries: int) -> bool:
         async with self._pool.acquire() as conn:
             return await dose_store.dead_letter(conn, shard=entry.shard, stream=stream, entry_id=entry.entry_id,
                                                 deliveries=deliveries, error=reason, payload=entry.payload or b"")
+
+
+def _kind(error: BaseException) -> str:
+    """The error's class and SQLSTATE, never its message: Postgres quotes the offending value,
+    which may be a name or a national ID, and those never go to a log."""
+    sqlstate = getattr(error, "sqlstate", None)
+    return f"{type(error).__name__} {sqlstate}" if sqlstate else type(error).__name__
