@@ -49,6 +49,7 @@ class Enqueuer:
         with contextlib.suppress(RedisError):  # Redis down: checked by the poller once it is back
             await check_shard_count(self._redis, self._settings)
             self._shards_checked = True
+            await self._warn_if_weakly_durable()
         await self._refresh()
         self._poller = asyncio.create_task(self._poll())
 
@@ -78,6 +79,18 @@ class Enqueuer:
             log.warning("XADD failed: %s: %s", type(e).__name__, str(e)[:200])
             raise Overloaded("the stream cannot take the batch now", retry_after=5) from e
         return batch_id(shard, entry_id.decode())
+
+    async def _warn_if_weakly_durable(self) -> None:
+        """A 202 promises the batch is on disk; say so loudly when Redis does not fsync each write."""
+        try:
+            config = await self._redis.config_get("append*")
+        except RedisError:  # CONFIG is often disabled on managed Redis: nothing to check
+            return
+        appendonly, appendfsync = config.get("appendonly"), config.get("appendfsync")
+        if appendonly != "yes" or appendfsync != "always":
+            log.warning("Redis runs with appendonly=%s appendfsync=%s: acknowledged batches can be lost if the Redis"
+                        " host crashes (about 1 s with everysec; everything since the last save without AOF)."
+                        " vaxline's default is appendonly yes, appendfsync always.", appendonly, appendfsync)
 
     async def _refresh(self) -> None:
         """Read the backlog; an unknown backlog (any failure) refuses batches until the next good reading."""

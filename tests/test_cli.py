@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 
 from tests.conftest import ROOT
@@ -95,3 +96,31 @@ def test_run_starts_everything_and_ctrl_c_stops_it_cleanly(tmp_path):
     assert not (tmp_path / "data" / "urls.json").exists()
     aof = list((tmp_path / "data" / "redis").glob("appendonly*"))
     assert aof, "the embedded Redis keeps an append-only file"
+
+
+def test_children_stop_when_the_supervisor_is_killed(tmp_path, settings):
+    """A SIGKILLed `vaxline serve` must not leave ingest processes holding the port."""
+    port = free_port()
+    process = subprocess.Popen([*VAXLINE, "--data-dir", str(tmp_path), "serve", "--port", str(port),
+                                "--processes", "2"], cwd=ROOT, env={**os.environ, **settings.to_env()},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert _request(f"http://127.0.0.1:{port}/healthz")[0] == 200
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
+                                                   text=True).stdout.split()]
+        assert len(children) >= 2
+    finally:
+        process.kill()
+        process.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+              for pid in children):
+        assert time.monotonic() < deadline, "ingest children outlived their supervisor"
+        time.sleep(0.1)

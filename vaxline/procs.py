@@ -8,6 +8,7 @@ group in hand. A child that dies unasked is restarted after a pause.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import multiprocessing
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1
 _spawn = multiprocessing.get_context("spawn")
 
 
@@ -34,8 +36,21 @@ class Child:
 
 
 def _child_main(target: Callable, args: tuple) -> None:
+    _stop_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(name)s %(levelname)s %(message)s")
     target(*args)
+
+
+def _stop_with_parent() -> None:
+    """Ask Linux for a SIGTERM when the supervisor dies, even by SIGKILL: no orphans keep the port or
+    keep consuming. The child then stops as it would on Ctrl-C (workers acknowledge what they committed)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: children outlive a killed supervisor
+        return
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Supervisor:
