@@ -106,7 +106,7 @@ class Persister:
 
     async def _failed(self, entry: StreamEntry, error: Exception) -> None:
         deliveries = await self._reader.deliveries(entry)
-        reason = f"{type(error).__name__}: {error}"
+        reason = f"{type(error).__name__}: {error}".replace("\x00", "\\0")  # stored as text: no NUL
         if deliveries >= self._settings.max_deliveries:
             await self._dead_letter(entry, reason, deliveries=deliveries)
         else:
