@@ -1,7 +1,8 @@
 """`python -m ingest --port P`: one ingest process, settings from the environment."""
 
 import argparse
-import logging
+
+from monitoring.logs import configure
 
 from vaxline.config import Settings
 
@@ -11,5 +12,5 @@ parser = argparse.ArgumentParser(prog="python -m ingest")
 parser.add_argument("--host", default="127.0.0.1")
 parser.add_argument("--port", type=int, default=8080)
 args = parser.parse_args()
-logging.basicConfig(level=logging.INFO, format="%(asctime)s ingest %(name)s %(levelname)s %(message)s")
+configure()
 run_process(Settings.from_env(), args.host, args.port)

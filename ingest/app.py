@@ -148,6 +148,8 @@ async def post_doses(request: web.Request) -> web.Response:
             raise ApiError(503, str(e), headers={"Retry-After": str(e.retry_after)})
         metrics.doses_accepted.inc(len(accepted))
         metrics.batches_accepted.inc()
+        log.info("batch accepted", extra={"batch_id": batch_id, "site_id": site.site_id, "accepted": len(accepted),
+                                          "rejected": len(rejected)})
     return json_response(Accepted(batch_id=batch_id, accepted=len(accepted), rejected=rejected), status=202)
 
 

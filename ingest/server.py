@@ -21,7 +21,7 @@ from vaxline.config import Settings
 from vaxline.doses import BatchValidator
 from vaxline.streams import connect_redis
 
-from .app import Ingest, build_app
+from .app import INGEST, Ingest, build_app
 from .auth import SiteAuth
 from .enqueue import Enqueuer
 
@@ -55,7 +55,7 @@ async def serve(settings: Settings, *, host: str, port: int, stop: asyncio.Event
         site = web.TCPSite(runner, host, port, reuse_port=True, backlog=4096)
         await site.start()
         log.info("ingest listening on %s:%d", host, port)
-        counter = asyncio.create_task(_count_connections(runner))
+        counter = asyncio.create_task(_count_connections(runner, app[INGEST].pool))
         try:
             await stop.wait()
         finally:
@@ -63,9 +63,10 @@ async def serve(settings: Settings, *, host: str, port: int, stop: asyncio.Event
             await runner.cleanup()
 
 
-async def _count_connections(runner: web.AppRunner) -> None:
+async def _count_connections(runner: web.AppRunner, pool: asyncpg.Pool) -> None:
     while True:
         metrics.open_connections.set(len(runner.server.connections) if runner.server else 0)
+        metrics.pg_pool_in_use.labels(role="ingest").set(pool.get_size() - pool.get_idle_size())
         await asyncio.sleep(1)
 
 

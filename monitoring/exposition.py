@@ -7,7 +7,6 @@ them; otherwise the default registry is the whole truth.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -36,32 +35,3 @@ def process_exited(pid: int) -> None:
     """Drop a dead process's live gauges (open connections)."""
     if os.environ.get(ENV):
         multiprocess.mark_process_dead(pid)
-
-
-@dataclasses.dataclass(frozen=True)
-class Totals:
-    accepted: float
-    persisted: float
-    backlog: float
-    dead_letters: float
-
-
-def totals(source: CollectorRegistry) -> Totals:
-    def value(name: str) -> float:
-        return sum(s.value for m in source.collect() for s in m.samples if s.name == name)
-
-    return Totals(
-        accepted=value("vaxline_doses_accepted_total"),
-        persisted=value("vaxline_doses_inserted_total") + value("vaxline_doses_duplicate_total"),
-        backlog=value("vaxline_stream_backlog"),
-        dead_letters=value("vaxline_dead_letters_total"),
-    )
-
-
-def status_line(before: Totals, after: Totals, seconds: float) -> str:
-    rate = lambda a, b: (b - a) / seconds if seconds > 0 else 0.0  # noqa: E731
-    return (
-        f"accepted {after.accepted:,.0f} ({rate(before.accepted, after.accepted):,.0f}/s)  "
-        f"persisted {after.persisted:,.0f} ({rate(before.persisted, after.persisted):,.0f}/s)  "
-        f"backlog {after.backlog:,.0f} entries  dead letters {after.dead_letters:,.0f}"
-    )

@@ -22,9 +22,21 @@ open_connections = Gauge(
     "vaxline_open_connections", "Open client connections", multiprocess_mode="livesum"
 )
 
-# Stream
+# Stream (read by every worker's housekeeping and by ingest's backpressure poller; the newest reading wins)
 stream_backlog = Gauge(
-    "vaxline_stream_backlog", "Entries in a shard not yet trimmed", ["shard"], multiprocess_mode="max"
+    "vaxline_stream_backlog", "Entries in a shard not yet trimmed", ["shard"], multiprocess_mode="mostrecent"
+)
+stream_pending = Gauge(
+    "vaxline_stream_pending", "Entries delivered to a worker and not yet acknowledged", ["shard"],
+    multiprocess_mode="mostrecent",
+)
+stream_lag = Gauge(
+    "vaxline_stream_lag", "Entries not yet delivered to any worker (capped at 10,000 on Redis 6.2)", ["shard"],
+    multiprocess_mode="mostrecent",
+)
+workers_running = Gauge("vaxline_workers_running", "Worker processes consuming the streams", multiprocess_mode="livesum")
+pg_pool_in_use = Gauge(
+    "vaxline_pg_pool_in_use", "Postgres connections checked out of the pools", ["role"], multiprocess_mode="livesum"
 )
 
 # Workers
@@ -43,3 +55,12 @@ persist_duration = Histogram(
 freshness = Histogram(
     "vaxline_freshness_seconds", "Time from the 202 to a stage", ["stage"], buckets=FRESHNESS_BUCKETS
 )
+
+# Certificates: issued by the worker pool once certificates exist (issue 3); declared here so that
+# dashboards and alerts have one list of names.
+certificates_issued = Counter("vaxline_certificates_issued_total", "Certificates signed and stored")
+certificates_revoked = Counter("vaxline_certificates_revoked_total", "Certificates revoked by a newer one")
+
+# Known label values are exported from the start (at zero), so a dashboard shows 0, not "no data".
+for _stage in ("persisted", "certified"):
+    freshness.labels(stage=_stage)

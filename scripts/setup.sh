@@ -24,6 +24,12 @@ if [ ! -x .venv/bin/python ]; then
     fi
 fi
 
+# promtool (Debian's prometheus package) checks the shipped alert rules and scrape config in the tests.
+if ! command -v promtool >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) \
+        >/dev/null || echo "could not install promtool; its tests will be skipped outside CI" >&2
+fi
+
 stamp=.venv/.vaxline-installed
 wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then

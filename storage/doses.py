@@ -62,6 +62,7 @@ _RECEIPTS = """
 INSERT INTO batches (batch_id, site_id, accepted, inserted, duplicates, received_at)
 SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], $6::timestamptz[])
 ON CONFLICT (batch_id) DO NOTHING
+RETURNING batch_id
 """
 
 
@@ -109,7 +110,7 @@ async def persist(conn: asyncpg.Connection, rows: list[tuple], batches: list[Bat
             Receipt(b.batch_id, b.site_id, b.accepted, inserted.get(b.batch_id, 0), b.accepted - inserted.get(b.batch_id, 0))
             for b in batches
         ]
-        await conn.execute(
+        written = await conn.fetch(
             _RECEIPTS,
             [r.batch_id for r in receipts],
             [r.site_id for r in receipts],
@@ -118,7 +119,10 @@ async def persist(conn: asyncpg.Connection, rows: list[tuple], batches: list[Bat
             [r.duplicates for r in receipts],
             [b.received_at for b in batches],
         )
-    return receipts
+    # Another worker that took over the same entry may have committed it first: only what this
+    # transaction wrote is reported (and counted in metrics), so nothing is counted twice.
+    written_ids = {r["batch_id"] for r in written}
+    return [r for r in receipts if r.batch_id in written_ids]
 
 
 async def receipt(conn: asyncpg.Connection, batch_id: str) -> asyncpg.Record | None:

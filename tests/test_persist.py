@@ -65,7 +65,7 @@ def test_a_group_with_a_record_twice_keeps_the_first_and_counts_the_rest():
 
     first = decoded("1-0", [dose(1), dose(2)])
     again = decoded("2-0", [dose(2), dose(3)])
-    rows, counts = to_rows([first, again])
+    rows, counts = to_rows([first, again, first])
     assert [r[1] for r in rows] == ["R-0000001", "R-0000002", "R-0000003"]
     assert [r[-2] for r in rows] == ["0-1-0", "0-1-0", "0-2-0"]
     assert [c.accepted for c in counts] == [2, 2]

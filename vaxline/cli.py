@@ -34,9 +34,9 @@ DEMO_SITE = {"code": "DEMO-001", "name": "Trạm Y tế Phường Demo", "provin
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.command != "sites" else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    from monitoring.logs import configure
+
+    configure(logging.WARNING if args.command in ("sites", "status") else None)
     try:
         return args.func(args) or 0
     except ConfigError as e:
@@ -72,7 +72,17 @@ def _parser() -> argparse.ArgumentParser:
     work.add_argument("--processes", type=int, default=2)
     work.add_argument("--name", default=socket.gethostname(),
                       help="consumer name prefix; keep it stable so a restarted worker reads its own pending list")
+    work.add_argument("--metrics-host", default="0.0.0.0")
+    work.add_argument("--metrics-port", type=int, default=9465, help="/metrics of the workers; 0 turns it off")
     work.set_defaults(func=cmd_work)
+
+    status = commands.add_parser("status", help="throughput, backlog, freshness and dead letters of a deployment")
+    status.add_argument("--url", action="append", dest="urls", metavar="METRICS_URL",
+                        help="a /metrics endpoint to read (repeat for ingest and workers);"
+                             " default http://127.0.0.1:8080/metrics")
+    status.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                        help="refresh every SECONDS (default 2) until Ctrl-C")
+    status.set_defaults(func=cmd_status)
 
     sites = commands.add_parser("sites", help="the site registry").add_subparsers(dest="sites_command", required=True)
     add = sites.add_parser("add", help="register a site; prints its bearer token as the last line")
@@ -191,7 +201,7 @@ def _supervise(supervisor, *, every: float = 1.0, tick=None) -> None:
             if tick:
                 tick()
     except KeyboardInterrupt:
-        print("\nstopping: workers finish and acknowledge the batch in hand ...", file=sys.stderr)
+        log.info("stopping: workers finish and acknowledge the groups in hand")
     finally:
         supervisor.stop()
 
@@ -212,9 +222,30 @@ def cmd_work(args) -> int:
 
     settings = settings_for(args)
     _metrics_dir(args, "work")
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        from monitoring.exposition import registry
+
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry())
     supervisor = Supervisor(on_exit=_process_exited)
     start_workers(supervisor, settings, name=args.name, processes=args.processes)
     _supervise(supervisor)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from monitoring import status
+
+    urls = args.urls or ["http://127.0.0.1:8080/metrics"]
+    try:
+        if args.watch:
+            status.watch(urls, every=args.watch)
+        else:
+            print(status.once(urls))
+    except status.Unreachable as e:
+        print(f"vaxline status: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -253,7 +284,7 @@ def cmd_run(args) -> int:
         _urls_file(data_dir).unlink(missing_ok=True)
         if redis_server:
             redis_server.stop()
-    print("stopped; nothing acknowledged is lost (unfinished batches resume on the next start)", file=sys.stderr)
+    log.info("stopped; nothing acknowledged is lost (unfinished batches resume on the next start)")
     return 0
 
 
@@ -303,21 +334,21 @@ Ctrl-C stops everything cleanly.
 
 
 def _status_printer():
-    from monitoring import exposition
+    from monitoring.exposition import registry
+    from monitoring.status import Snapshot, status_line
 
     interactive = sys.stdout.isatty()
-    state = {"at": time.monotonic(), "totals": exposition.totals(exposition.registry()), "printed": 0.0}
+    state = {"before": Snapshot.from_families(registry().collect()), "printed": 0.0}
 
     def tick() -> None:
-        now = time.monotonic()
-        current = exposition.totals(exposition.registry())
-        line = exposition.status_line(state["totals"], current, now - state["at"])
-        state.update(at=now, totals=current)
+        after = Snapshot.from_families(registry().collect())
+        line = status_line(state["before"], after)
+        state["before"] = after
         if interactive:
             print(f"\r\033[K{line}", end="", flush=True)
-        elif now - state["printed"] >= 10:
+        elif after.at - state["printed"] >= 10:
             print(line, flush=True)
-            state["printed"] = now
+            state["printed"] = after.at
 
     return tick
 

@@ -37,7 +37,9 @@ class Child:
 
 def _child_main(target: Callable, args: tuple) -> None:
     _stop_with_parent()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(name)s %(levelname)s %(message)s")
+    from monitoring.logs import configure
+
+    configure()
     target(*args)
 
 

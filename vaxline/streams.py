@@ -35,6 +35,40 @@ async def read_backlog(redis: aioredis.Redis, settings: Settings) -> Backlog:
     return Backlog(tuple(lengths), int(memory["used_memory"]))
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShardState:
+    length: int  # entries not yet trimmed
+    pending: int  # delivered, not acknowledged
+    lag: int  # not yet delivered (capped at LAG_CAP on Redis 6.2, which does not report it)
+
+
+LAG_CAP = 10_000
+
+
+async def shard_states(redis: aioredis.Redis, settings: Settings) -> list[ShardState]:
+    """Length, pending and lag of the persist group on every shard, on Redis 6.2 and 7."""
+    states = []
+    for stream in settings.streams:
+        length = await redis.xlen(stream)
+        if not length and not await redis.exists(stream):
+            states.append(ShardState(0, 0, 0))
+            continue
+        group = next((g for g in await redis.xinfo_groups(stream) if _text(g["name"]) == settings.group), None)
+        if group is None:
+            states.append(ShardState(length, 0, length))
+            continue
+        lag = group.get("lag")
+        if lag is None:  # Redis 6.2: count what lies after the last delivered entry
+            after = f"({_text(group['last-delivered-id'])}"
+            lag = len(await redis.xrange(stream, min=after, max="+", count=LAG_CAP))
+        states.append(ShardState(length, group["pending"], lag))
+    return states
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class ShardCountMismatch(RuntimeError):
     """This process would use another number of shards than the deployment: entries would be stranded."""
 

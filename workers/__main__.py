@@ -5,9 +5,9 @@ orchestrator (systemd, Kubernetes) or a crash test runs directly.
 """
 
 import argparse
-import logging
-import os
 import socket
+
+from monitoring.logs import configure
 
 from vaxline.config import Settings
 
@@ -16,5 +16,5 @@ from .process import run_process
 parser = argparse.ArgumentParser(prog="python -m workers")
 parser.add_argument("--consumer", default=f"{socket.gethostname()}-0", help="stable consumer name")
 args = parser.parse_args()
-logging.basicConfig(level=os.environ.get("VAXLINE_LOG_LEVEL", "INFO"), format="%(asctime)s worker %(name)s %(levelname)s %(message)s")
+configure()
 run_process(Settings.from_env(), args.consumer)

@@ -93,15 +93,19 @@ class Persister:
             rows, counts = to_rows(todo)
             receipts = await dose_store.persist(conn, rows, counts) if todo else []
         now = time.time()
-        log.debug("persisted %d batches, %d doses in %.0f ms", len(todo), len(rows), 1000 * (time.perf_counter() - started))
+        log.debug("group persisted", extra={"batches": len(todo), "doses": len(rows),
+                                            "duration_ms": round(1000 * (time.perf_counter() - started))})
         metrics.persist_duration.observe(time.perf_counter() - started)
         metrics.gathered_doses.observe(len(rows))
         for receipt in receipts:
+            log.info("batch persisted", extra={"batch_id": receipt.batch_id, "site_id": receipt.site_id,
+                                               "inserted": receipt.inserted, "duplicates": receipt.duplicates})
             metrics.doses_inserted.inc(receipt.inserted)
             metrics.doses_duplicate.inc(receipt.duplicates)
             metrics.batches_persisted.inc()
-        for decoded in todo:
-            metrics.freshness.labels(stage="persisted").observe(max(0.0, now - decoded.batch.received_at))
+        received = {d.batch_id: d.batch.received_at for d in todo}
+        for receipt in receipts:
+            metrics.freshness.labels(stage="persisted").observe(max(0.0, now - received[receipt.batch_id]))
         return receipts
 
     async def _failed(self, entry: StreamEntry, error: Exception) -> None:

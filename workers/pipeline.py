@@ -28,7 +28,7 @@ from monitoring import metrics
 from storage import partitions
 from storage.doses import prepare_connection
 from vaxline.config import Settings
-from vaxline.streams import connect_redis, ensure_groups, read_backlog
+from vaxline.streams import connect_redis, ensure_groups, shard_states
 
 from .consume import ShardReader
 from .persist import Persister, Stopped
@@ -80,6 +80,7 @@ async def run_worker(settings: Settings, *, consumer: str, stop: asyncio.Event) 
         return
     redis = connect_redis(settings)
     housekeeping = asyncio.create_task(_housekeeping(redis, pool, settings))
+    metrics.workers_running.inc()
     try:
         while not stop.is_set():
             try:
@@ -93,6 +94,7 @@ async def run_worker(settings: Settings, *, consumer: str, stop: asyncio.Event) 
         log.exception("worker %s failed; its pending entries go to the next consumer", consumer)
         raise
     finally:
+        metrics.workers_running.dec()
         housekeeping.cancel()
         # redis-py may swallow a cancellation inside a command: do not wait forever for it.
         await asyncio.wait([housekeeping], timeout=5)
@@ -144,9 +146,11 @@ async def _housekeeping(redis: aioredis.Redis, pool: asyncpg.Pool, settings: Set
     while True:
         try:
             await trim(redis, settings)
-            backlog = await read_backlog(redis, settings)
-            for shard, entries in enumerate(backlog.entries_per_shard):
-                metrics.stream_backlog.labels(shard=str(shard)).set(entries)
+            for shard, state in enumerate(await shard_states(redis, settings)):
+                metrics.stream_backlog.labels(shard=str(shard)).set(state.length)
+                metrics.stream_pending.labels(shard=str(shard)).set(state.pending)
+                metrics.stream_lag.labels(shard=str(shard)).set(state.lag)
+            metrics.pg_pool_in_use.labels(role="worker").set(pool.get_size() - pool.get_idle_size())
             if time.monotonic() >= next_partitions:
                 async with pool.acquire() as conn:
                     await partitions.maintain(conn)

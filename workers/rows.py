@@ -6,7 +6,8 @@ received_at): storage.doses.STAGING_COLUMNS names them in that order.
 No I/O here. A gathered group may hold the same record twice (a batch
 posted again before the first was persisted): only the first occurrence
 becomes a row, and each batch's receipt counts the rest as duplicates, which
-the database's key table then completes for records persisted earlier.
+the database's key table then completes for records persisted earlier. The
+same entry delivered twice into one group counts once.
 """
 
 from __future__ import annotations
@@ -56,7 +57,11 @@ def to_rows(entries: list[DecodedEntry]) -> tuple[list[tuple], list[BatchCount]]
     rows: list[tuple] = []
     counts: list[BatchCount] = []
     seen: set[tuple[int, str]] = set()
+    batches: set[str] = set()
     for decoded in entries:
+        if decoded.batch_id in batches:  # delivered twice into one group (a claim of its own idle entry)
+            continue
+        batches.add(decoded.batch_id)
         site_id = decoded.batch.site_id
         received_at = dt.datetime.fromtimestamp(decoded.batch.received_at, dt.timezone.utc)
         for dose in decoded.batch.doses:

@@ -23,6 +23,8 @@ def _smaller(a: str, b: str) -> str:
 
 async def safe_min_id(redis: aioredis.Redis, stream: str) -> str | None:
     """The lowest entry id any group still needs, or None if nothing may be trimmed."""
+    if not await redis.exists(stream):
+        return None
     groups = await redis.xinfo_groups(stream)
     if not groups:
         return None

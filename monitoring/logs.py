@@ -1,0 +1,47 @@
+"""Structured logs: one JSON object per line, with the batch id carried through.
+
+Call sites pass context as `extra={"batch_id": ..., ...}`; only the keys in
+ALLOWED_FIELDS are written, so a national ID, a name or a phone number can
+never reach a log line through `extra`, and messages themselves never format
+one (the pipeline logs ids, counts and error classes only).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+
+ALLOWED_FIELDS = (
+    "batch_id", "site_id", "shard", "entry_id", "accepted", "rejected", "inserted", "duplicates", "doses",
+    "batches", "deliveries", "consumer", "duration_ms", "error", "route", "status", "process",
+)
+
+
+class JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "process": record.processName if record.processName != "MainProcess" else os.getpid(),
+            "msg": record.getMessage(),
+        }
+        for key in ALLOWED_FIELDS:
+            if key in record.__dict__:
+                line[key] = record.__dict__[key]
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def configure(level: str | int | None = None) -> None:
+    """JSON lines on stderr for every process of vaxline (VAXLINE_LOG_LEVEL, default INFO)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level or os.environ.get("VAXLINE_LOG_LEVEL", "INFO"))
+    logging.getLogger("pgserver").setLevel(logging.WARNING)

@@ -1,0 +1,220 @@
+"""Observability: exact metrics across processes, freshness, backlog, logs, and the shipped configs.
+
+The workload runs through `vaxline serve --processes 2` and `vaxline work
+--processes 2` as real processes, so the counts are aggregated across
+processes exactly as an operator's Prometheus sees them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitoring import metrics
+from monitoring.status import Snapshot, quantile
+from tests.conftest import ROOT, wait_until
+from tests.factory import batch, dose
+from tests.test_crash import free_port
+
+MONITORING = ROOT / "monitoring"
+
+
+def declared_names() -> set[str]:
+    names = set()
+    for value in vars(metrics).values():
+        if hasattr(value, "_name") and hasattr(value, "_type"):
+            base = value._name
+            names |= {base, f"{base}_total", f"{base}_bucket", f"{base}_sum", f"{base}_count"}
+    return names
+
+
+def test_dashboard_and_alerts_use_only_declared_metrics():
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    used = set(re.findall(r"vaxline_[a-z_]+", json.dumps(dashboard) + (MONITORING / "alerts.yml").read_text()))
+    assert used and used <= declared_names(), used - declared_names()
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for needed in ("in and out", "freshness", "backlog", "errors", "connections"):
+        assert needed in titles
+
+
+@pytest.mark.parametrize("command", [["check", "rules", "alerts.yml"], ["check", "config", "prometheus.yml"]])
+def test_promtool_accepts_the_shipped_rules_and_config(command):
+    if not shutil.which("promtool"):
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing: scripts/setup.sh installs Debian's prometheus package")
+        pytest.skip("promtool is not installed (scripts/setup.sh installs it when run as root)")
+    result = subprocess.run(["promtool", *command], cwd=MONITORING, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_quantiles_follow_prometheus_histogram_quantile():
+    after = {0.1: 5.0, 0.5: 8.0, 1.0: 10.0, float("inf"): 10.0}
+    assert quantile(0.5, {}, after) == pytest.approx(0.1)
+    assert quantile(0.99, {}, after) == pytest.approx(0.975)
+    assert quantile(0.5, after, after) == pytest.approx(0.1)  # nothing new: all observations
+    assert quantile(0.5, {}, {float("inf"): 0.0}) is None
+
+
+# -- a deployment of real processes -------------------------------------------------
+
+class Deployment:
+    def __init__(self, settings, folder: Path):
+        self.settings = settings
+        self.folder = folder
+        self.port, self.metrics_port = free_port(), free_port()
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def start(self, role: str, *args: str) -> None:
+        env = {**os.environ, **self.settings.to_env()}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        log = open(self.folder / f"{role}.log", "wb")
+        with log:
+            self.processes[role] = subprocess.Popen(
+                [sys.executable, "-m", "vaxline.cli", "--data-dir", str(self.folder / role), role, *args],
+                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+    def children(self, role: str) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.processes[role].pid), "-f", "spawn_main"],
+                             capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
+    def signal_workers(self, sig: int) -> None:
+        for pid in self.children("work"):
+            os.kill(pid, sig)
+
+    def scrape(self) -> Snapshot:
+        families = []
+        for url in (f"http://127.0.0.1:{self.port}/metrics", f"http://127.0.0.1:{self.metrics_port}/metrics"):
+            with urllib.request.urlopen(url, timeout=5) as response:
+                families.extend(text_string_to_metric_families(response.read().decode()))
+        return Snapshot.from_families(families)
+
+    def post(self, token: str, body: dict) -> dict:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/v1/doses", data=json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+            return json.loads(response.read())
+
+    def stop(self) -> None:
+        self.signal_workers(signal.SIGCONT)
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def logs(self) -> str:
+        return "".join((self.folder / f"{role}.log").read_text() for role in self.processes)
+
+
+@pytest.fixture
+async def deployment(settings, tmp_path):
+    deployed = Deployment(settings, tmp_path)
+    deployed.start("serve", "--host", "127.0.0.1", "--port", str(deployed.port), "--processes", "2")
+    deployed.start("work", "--processes", "2", "--metrics-host", "127.0.0.1",
+                   "--metrics-port", str(deployed.metrics_port))
+
+    def up() -> bool:
+        try:
+            deployed.scrape()
+            return len(deployed.children("work")) == 2 and len(deployed.children("serve")) == 2
+        except OSError:
+            return False
+
+    try:
+        await wait_until(up, timeout=60, message="ingest and workers up")
+        yield deployed
+    finally:
+        deployed.stop()
+
+
+async def site_token(settings) -> str:
+    import asyncpg
+
+    from storage.sites import add_site
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return (await add_site(conn, code="MON-1", name="Monitoring", province=1, kind="fixed"))[1]
+    finally:
+        await conn.close()
+
+
+async def test_a_known_workload_gives_exact_counts_across_processes(deployment, settings, db):
+    token = await site_token(settings)
+    for n in range(10):
+        doses = batch(n * 10, 10)["doses"]
+        doses.append(dose(900 + n, national_id="12"))  # rejected: national_id
+        doses.append(dose(950 + n, lot=""))  # rejected: lot
+        deployment.post(token, {"doses": doses})
+    for n in range(3):
+        deployment.post(token, batch(n * 10, 10))  # 30 duplicates
+    await wait_until(lambda: db.fetchval("SELECT count(*) = 13 FROM batches"), message="13 receipts")
+
+    def settled():
+        snapshot = deployment.scrape()
+        return snapshot if snapshot.persisted() == 130 else None
+
+    snapshot = await wait_until(settled, message="metrics caught up")
+    assert snapshot.value("vaxline_doses_accepted_total") == 130
+    assert snapshot.value("vaxline_doses_inserted_total") == 100
+    assert snapshot.value("vaxline_doses_duplicate_total") == 30
+    rejected = {}
+    for family in text_string_to_metric_families(
+            urllib.request.urlopen(f"http://127.0.0.1:{deployment.port}/metrics").read().decode()):
+        for sample in family.samples:
+            if sample.name == "vaxline_doses_rejected_total":
+                rejected[sample.labels["reason"]] = sample.value
+    assert rejected == {"national_id": 10, "lot": 10}
+    assert snapshot.value("vaxline_workers_running") == 2
+
+
+async def test_freshness_and_backlog_follow_paused_and_resumed_workers(deployment, settings, db):
+    token = await site_token(settings)
+    deployment.signal_workers(signal.SIGSTOP)
+    for n in range(5):
+        deployment.post(token, batch(n * 10, 10))
+
+    def backlog(expected):
+        return lambda: deployment.scrape().value("vaxline_stream_backlog") == expected
+
+    await wait_until(backlog(5), message="the backlog gauge showing the 5 waiting batches")
+    time.sleep(1.2)  # the pause is what the freshness histogram must show
+    deployment.signal_workers(signal.SIGCONT)
+    await wait_until(lambda: db.fetchval("SELECT count(*) = 5 FROM batches"), message="5 receipts")
+    await wait_until(backlog(0), message="the backlog gauge back at 0")
+    buckets = deployment.scrape().freshness["persisted"]
+    assert buckets[float("inf")] == 5
+    assert buckets[1.0] == 0  # every batch waited more than a second: the histogram saw the pause
+
+
+async def test_logs_are_json_lines_carrying_the_batch_id_and_no_personal_data(deployment, settings, db):
+    token = await site_token(settings)
+    body = batch(0, 20, phone="0987654321")
+    batch_id = deployment.post(token, body)["batch_id"]
+    await wait_until(lambda: db.fetchval("SELECT count(*) = 1 FROM batches"), message="the receipt")
+    await wait_until(lambda: deployment.logs().count(batch_id) >= 2, message="both stages logging the batch")
+    deployment.stop()
+    text = deployment.logs()
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert {r["msg"] for r in records if r.get("batch_id") == batch_id} >= {"batch accepted", "batch persisted"}
+    for item in body["doses"]:
+        for field in ("national_id", "full_name", "phone"):
+            assert item[field] not in text, f"{field} found in the logs"
