@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
+import re
 import os
 import secrets
 import subprocess
@@ -25,11 +27,44 @@ import pytest
 import redis.asyncio as aioredis
 
 from storage.migrate import migrate
+from monitoring.logs import JsonLines
+from tests.factory import FAMILY, GIVEN
 from vaxline import embedded
 from vaxline.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 _counter = itertools.count()
+
+# What personal data looks like in the tests' workloads (tests/factory.py): national IDs, phones, names.
+PERSONAL_DATA = re.compile(r"(?<![\d-])(?:\d{12}|\d{9}|0\d{9})(?![\d-])|" + "|".join(FAMILY + GIVEN))
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_personal_data_in_logs(tmp_path_factory):
+    """Every log line of the whole run, in-process and from spawned processes, is free of personal data."""
+    collector = _Collect()
+    collector.setFormatter(JsonLines())
+    root = logging.getLogger()
+    root.addHandler(collector)
+    level = root.level
+    root.setLevel(logging.DEBUG)
+    yield
+    root.removeHandler(collector)
+    root.setLevel(level)
+    lines = collector.lines + [
+        line for path in tmp_path_factory.getbasetemp().rglob("*.log") if path.parent.name != "redis"
+        and path.parent.name != "postgres" for line in path.read_text(errors="replace").splitlines()]
+    leaks = [line for line in lines if PERSONAL_DATA.search(line)]
+    assert lines and not leaks, f"{len(leaks)} log lines carry personal data, e.g. {leaks[:3]}"
 
 
 def _with_database(url: str, name: str) -> str:

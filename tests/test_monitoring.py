@@ -218,3 +218,23 @@ async def test_logs_are_json_lines_carrying_the_batch_id_and_no_personal_data(de
     for item in body["doses"]:
         for field in ("national_id", "full_name", "phone"):
             assert item[field] not in text, f"{field} found in the logs"
+
+
+async def test_status_prints_the_picture_of_a_running_deployment(deployment, settings, db):
+    token = await site_token(settings)
+    deployment.post(token, batch(0, 7))
+    await wait_until(lambda: db.fetchval("SELECT count(*) = 1 FROM batches"), message="the receipt")
+    await wait_until(lambda: deployment.scrape().persisted() == 7, message="metrics caught up")
+    result = subprocess.run(
+        [sys.executable, "-m", "vaxline.cli", "status", "--url", f"http://127.0.0.1:{deployment.port}/metrics",
+         "--url", f"http://127.0.0.1:{deployment.metrics_port}/metrics"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0] + " " + line.split()[1]: line for line in result.stdout.splitlines() if line.strip()}
+    assert lines["doses accepted"].split()[2] == "7"
+    assert lines["doses persisted"].split()[2] == "7"
+    assert "p50" in lines["freshness 202->persisted"]
+    assert "shard  backlog  pending      lag" in result.stdout
+    unreachable = subprocess.run([sys.executable, "-m", "vaxline.cli", "status", "--url", "http://127.0.0.1:1/metrics"],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert unreachable.returncode == 1 and "127.0.0.1:1" in unreachable.stderr
