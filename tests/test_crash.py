@@ -173,3 +173,59 @@ async def test_a_poison_entry_is_dead_lettered_and_does_not_block_the_rest(make_
     assert await redis.xlen(settings.dead_letter_stream) == 2
     assert await db.fetchval("SELECT count(*) FROM doses") == 10
     assert await nothing_pending(redis, settings)
+
+
+async def test_redis_killed_mid_drain_restarts_from_its_aof_and_every_202_persists_once(make_settings, db, tmp_path):
+    """SIGKILL Redis (appendfsync always) while batches stream in and workers drain; restart it on its AOF."""
+    from vaxline.embedded import EmbeddedRedis
+
+    redis_server = EmbeddedRedis(tmp_path / "redis").start()
+    settings = make_settings(redis_url=redis_server.url)
+    batches, per_batch = 60, 200
+    got_202: dict[int, str] = {}
+    async with running_stack(settings, workers=0) as stack:
+        _, token = await stack.site()
+        workers = [spawn("workers", settings, "--consumer", "aof-0")]
+
+        async def post_all():
+            queue = list(range(0, batches * per_batch, per_batch))
+
+            async def lane():
+                while queue:
+                    start = queue.pop(0)
+                    while True:  # a site retries what got no 202, with the same record ids
+                        response = await stack.post(token, batch(start, per_batch))
+                        if response.status == 202:
+                            got_202[start] = (await response.json())["batch_id"]
+                            break
+                        assert response.status == 503 and response.headers["Retry-After"]
+                        await asyncio.sleep(0.05)
+
+            await asyncio.gather(lane(), lane())
+
+        queued_at_kill: list[int] = []
+
+        async def kill_and_restart():
+            await wait_until(lambda: len(got_202) >= batches // 3, timeout=60, message="a third posted")
+            workers[-1].send_signal(signal.SIGSTOP)  # so that acknowledged batches wait in the stream ...
+            posted = len(got_202)
+            await wait_until(lambda: len(got_202) >= posted + 5, timeout=60, message="more 202s")
+            queued_at_kill.append(len(got_202) - await db.fetchval("SELECT count(*) FROM batches"))
+            redis_server.kill()  # ... when Redis dies
+            await asyncio.sleep(0.5)  # Redis is down for a while: ingest answers 503
+            redis_server.start()
+            workers[-1].send_signal(signal.SIGCONT)
+
+        with reaped(workers):
+            try:
+                await asyncio.gather(post_all(), kill_and_restart())
+                # A batch whose XADD landed but whose reply was lost with Redis got a 503 and was
+                # posted again: it is persisted twice, its records once (the second is all duplicates).
+                await wait_until(lambda: db.fetchval("SELECT count(*) = $1 FROM batches WHERE batch_id = ANY($2)",
+                                                     batches, list(got_202.values())),
+                                 timeout=120, message="every 202 persisted")
+            finally:
+                redis_server.stop()
+    assert len(got_202) == batches
+    assert queued_at_kill[0] >= 5  # acknowledged, only in Redis's AOF when it was killed
+    await exactly_once(db, batches * per_batch)
