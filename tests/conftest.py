@@ -74,17 +74,17 @@ def _with_database(url: str, name: str) -> str:
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory):
-    """(admin Postgres URL, Redis URL, embedded Redis or None)."""
+    """(admin Postgres URL, Redis URL, embedded Redis or None, embedded Postgres or None)."""
     pg_url, redis_url = os.environ.get("TEST_DATABASE_URL"), os.environ.get("TEST_REDIS_URL")
     folder = tmp_path_factory.mktemp("services")
-    redis_server = None
+    redis_server = pg_server = None
     if not pg_url:
         embedded.silence_pgserver_warnings()
-        _server, pg_url = embedded.start_postgres(folder / "postgres")
+        pg_server, pg_url = embedded.start_postgres(folder / "postgres")
     if not redis_url:
         redis_server = embedded.EmbeddedRedis(folder / "redis").start()
         redis_url = redis_server.url
-    yield pg_url, redis_url, redis_server
+    yield pg_url, redis_url, redis_server, pg_server
     if redis_server:
         redis_server.stop()
 
@@ -99,7 +99,9 @@ async def template_db(services):
     conn = await asyncpg.connect(_with_database(pg_url, name))
     await migrate(conn)
     await conn.close()
+    await admin.close()
     yield name
+    admin = await asyncpg.connect(pg_url)
     await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     await admin.close()
 
@@ -110,7 +112,9 @@ async def database_url(services, template_db):
     name = f"vx_test_{next(_counter)}_{secrets.token_hex(3)}"
     admin = await asyncpg.connect(pg_url)
     await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
+    await admin.close()
     yield _with_database(pg_url, name)
+    admin = await asyncpg.connect(pg_url)  # a new session: a test may have restarted the server
     await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     await admin.close()
 
@@ -147,7 +151,7 @@ async def redis(settings):
 async def db(settings):
     conn = await asyncpg.connect(settings.database_url)
     yield conn
-    await conn.close()
+    conn.terminate()  # it may be dead already (a test that restarts Postgres)
 
 
 async def wait_until(predicate, *, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):

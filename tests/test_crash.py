@@ -11,7 +11,9 @@ import signal
 import socket
 
 import aiohttp
+import asyncpg
 import msgspec
+import pytest
 
 from tests.conftest import reaped, spawn, wait_until
 from tests.factory import batch, dose
@@ -229,3 +231,45 @@ async def test_redis_killed_mid_drain_restarts_from_its_aof_and_every_202_persis
     assert len(got_202) == batches
     assert queued_at_kill[0] >= 5  # acknowledged, only in Redis's AOF when it was killed
     await exactly_once(db, batches * per_batch)
+
+
+async def test_postgres_restarted_mid_copy_workers_wait_then_drain_exactly_once(services, settings, db):
+    """Restart Postgres (fast: sessions killed mid-transaction) while workers persist and ingest accepts."""
+    pg_server = services[3]
+    if pg_server is None:
+        pytest.skip("restarts only the embedded Postgres, never a server given by TEST_DATABASE_URL")
+    from pgserver._commands import pg_ctl
+
+    batches, per_batch = 60, 500
+    got_202: list[str] = []
+    async with running_stack(settings, workers=0) as stack:
+        _, token = await stack.site()
+        workers = [spawn("workers", settings, "--consumer", "pg-0")]
+
+        async def post_all():
+            for start in range(0, batches * per_batch, per_batch):
+                response = await stack.post(token, batch(start, per_batch))
+                assert response.status == 202  # ingest never needs Postgres for a known site's batch
+                got_202.append((await response.json())["batch_id"])
+
+        async def restart():
+            await wait_until(lambda: db.fetchval("SELECT count(*) >= 5 FROM batches"), message="persisting")
+            await asyncio.to_thread(pg_ctl, ["-w", "-m", "fast", "restart"], pgdata=pg_server.pgdata,
+                                    user=pg_server.system_user, timeout=60)
+
+        with reaped(workers):
+            await asyncio.gather(post_all(), restart())
+            check = await asyncpg.connect(settings.database_url)
+            try:
+                await wait_until(lambda: check.fetchval("SELECT count(*) = $1 FROM batches", batches),
+                                 timeout=120, message="every batch persisted after the restart")
+                retried = await check.fetchval("SELECT 1")  # the new server answers
+            finally:
+                await check.close()
+        assert retried == 1
+    assert "_attempt failed" in (settings.data_dir / "workers.log").read_text()  # the restart hit a persist
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await exactly_once(conn, batches * per_batch)
+    finally:
+        await conn.close()
