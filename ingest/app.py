@@ -96,7 +96,7 @@ async def error_bodies(request: web.Request, handler):
         if e.status < 400:
             raise
         headers = {k: v for k, v in e.headers.items() if k.lower() in ("retry-after", "allow")}
-        response = json_response({"error": e.reason if e.text is None else _reason(e)}, e.status, headers)
+        response = json_response({"error": _reason(e)}, e.status, headers)
     except UNAVAILABLE as e:  # Postgres or Redis unreachable or refusing: the client should retry
         log.warning("%s %s: backing service failed: %s", request.method, route, type(e).__name__)
         response = json_response({"error": "a backing service is unavailable; retry later"}, 503,
@@ -110,6 +110,7 @@ async def error_bodies(request: web.Request, handler):
 
 
 def _reason(e: web.HTTPException) -> str:
+    """aiohttp's own explanation when it wrote one (e.g. for 413), else the status's reason phrase."""
     text = (e.text or "").strip()
     return text if text and not text.startswith(str(e.status)) else e.reason
 

@@ -1,4 +1,5 @@
-"""Reading the metrics back: for /metrics, and for the terminal status line.
+"""Where the metrics live: the multiprocess folder, and the registry that reads it back
+(for /metrics, the workers' metrics port and `vaxline run`'s status line).
 
 In multiprocess mode (PROMETHEUS_MULTIPROC_DIR set by the parent before any
 child started) every process writes its own files, and readers aggregate
