@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -184,6 +185,15 @@ async def test_a_known_workload_gives_exact_counts_across_processes(deployment, 
                 rejected[sample.labels["reason"]] = sample.value
     assert rejected == {"national_id": 10, "lot": 10}
     assert snapshot.value("vaxline_workers_running") == 2
+
+    # Held client connections are summed over both ingest processes (the scrape itself may add one).
+    held = [socket.create_connection(("127.0.0.1", deployment.port)) for _ in range(6)]
+    try:
+        await wait_until(lambda: 6 <= deployment.scrape().value("vaxline_open_connections") <= 7,
+                         message="6 open connections counted")
+    finally:
+        for connection in held:
+            connection.close()
 
 
 async def test_freshness_and_backlog_follow_paused_and_resumed_workers(deployment, settings, db):
