@@ -194,6 +194,7 @@ def _supervise(supervisor, *, every: float = 1.0, tick=None) -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # even when started with SIGINT ignored (`cmd &` in a script)
     try:
         while True:
             time.sleep(every)
