@@ -87,6 +87,11 @@ def services(tmp_path_factory):
     yield pg_url, redis_url, redis_server, pg_server
     if redis_server:
         redis_server.stop()
+    if pg_server:  # explicitly: after a test restarted it, pgserver no longer knows the postmaster's pid
+        from pgserver._commands import pg_ctl
+
+        with contextlib.suppress(Exception):
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pg_server.pgdata, user=pg_server.system_user, timeout=30)
 
 
 @pytest.fixture(scope="session")
