@@ -3,7 +3,6 @@
 import argparse
 
 from monitoring.logs import configure
-
 from vaxline.config import Settings
 
 from .server import run_process

@@ -17,9 +17,9 @@ from typing import Any
 import asyncpg
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from redis.exceptions import RedisError
 
 from monitoring import exposition, metrics
 from storage import doses as dose_store

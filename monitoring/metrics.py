@@ -31,7 +31,7 @@ stream_pending = Gauge(
     multiprocess_mode="mostrecent",
 )
 stream_lag = Gauge(
-    "vaxline_stream_lag", "Entries not yet delivered to any worker (capped at 10,000 on Redis 6.2)", ["shard"],
+    "vaxline_stream_lag", "Entries not yet delivered to any worker (on Redis 6.2: length - pending, an upper bound)", ["shard"],
     multiprocess_mode="mostrecent",
 )
 workers_running = Gauge("vaxline_workers_running", "Worker processes consuming the streams", multiprocess_mode="livesum")

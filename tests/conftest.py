@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import re
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -26,8 +26,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from storage.migrate import migrate
 from monitoring.logs import JsonLines
+from storage.migrate import migrate
 from tests.factory import FAMILY, GIVEN
 from vaxline import embedded
 from vaxline.config import Settings
@@ -92,6 +92,7 @@ def services(tmp_path_factory):
 
         with contextlib.suppress(Exception):
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pg_server.pgdata, user=pg_server.system_user, timeout=30)
+        pg_server.cleanup_mode = None  # stopped already: pgserver's exit hook has nothing left to do
 
 
 @pytest.fixture(scope="session")

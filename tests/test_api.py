@@ -3,9 +3,9 @@
 import msgspec
 import pytest
 
+from ingest.app import INGEST as INGEST_KEY
 from tests.conftest import wait_until
 from tests.factory import batch, dose
-from ingest.app import INGEST as INGEST_KEY
 from tests.stack import running_stack
 
 

@@ -12,7 +12,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-
 from tests.conftest import ROOT
 from tests.test_crash import free_port
 

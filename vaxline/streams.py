@@ -38,34 +38,45 @@ async def read_backlog(redis: aioredis.Redis, settings: Settings) -> Backlog:
 @dataclasses.dataclass(frozen=True, slots=True)
 class ShardState:
     length: int  # entries not yet trimmed
-    pending: int  # delivered, not acknowledged
-    lag: int  # not yet delivered (capped at LAG_CAP on Redis 6.2, which does not report it)
+    pending: int  # delivered to the persist group, not acknowledged
+    reported_lag: int | None  # undelivered entries, as Redis 7 reports them; None on 6.2
+    trim_floor: str | None  # the lowest entry id any group still needs; None: trim nothing
+
+    @property
+    def lag(self) -> int:
+        """Entries not yet delivered. Redis 6.2 does not report it; there it is estimated as
+        length - pending right after a trim, an upper bound (acknowledged entries above an older
+        pending one are counted too)."""
+        return self.reported_lag if self.reported_lag is not None else max(0, self.length - self.pending)
 
 
-LAG_CAP = 10_000
+async def shard_state(redis: aioredis.Redis, stream: str, group_name: str) -> ShardState:
+    """One XINFO GROUPS and one XPENDING per group: what metrics and trimming both need."""
+    if not await redis.exists(stream):
+        return ShardState(0, 0, 0, None)
+    length = await redis.xlen(stream)
+    pending, lag, floor = 0, None, None
+    for group in await redis.xinfo_groups(stream):
+        needed = _after(as_text(group["last-delivered-id"]))
+        summary = await redis.xpending(stream, group["name"])
+        if summary["pending"]:
+            needed = _smaller(needed, as_text(summary["min"]))
+        floor = needed if floor is None else _smaller(floor, needed)
+        if as_text(group["name"]) == group_name:
+            pending, lag = summary["pending"], group.get("lag")
+    return ShardState(length, pending, lag, floor)
 
 
-async def shard_states(redis: aioredis.Redis, settings: Settings) -> list[ShardState]:
-    """Length, pending and lag of the persist group on every shard, on Redis 6.2 and 7."""
-    states = []
-    for stream in settings.streams:
-        length = await redis.xlen(stream)
-        if not length and not await redis.exists(stream):
-            states.append(ShardState(0, 0, 0))
-            continue
-        group = next((g for g in await redis.xinfo_groups(stream) if _text(g["name"]) == settings.group), None)
-        if group is None:
-            states.append(ShardState(length, 0, length))
-            continue
-        lag = group.get("lag")
-        if lag is None:  # Redis 6.2: count what lies after the last delivered entry
-            after = f"({_text(group['last-delivered-id'])}"
-            lag = len(await redis.xrange(stream, min=after, max="+", count=LAG_CAP))
-        states.append(ShardState(length, group["pending"], lag))
-    return states
+def _after(entry_id: str) -> str:
+    ms, _, seq = entry_id.partition("-")
+    return f"{ms}-{int(seq) + 1}"
 
 
-def _text(value) -> str:
+def _smaller(a: str, b: str) -> str:
+    return min(a, b, key=lambda i: tuple(int(p) for p in i.split("-")))
+
+
+def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 

@@ -8,7 +8,6 @@ import argparse
 import socket
 
 from monitoring.logs import configure
-
 from vaxline.config import Settings
 
 from .process import run_process

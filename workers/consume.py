@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from vaxline.config import Settings
 from vaxline.entries import ENTRY_FIELD
+from vaxline.streams import as_text
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -85,11 +86,11 @@ class ShardReader:
             start = self._claim_cursor[stream]
             reply = await self._redis.xautoclaim(stream, self._settings.group, self.consumer,
                                                  self._settings.claim_idle_ms, start_id=start, count=count)
-            cursor = _text(reply[0])
+            cursor = as_text(reply[0])
             self._claim_cursor[stream] = cursor
             more = more or (len(reply[1]) >= count and cursor != "0-0")
             claimed.extend(self._entry(stream, i, f) for i, f in reply[1] if i is not None)
-            gone = [_text(i) for i in reply[2]] if len(reply) > 2 else []  # Redis 7
+            gone = [as_text(i) for i in reply[2]] if len(reply) > 2 else []  # Redis 7
             if any(i is None for i, _ in reply[1]):  # Redis 6.2 answers nil for them
                 gone += await self._vanished(stream, start, cursor, count)
             claimed.extend(StreamEntry(shard, entry_id, None) for entry_id in gone)
@@ -102,13 +103,13 @@ class ShardReader:
                                                    consumername=self.consumer)
         gone = []
         for item in pending:
-            entry_id = _text(item["message_id"])
+            entry_id = as_text(item["message_id"])
             if not await self._redis.xrange(stream, min=entry_id, max=entry_id, count=1):
                 gone.append(entry_id)
         return gone
 
     def _entry(self, stream, entry_id, fields) -> StreamEntry:
-        return StreamEntry(self._streams[_text(stream)], _text(entry_id), (fields or {}).get(ENTRY_FIELD))
+        return StreamEntry(self._streams[as_text(stream)], as_text(entry_id), (fields or {}).get(ENTRY_FIELD))
 
     async def ack(self, entries: list[StreamEntry]) -> None:
         by_stream: dict[str, list[str]] = {}
@@ -126,7 +127,3 @@ class ShardReader:
             min=entry.entry_id, max=entry.entry_id, count=1,
         )
         return pending[0]["times_delivered"] if pending else 0
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

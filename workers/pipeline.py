@@ -28,12 +28,12 @@ from monitoring import metrics
 from storage import partitions
 from storage.doses import prepare_connection
 from vaxline.config import Settings
-from vaxline.streams import connect_redis, ensure_groups, shard_states
+from vaxline.streams import connect_redis, ensure_groups
 
 from .consume import ShardReader
 from .persist import Persister, Stopped
 from .rows import DecodedEntry, PoisonEntry, decode
-from .trim import trim
+from .trim import trim_shards
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,8 @@ async def _housekeeping(redis: aioredis.Redis, pool: asyncpg.Pool, settings: Set
     next_partitions = 0.0
     while True:
         try:
-            await trim(redis, settings)
-            for shard, state in enumerate(await shard_states(redis, settings)):
+            _, states = await trim_shards(redis, settings)
+            for shard, state in enumerate(states):
                 metrics.stream_backlog.labels(shard=str(shard)).set(state.length)
                 metrics.stream_pending.labels(shard=str(shard)).set(state.pending)
                 metrics.stream_lag.labels(shard=str(shard)).set(state.lag)
