@@ -35,7 +35,7 @@ from storage.migrate import migrate
 from storage.sites import add_site
 from vaxline import embedded
 from vaxline.config import Settings
-from vaxline.procs import Supervisor
+from vaxline.procs import Supervisor, wait_ready
 
 VIETNAM = dt.timezone(dt.timedelta(hours=7))
 FAMILY = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Phan", "Vũ", "Đặng"]
@@ -117,23 +117,6 @@ def collect(results, clients, timeout: float = 3600):
             if any(c.exitcode not in (None, 0) for c in clients):
                 raise RuntimeError("a client process failed; see its traceback above") from None
     raise TimeoutError("clients did not finish in time")
-
-
-def wait_ready(url: str, timeout: float = 60) -> None:
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} not ready")
-        time.sleep(0.1)
 
 
 # -- measurement helpers ----------------------------------------------------------

@@ -162,7 +162,7 @@ async def get_batch(request: web.Request) -> web.Response:
     async with ingest.pool.acquire() as conn:
         receipt = await dose_store.receipt(conn, batch_id)
         if receipt is None:
-            dead = await conn.fetchrow("SELECT site_id, error FROM dead_letters WHERE batch_id = $1", batch_id)
+            dead = await dose_store.dead_letter_of(conn, batch_id)
     if receipt is not None:
         if receipt["site_id"] != site.site_id:
             raise not_found

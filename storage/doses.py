@@ -131,6 +131,10 @@ async def receipt(conn: asyncpg.Connection, batch_id: str) -> asyncpg.Record | N
     )
 
 
+async def dead_letter_of(conn: asyncpg.Connection, batch_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT site_id, error FROM dead_letters WHERE batch_id = $1", batch_id)
+
+
 async def person_doses(conn: asyncpg.Connection, national_id: str) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT d.record_id, s.code AS site, d.vaccine, d.lot, d.dose_number, d.administered_at,"

@@ -295,21 +295,13 @@ def _local_url(args) -> str:
 
 
 def _wait_ready(args, supervisor, timeout: float = 60) -> None:
-    """Poll /readyz until ingest answers, so the banner's curl works when it is shown."""
-    import urllib.error
-    import urllib.request
+    """Wait for ingest, so the banner's curl works when it is shown."""
+    from .procs import wait_ready
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{_local_url(args)}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        supervisor.poll()
-        time.sleep(0.1)
-    raise ConfigError(f"ingest did not become ready on port {args.port} within {timeout:.0f}s")
+    try:
+        wait_ready(f"{_local_url(args)}/readyz", timeout=timeout, while_waiting=supervisor.poll)
+    except TimeoutError as e:
+        raise ConfigError(f"ingest did not become ready on port {args.port}: {e}") from e
 
 
 def _print_banner(args, site_code: str, token: str) -> None:

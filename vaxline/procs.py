@@ -15,6 +15,8 @@ import multiprocessing
 import os
 import signal
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -96,3 +98,19 @@ class Supervisor:
                     log.error("%s did not stop in %.0fs; killing it", child.name, timeout)
                     child.process.kill()
                     child.process.join()
+
+
+def wait_ready(url: str, *, timeout: float = 60, while_waiting: Callable[[], None] = lambda: None) -> None:
+    """Poll `url` (an ingest's /readyz) until it answers 200; TimeoutError past `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not become ready within {timeout:.0f}s")
+        while_waiting()
+        time.sleep(0.1)

@@ -21,10 +21,6 @@ class Backlog:
     entries_per_shard: tuple[int, ...]
     redis_memory_bytes: int
 
-    @property
-    def entries(self) -> int:
-        return sum(self.entries_per_shard)
-
 
 async def read_backlog(redis: aioredis.Redis, settings: Settings) -> Backlog:
     async with redis.pipeline(transaction=False) as pipe:

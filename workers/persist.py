@@ -49,7 +49,7 @@ class Persister:
     async def persist(self, group: list[DecodedEntry]) -> list[dose_store.Receipt]:
         """Persist and acknowledge a group; returns the receipts written."""
         try:
-            receipts = await self._transaction(group)
+            receipts = await self._retrying(self._attempt, group)
         except POISON as e:
             if len(group) == 1:
                 await self._failed(group[0].entry, e)
@@ -65,9 +65,6 @@ class Persister:
     async def poison(self, poison: PoisonEntry) -> None:
         """An entry that cannot be decoded will never persist: dead-letter it now."""
         await self._dead_letter(poison.entry, str(poison), deliveries=await self._reader.deliveries(poison.entry))
-
-    async def _transaction(self, group: list[DecodedEntry]) -> list[dose_store.Receipt]:
-        return await self._retrying(self._attempt, group)
 
     async def _retrying(self, operation, *args):
         """Run `operation` until it succeeds or fails for a reason of the data (which is raised)."""
