@@ -56,10 +56,22 @@ freshness = Histogram(
     "vaxline_freshness_seconds", "Time from the 202 to a stage", ["stage"], buckets=FRESHNESS_BUCKETS
 )
 
-# Certificates: issued by the worker pool once certificates exist (issue 3); declared here so that
-# dashboards and alerts have one list of names.
+# Certificates (the certifier processes)
 certificates_issued = Counter("vaxline_certificates_issued_total", "Certificates signed and stored")
 certificates_revoked = Counter("vaxline_certificates_revoked_total", "Certificates revoked by a newer one")
+certificates_unchanged = Counter(
+    "vaxline_certificates_unchanged_total", "Persons handed to a certifier whose certificate already stated their history"
+)
+certify_backlog = Gauge(
+    "vaxline_certify_backlog", "Handoffs from the persisting workers not yet certified", multiprocess_mode="mostrecent"
+)
+certify_duration = Histogram(
+    "vaxline_certify_duration_seconds", "Time to read, sign and store one group of certificates", buckets=LATENCY_BUCKETS
+)
+certifiers_running = Gauge("vaxline_certifiers_running", "Certifier processes", multiprocess_mode="livesum")
+certificate_lookups = Counter(
+    "vaxline_certificate_lookups_total", "Lookups by national ID and birth date", ["result"]
+)
 
 # Known label values are exported from the start (at zero), so a dashboard shows 0, not "no data".
 for _stage in ("persisted", "certified"):

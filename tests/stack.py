@@ -11,6 +11,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from ingest.server import ingest_app
 from storage.sites import add_site
 from vaxline.config import Settings
+from vaxline.dcc.keys import KeyStore
+from workers.certify import run_certifier
 from workers.pipeline import run_worker
 
 
@@ -28,9 +30,10 @@ class Stack:
             await conn.close()
         return site.site_id, token
 
-    def start_worker(self, consumer: str = "test-0") -> None:
+    def start_worker(self, consumer: str = "test-0", *, certify: bool = False) -> None:
         stop = asyncio.Event()
-        self._workers.append((asyncio.create_task(run_worker(self.settings, consumer=consumer, stop=stop)), stop))
+        run = run_certifier if certify else run_worker
+        self._workers.append((asyncio.create_task(run(self.settings, consumer=consumer, stop=stop)), stop))
 
     async def stop_workers(self) -> None:
         for _, stop in self._workers:
@@ -49,7 +52,10 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def running_stack(settings: Settings, *, workers: int = 1):
+async def running_stack(settings: Settings, *, workers: int = 1, certifiers: int = 0):
+    """Ingest on a test server, `workers` persisting workers and `certifiers` certifiers (with a signing key)."""
+    if certifiers:
+        KeyStore(settings.signing_keys_dir).ensure()
     async with ingest_app(settings) as app:
         server = TestServer(app)
         await server.start_server(access_log=None)  # as in production: a path may carry a national ID
@@ -57,6 +63,8 @@ async def running_stack(settings: Settings, *, workers: int = 1):
             stack = Stack(settings, client)
             for i in range(workers):
                 stack.start_worker(f"test-{i}")
+            for i in range(certifiers):
+                stack.start_worker(f"test-certifier-{i}", certify=True)
             try:
                 yield stack
             finally:

@@ -38,6 +38,19 @@ class Settings:
     trim_interval: float = 1.0
     statement_timeout: float = 120.0  # a persist stuck longer is cut off and retried
 
+    # Certificates: persisting workers hand the persons of each group to the certifiers through one
+    # stream; a certifier signs up to certify_max_persons at a time.
+    certify_group: str = "certify"
+    certify_max_persons: int = 2_000
+    certify_max_wait: float = 0.02
+    keys_dir: str = ""  # signing keys and signer certificates; default <data_dir>/keys
+
+    # Certificate lookup by national ID and birth date: per client address, at most this many
+    # per window, and every answer takes at least lookup_floor seconds (found or not alike).
+    lookup_rate_limit: int = 20
+    lookup_rate_window: float = 60.0
+    lookup_floor: float = 0.05
+
     data_dir: Path = Path(".vaxline")
 
     def stream(self, shard: int) -> str:
@@ -46,6 +59,14 @@ class Settings:
     @property
     def streams(self) -> list[str]:
         return [self.stream(shard) for shard in range(self.shards)]
+
+    @property
+    def certify_stream(self) -> str:
+        return f"{self.stream_prefix}:certify"
+
+    @property
+    def signing_keys_dir(self) -> Path:
+        return Path(self.keys_dir) if self.keys_dir else self.data_dir / "keys"
 
     @property
     def dead_letter_stream(self) -> str:

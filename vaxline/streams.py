@@ -92,11 +92,13 @@ async def check_shard_count(redis: aioredis.Redis, settings: Settings) -> None:
 
 
 async def ensure_groups(redis: aioredis.Redis, settings: Settings) -> None:
-    """Check the shard count, then create the consumer group on every shard (from the stream's start)."""
+    """Check the shard count, then create the consumer groups (from the stream's start): the persist
+    group on every shard, the certify group on the certify stream."""
     await check_shard_count(redis, settings)
-    for stream in settings.streams:
+    for stream, group in [(s, settings.group) for s in settings.streams] + [
+            (settings.certify_stream, settings.certify_group)]:
         try:
-            await redis.xgroup_create(stream, settings.group, id="0", mkstream=True)
+            await redis.xgroup_create(stream, group, id="0", mkstream=True)
         except ResponseError as e:
             if "BUSYGROUP" not in str(e):  # redis-py has no class for this reply
                 raise

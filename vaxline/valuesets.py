@@ -21,3 +21,15 @@ VACCINE_MANUFACTURERS: dict[str, str] = {
 VACCINE_PRODUCTS: tuple[str, ...] = tuple(VACCINE_MANUFACTURERS)
 
 SITE_KINDS: tuple[str, ...] = ("fixed", "mobile")
+
+# Doses in each product's primary series: a certificate's `sd` (DCC rule:
+# a booster after a complete series is written dn/dn, e.g. 3/3).
+SERIES_DOSES: dict[str, int] = {product: 2 for product in VACCINE_PRODUCTS} | {"EU/1/20/1525": 1}
+
+# `vp`, vaccine or prophylaxis (DCC value set sct-vaccines-covid-19).
+_MRNA = "1119349007"
+_GENERIC = "J07BX03"
+VACCINE_PROPHYLAXIS: dict[str, str] = {product: _GENERIC for product in VACCINE_PRODUCTS} | {
+    "EU/1/20/1528": _MRNA,
+    "EU/1/20/1507": _MRNA,
+}

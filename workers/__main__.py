@@ -1,4 +1,4 @@
-"""`python -m workers --consumer NAME`: one worker process, settings from the environment.
+"""`python -m workers --consumer NAME [--certify]`: one worker (or certifier) process, settings from the environment.
 
 `vaxline work` supervises several of these; a single one is what an
 orchestrator (systemd, Kubernetes) or a crash test runs directly.
@@ -14,6 +14,7 @@ from .process import run_process
 
 parser = argparse.ArgumentParser(prog="python -m workers")
 parser.add_argument("--consumer", default=f"{socket.gethostname()}-0", help="stable consumer name")
+parser.add_argument("--certify", action="store_true", help="issue certificates instead of persisting doses")
 args = parser.parse_args()
 configure()
-run_process(Settings.from_env(), args.consumer)
+run_process(Settings.from_env(), args.consumer, "certify" if args.certify else "persist")

@@ -33,17 +33,22 @@ class StreamEntry:
 
 
 class ShardReader:
-    def __init__(self, redis: aioredis.Redis, settings: Settings, consumer: str, *, clock=time.monotonic):
+    def __init__(self, redis: aioredis.Redis, settings: Settings, consumer: str, *, clock=time.monotonic,
+                 streams: list[str] | None = None, group: str | None = None):
+        """Reads the dose shards for the persist group, unless other `streams` and `group` are given
+        (the certifiers read the certify stream with their own group)."""
         self._redis = redis
         self._settings = settings
         self.consumer = consumer
         self._clock = clock
-        self._streams = {stream: shard for shard, stream in enumerate(settings.streams)}
+        self._names = streams or settings.streams  # an entry's `shard` is its stream's index here
+        self._group = group or settings.group
+        self._streams = {stream: shard for shard, stream in enumerate(self._names)}
         # Own pending list first: the last id read per shard, until it runs dry.
-        self._history: dict[str, str] = {stream: "0" for stream in settings.streams}
+        self._history: dict[str, str] = {stream: "0" for stream in self._names}
         self._claim_interval = max(settings.claim_idle_ms / 2000, 0.1)
         self._next_claim = clock() + self._claim_interval
-        self._claim_cursor: dict[str, str] = {stream: "0-0" for stream in settings.streams}
+        self._claim_cursor: dict[str, str] = {stream: "0-0" for stream in self._names}
 
     async def read(self, *, block_ms: int, count: int) -> list[StreamEntry]:
         """Up to `count` entries: own pending first, then idle ones of others, then new ones."""
@@ -63,7 +68,7 @@ class ShardReader:
         entries = await self._read(dict(self._history), block_ms=None, count=count)
         done = set(self._history)
         for entry in entries:
-            stream = self._settings.stream(entry.shard)
+            stream = self._names[entry.shard]
             self._history[stream] = entry.entry_id
             done.discard(stream)
         for stream in done:
@@ -71,7 +76,7 @@ class ShardReader:
         return entries
 
     async def _read(self, streams: dict[str, str], *, block_ms: int | None, count: int) -> list[StreamEntry]:
-        reply = await self._redis.xreadgroup(self._settings.group, self.consumer, streams, count=count, block=block_ms)
+        reply = await self._redis.xreadgroup(self._group, self.consumer, streams, count=count, block=block_ms)
         return [
             self._entry(stream, entry_id, fields)
             for stream, messages in (reply or [])
@@ -84,7 +89,7 @@ class ShardReader:
         more = False
         for stream, shard in self._streams.items():
             start = self._claim_cursor[stream]
-            reply = await self._redis.xautoclaim(stream, self._settings.group, self.consumer,
+            reply = await self._redis.xautoclaim(stream, self._group, self.consumer,
                                                  self._settings.claim_idle_ms, start_id=start, count=count)
             cursor = as_text(reply[0])
             self._claim_cursor[stream] = cursor
@@ -98,7 +103,7 @@ class ShardReader:
 
     async def _vanished(self, stream: str, start: str, end: str, count: int) -> list[str]:
         """This consumer's pending ids in [start, end) whose data is no longer in the stream."""
-        pending = await self._redis.xpending_range(stream, self._settings.group, min=start,
+        pending = await self._redis.xpending_range(stream, self._group, min=start,
                                                    max="+" if end == "0-0" else end, count=count,
                                                    consumername=self.consumer)
         gone = []
@@ -114,16 +119,16 @@ class ShardReader:
     async def ack(self, entries: list[StreamEntry]) -> None:
         by_stream: dict[str, list[str]] = {}
         for entry in entries:
-            by_stream.setdefault(self._settings.stream(entry.shard), []).append(entry.entry_id)
+            by_stream.setdefault(self._names[entry.shard], []).append(entry.entry_id)
         async with self._redis.pipeline(transaction=False) as pipe:
             for stream, ids in by_stream.items():
-                pipe.xack(stream, self._settings.group, *ids)
+                pipe.xack(stream, self._group, *ids)
             await pipe.execute()
 
     async def deliveries(self, entry: StreamEntry) -> int:
         """How many times the group has delivered this entry (0 if no longer pending)."""
         pending = await self._redis.xpending_range(
-            self._settings.stream(entry.shard), self._settings.group,
+            self._names[entry.shard], self._group,
             min=entry.entry_id, max=entry.entry_id, count=1,
         )
         return pending[0]["times_delivered"] if pending else 0

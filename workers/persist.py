@@ -1,7 +1,10 @@
 """Persist: one transaction per gathered group, then acknowledge.
 
 Promises, in order of importance:
-- an entry is acknowledged only after the COMMIT that persisted it;
+- an entry is acknowledged only after the COMMIT that persisted it, and
+  after its persons were handed to the certifiers (workers.handoff): a crash
+  in between redelivers the entry, which is found persisted and handed off
+  again, so no persisted dose ever misses its certificate;
 - a failure of the system (Postgres restarting, a dropped connection, a
   deadlock, a timeout; see storage.errors) is retried with backoff for as
   long as it lasts and never counts against the data; on shutdown the group
@@ -27,6 +30,7 @@ from storage import doses as dose_store
 from storage.errors import POISON
 from vaxline.config import Settings
 
+from . import handoff
 from .consume import ShardReader, StreamEntry
 from .rows import DecodedEntry, PoisonEntry, to_rows
 
@@ -59,6 +63,7 @@ class Persister:
             for decoded in group:
                 receipts.extend(await self.persist([decoded]))
             return receipts
+        await handoff.send(self._redis, self._settings, group)
         await self._reader.ack([d.entry for d in group])
         return receipts
 
@@ -67,20 +72,7 @@ class Persister:
         await self._dead_letter(poison.entry, str(poison), deliveries=await self._reader.deliveries(poison.entry))
 
     async def _retrying(self, operation, *args):
-        """Run `operation` until it succeeds or fails for a reason of the data (which is raised)."""
-        delay = 0.05
-        while True:
-            try:
-                return await operation(*args)
-            except POISON:
-                raise
-            except Exception as e:  # anything else is the system's fault: wait it out
-                metrics.persist_retries.labels(error=type(e).__name__).inc()
-                log.warning("%s failed (%s); retrying in %.2fs", operation.__name__, _kind(e), delay)
-            if self._stop.is_set():
-                raise Stopped()
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, 5.0)
+        return await retrying(self._stop, operation, *args)
 
     async def _attempt(self, group: list[DecodedEntry]) -> list[dose_store.Receipt]:
         started = time.perf_counter()
@@ -131,6 +123,23 @@ class Persister:
         async with self._pool.acquire() as conn:
             return await dose_store.dead_letter(conn, shard=entry.shard, stream=stream, entry_id=entry.entry_id,
                                                 deliveries=deliveries, error=reason, payload=entry.payload or b"")
+
+
+async def retrying(stop: asyncio.Event, operation, *args):
+    """Run `operation` until it succeeds or fails for a reason of the data (which is raised)."""
+    delay = 0.05
+    while True:
+        try:
+            return await operation(*args)
+        except POISON:
+            raise
+        except Exception as e:  # anything else is the system's fault: wait it out
+            metrics.persist_retries.labels(error=type(e).__name__).inc()
+            log.warning("%s failed (%s); retrying in %.2fs", operation.__name__, _kind(e), delay)
+        if stop.is_set():
+            raise Stopped()
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        delay = min(delay * 2, 5.0)
 
 
 def _kind(error: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""Entry point of one worker process (uvloop; SIGTERM/SIGINT stop it cleanly)."""
+"""Entry point of one worker or certifier process (uvloop; SIGTERM/SIGINT stop it cleanly)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import uvloop
 
 from vaxline.config import Settings
 
+from .certify import run_certifier
 from .pipeline import run_worker
 
 log = logging.getLogger(__name__)
@@ -24,14 +25,16 @@ def _dump_tasks() -> None:
         log.warning("task %s:\n%s", task.get_name(), stream.getvalue())
 
 
-def run_process(settings: Settings, consumer: str) -> None:
-    uvloop.run(_main(settings, consumer))
+def run_process(settings: Settings, consumer: str, role: str = "persist") -> None:
+    """role "persist" drains the dose shards; "certify" issues certificates from the handoffs."""
+    uvloop.run(_main(settings, consumer, role))
 
 
-async def _main(settings: Settings, consumer: str) -> None:
+async def _main(settings: Settings, consumer: str, role: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
-    await run_worker(settings, consumer=consumer, stop=stop)
+    run = run_certifier if role == "certify" else run_worker
+    await run(settings, consumer=consumer, stop=stop)

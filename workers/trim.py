@@ -20,15 +20,21 @@ async def safe_min_id(redis: aioredis.Redis, stream: str) -> str | None:
     return (await shard_state(redis, stream, "")).trim_floor
 
 
+async def trim_stream(redis: aioredis.Redis, stream: str, group: str) -> tuple[int, ShardState]:
+    """Trim one stream; (entries removed, its state after the trim)."""
+    state = await shard_state(redis, stream, group)
+    if state.trim_floor is None:
+        return 0, state
+    trimmed = await redis.xtrim(stream, minid=state.trim_floor, approximate=False)
+    return trimmed, dataclasses.replace(state, length=state.length - trimmed)
+
+
 async def trim_shards(redis: aioredis.Redis, settings: Settings) -> tuple[int, list[ShardState]]:
     """Trim every shard; (entries removed, each shard's state after the trim, for the metrics)."""
     removed, states = 0, []
     for stream in settings.streams:
-        state = await shard_state(redis, stream, settings.group)
-        if state.trim_floor is not None:
-            trimmed = await redis.xtrim(stream, minid=state.trim_floor, approximate=False)
-            removed += trimmed
-            state = dataclasses.replace(state, length=state.length - trimmed)
+        trimmed, state = await trim_stream(redis, stream, settings.group)
+        removed += trimmed
         states.append(state)
     return removed, states
 

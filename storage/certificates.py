@@ -1,0 +1,141 @@
+"""Certificates: the histories they are built from, and issuing/revoking them.
+
+Issuing is a compare-and-swap per person, so certifiers need no lock:
+revoke the certificate the new one was built against (only if it is still
+current), then insert the new one as current. A person whose current
+certificate changed in between (another certifier was faster) is not written
+and is handed back, to be rebuilt from a fresh read of the history. The
+partial unique index keeps one current certificate per person whatever
+happens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import asyncpg
+
+from vaxline.sequence import HistoryDose
+
+_HISTORY = """
+SELECT p.national_id, p.full_name, p.birth_date, s.code AS site, d.record_id, d.vaccine, d.lot,
+       d.dose_number, d.administered_at
+FROM persons p
+JOIN doses d ON d.national_id = p.national_id
+JOIN sites s ON s.site_id = d.site_id
+WHERE p.national_id = ANY($1::text[])
+"""
+
+_CURRENT = """
+SELECT national_id, uvci, fingerprint FROM certificates
+WHERE national_id = ANY($1::text[]) AND status = 'current'
+"""
+
+_REVOKE = """
+UPDATE certificates c SET status = 'revoked', revoked_at = $3, superseded_by = i.new
+FROM unnest($1::text[], $2::text[]) AS i(old, new)
+WHERE c.uvci = i.old AND c.status = 'current'
+RETURNING c.national_id
+"""
+
+_INSERT = """
+INSERT INTO certificates (uvci, national_id, status, fingerprint, full_name, birth_date, doses, kid, hc1,
+                          issued_at, expires_at, received_at)
+SELECT i.uvci, i.national_id, 'current', i.fingerprint, i.full_name, i.birth_date, i.doses::jsonb, $8, i.hc1,
+       $9, $10, i.received_at
+FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::date[], $6::text[], $7::text[],
+            $11::timestamptz[]) AS i(uvci, national_id, fingerprint, full_name, birth_date, doses, hc1, received_at)
+ON CONFLICT DO NOTHING
+RETURNING national_id
+"""
+
+_COLUMNS = "uvci, national_id, status, full_name, birth_date, doses, hc1, issued_at, expires_at, revoked_at, superseded_by"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Person:
+    national_id: str
+    full_name: str
+    birth_date: dt.date
+    history: list[HistoryDose]
+    current_uvci: str | None = None
+    current_fingerprint: bytes | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewCertificate:
+    uvci: str
+    national_id: str
+    previous_uvci: str | None
+    fingerprint: bytes
+    full_name: str
+    birth_date: dt.date
+    doses_json: str
+    hc1: str
+    received_at: dt.datetime | None
+
+
+async def people(conn: asyncpg.Connection, national_ids: list[str]) -> list[Person]:
+    """Each person's details, persisted doses and current certificate (two queries)."""
+    histories: dict[str, list[HistoryDose]] = {}
+    details: dict[str, tuple[str, dt.date]] = {}
+    for r in await conn.fetch(_HISTORY, national_ids):
+        details[r["national_id"]] = (r["full_name"], r["birth_date"])
+        histories.setdefault(r["national_id"], []).append(HistoryDose(
+            r["site"], r["record_id"], r["vaccine"], r["lot"], r["dose_number"], r["administered_at"]))
+    current = {r["national_id"]: (r["uvci"], r["fingerprint"]) for r in await conn.fetch(_CURRENT, list(details))}
+    return [Person(nid, *details[nid], histories[nid], *current.get(nid, (None, None))) for nid in details]
+
+
+async def issue(conn: asyncpg.Connection, certificates: list[NewCertificate], *, kid: bytes,
+                issued_at: dt.datetime, expires_at: dt.datetime) -> tuple[set[str], int]:
+    """Write new certificates, revoking what each supersedes: (national ids written, certificates revoked).
+
+    The ones not written lost a race and must be rebuilt from a fresh read.
+    """
+    async with conn.transaction():
+        superseding = [c for c in certificates if c.previous_uvci is not None]
+        revoked = {r["national_id"] for r in await conn.fetch(
+            _REVOKE, [c.previous_uvci for c in superseding], [c.uvci for c in superseding], issued_at)}
+        todo = [c for c in certificates if c.previous_uvci is None or c.national_id in revoked]
+        written = {r["national_id"] for r in await conn.fetch(
+            _INSERT,
+            [c.uvci for c in todo], [c.national_id for c in todo], [c.fingerprint for c in todo],
+            [c.full_name for c in todo], [c.birth_date for c in todo], [c.doses_json for c in todo],
+            [c.hc1 for c in todo], kid, issued_at, expires_at, [c.received_at for c in todo],
+        )}
+        if revoked - written:  # a revoked certificate must have its successor: never leave a person without one
+            raise RuntimeError(f"{len(revoked - written)} superseding certificates were not written")
+    return written, len(revoked)
+
+
+async def by_uvci(conn: asyncpg.Connection, uvci: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {_COLUMNS} FROM certificates WHERE uvci = $1", uvci)
+
+
+async def current_for(conn: asyncpg.Connection, national_id: str, birth_date: dt.date) -> asyncpg.Record | None:
+    """The current certificate of the person with this national ID and birth date.
+
+    One index probe whatever the answer, so an unknown ID and a wrong birth date cost the same.
+    """
+    return await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM certificates WHERE national_id = $1 AND status = 'current' AND birth_date = $2",
+        national_id, birth_date)
+
+
+async def current_uvcis(conn: asyncpg.Connection, national_ids: list[str]) -> dict[str, str]:
+    rows = await conn.fetch(_CURRENT, national_ids)
+    return {r["national_id"]: r["uvci"] for r in rows}
+
+
+async def is_revoked(conn: asyncpg.Connection, uvci: str) -> bool:
+    return bool(await conn.fetchval("SELECT status = 'revoked' FROM certificates WHERE uvci = $1", uvci))
+
+
+async def revocations(conn: asyncpg.Connection, since: dt.datetime | None = None) -> list[asyncpg.Record]:
+    """Revoked certificates as the EU gateway lists them: the first 16 bytes of SHA-256 of the UVCI, hex."""
+    return await conn.fetch(
+        "SELECT encode(substring(sha256(convert_to(uvci, 'UTF8')) FROM 1 FOR 16), 'hex') AS hash, revoked_at"
+        " FROM certificates WHERE status = 'revoked' AND revoked_at > $1 ORDER BY revoked_at, uvci",
+        since or dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc))

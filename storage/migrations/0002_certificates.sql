@@ -1,0 +1,26 @@
+-- Certificates: one row per issued certificate. A person has at most one
+-- current certificate; a new dose (or a correction) issues a new one and
+-- revokes the old, which stays, so a verifier holding it learns why it no
+-- longer verifies.
+
+CREATE TABLE certificates (
+    uvci          text PRIMARY KEY,
+    national_id   text NOT NULL,
+    status        text NOT NULL CHECK (status IN ('current', 'revoked')),
+    -- A digest of everything the certificate states: a person whose history
+    -- gives the same digest again (a redelivered batch) is not reissued.
+    fingerprint   bytea NOT NULL,
+    full_name     text NOT NULL,
+    birth_date    date NOT NULL,
+    doses         jsonb NOT NULL,  -- the whole sequence, with flags; the DCC itself carries the latest dose
+    kid           bytea NOT NULL,
+    hc1           text NOT NULL,
+    issued_at     timestamptz NOT NULL,
+    expires_at    timestamptz NOT NULL,
+    -- When the earliest of the batches that led to this certificate got its 202.
+    received_at   timestamptz,
+    revoked_at    timestamptz,
+    superseded_by text
+);
+CREATE UNIQUE INDEX certificates_current ON certificates (national_id) WHERE status = 'current';
+CREATE INDEX certificates_revoked ON certificates (revoked_at) WHERE status = 'revoked';

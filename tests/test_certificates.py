@@ -1,0 +1,168 @@
+"""Issuing certificates: the sequence comes from persisted history, each person is signed once per
+change, a new dose supersedes (revokes) the old certificate, and what we sign verifies with an
+independent COSE implementation (`cwt`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import zlib
+
+import cwt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from storage import certificates as store
+from tests.conftest import wait_until
+from tests.factory import dose
+from tests.stack import running_stack
+from vaxline.dcc.base45 import b45decode
+from vaxline.dcc.keys import KeyStore
+from vaxline.dcc.names import dcc_name, transliterate
+from workers.certify import Certifier
+
+VN = dt.timezone(dt.timedelta(hours=7))
+
+
+def at(day: str, hour: int = 9) -> str:
+    return dt.datetime.fromisoformat(day).replace(hour=hour, tzinfo=VN).isoformat()
+
+
+async def current(db, national_id: str, *, doses: int | None = None):
+    """The person's current certificate, once it states `doses` doses (if given)."""
+    async def ready():
+        row = await db.fetchrow("SELECT * FROM certificates WHERE national_id = $1 AND status = 'current'",
+                                national_id)
+        if row and (doses is None or len(json.loads(row["doses"])) == doses):
+            return row
+        return None
+    return await wait_until(ready, message="certificate")
+
+
+def independently_decoded(hc1: str, keys: KeyStore) -> dict:
+    """Decode and verify with the `cwt` package, using only the DSC's public key."""
+    assert hc1.startswith("HC1:")
+    cose = zlib.decompress(b45decode(hc1[4:]))
+    cose_keys = []
+    for public in keys.public_keys():
+        spki = x509.load_der_x509_certificate(public.der).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        cose_keys.append(cwt.COSEKey.from_pem(spki, kid=public.kid))
+    return cwt.decode(cose, keys=cose_keys)
+
+
+async def test_two_doses_two_on_the_certificate_and_the_first_is_revoked(settings, db):
+    async with running_stack(settings, certifiers=1) as stack:
+        _, token = await stack.site()
+        first = dose(1, administered_at=at("2021-08-14"))
+        assert (await stack.post(token, {"doses": [first]})).status == 202
+        one = await current(db, first["national_id"], doses=1)
+        second = dose(1, record_id="R-2nd", dose_number=2, administered_at=at("2021-09-20"))
+        assert (await stack.post(token, {"doses": [second]})).status == 202
+        two = await current(db, first["national_id"], doses=2)
+
+    keys = KeyStore(settings.signing_keys_dir)
+    claims = independently_decoded(two["hc1"], keys)
+    assert claims[1] == "VN" and claims[4] > claims[6]
+    assert dt.datetime.fromtimestamp(claims[4], dt.timezone.utc) == two["expires_at"]
+    dcc = claims[-260][1]
+    assert dcc["nam"] == dcc_name(first["full_name"]) and dcc["dob"] == first["birth_date"]
+    [v] = dcc["v"]
+    assert (v["dn"], v["sd"], v["dt"], v["co"], v["ci"]) == (2, 2, "2021-09-20", "VN", two["uvci"])
+    assert v["mp"] == "EU/1/21/1529" and v["ma"] == "ORG-100001699" and v["tg"] == "840539006"
+    assert two["uvci"].startswith("URN:UVCI:01:VN:") and two["uvci"] != one["uvci"]
+    old = await db.fetchrow("SELECT status, superseded_by FROM certificates WHERE uvci = $1", one["uvci"])
+    assert tuple(old) == ("revoked", two["uvci"])
+    assert [r["hash"] for r in await store.revocations(db)] == [_uvci_hash(one["uvci"])]
+
+
+def _uvci_hash(uvci: str) -> str:
+    import hashlib
+    return hashlib.sha256(uvci.encode()).digest()[:16].hex()
+
+
+async def test_same_dose_from_two_sites_on_one_day_counts_once(settings, db):
+    async with running_stack(settings, certifiers=1) as stack:
+        _, hospital = await stack.site("HOSP-1")
+        _, district = await stack.site("DIST-1")
+        d = dose(7, administered_at=at("2021-08-14", 9))
+        assert (await stack.post(hospital, {"doses": [d]})).status == 202
+        assert (await stack.post(district, {"doses": [dict(d, administered_at=at("2021-08-14", 15))]})).status == 202
+        row = await current(db, d["national_id"], doses=2)
+    doses = json.loads(row["doses"])
+    assert [(x["dn"], x["counted"], x["flags"]) for x in doses] == [(1, True, []), (1, False, ["same_day"])]
+    dcc = independently_decoded(row["hc1"], KeyStore(settings.signing_keys_dir))[-260][1]
+    assert (dcc["v"][0]["dn"], dcc["v"][0]["sd"]) == (1, 2)
+
+
+async def test_a_dose_arriving_before_the_earlier_one_still_gets_the_right_sequence(settings, db):
+    async with running_stack(settings, certifiers=1) as stack:
+        _, token = await stack.site()
+        second = dose(3, record_id="R-2nd", dose_number=2, administered_at=at("2021-10-01"))
+        first = dose(3, administered_at=at("2021-08-14"))
+        assert (await stack.post(token, {"doses": [second]})).status == 202
+        early = await current(db, second["national_id"], doses=1)
+        assert json.loads(early["doses"])[0]["flags"] == ["dose_number_mismatch"]  # kept, flagged, not trusted
+        assert (await stack.post(token, {"doses": [first]})).status == 202
+        row = await current(db, second["national_id"], doses=2)
+    assert [(x["record_id"], x["dn"], x["flags"]) for x in json.loads(row["doses"])] == [
+        ("R-0000003", 1, []), ("R-2nd", 2, [])]
+    dcc = independently_decoded(row["hc1"], KeyStore(settings.signing_keys_dir))[-260][1]
+    assert (dcc["v"][0]["dn"], dcc["v"][0]["dt"]) == (2, "2021-10-01")
+
+
+async def test_a_redelivered_handoff_issues_nothing_new(settings, db):
+    async with running_stack(settings, certifiers=1) as stack:
+        _, token = await stack.site()
+        doses = [dose(n) for n in range(20)]
+        assert (await stack.post(token, {"doses": doses})).status == 202
+        for d in doses:
+            await current(db, d["national_id"])
+        pool = await _pool(settings)
+        try:
+            outcome = await Certifier(pool, KeyStore(settings.signing_keys_dir)).certify(
+                {d["national_id"]: 0.0 for d in doses})
+        finally:
+            await pool.close()
+    assert (outcome.issued, outcome.revoked, outcome.unchanged) == (0, 0, 20)
+    assert await db.fetchval("SELECT count(*) FROM certificates") == 20
+
+
+async def test_rotated_key_signs_new_certificates_and_old_ones_still_verify(settings, db):
+    async with running_stack(settings, certifiers=1) as stack:
+        _, token = await stack.site()
+        first = dose(11, administered_at=at("2021-08-14"))
+        assert (await stack.post(token, {"doses": [first]})).status == 202
+        one = await current(db, first["national_id"], doses=1)
+        keys = KeyStore(settings.signing_keys_dir)
+        rotated = keys.create()
+        second = dose(11, record_id="R-2nd", dose_number=2, administered_at=at("2021-09-20"))
+        assert (await stack.post(token, {"doses": [second]})).status == 202
+        two = await current(db, first["national_id"], doses=2)
+    assert bytes(two["kid"]) == rotated.kid and bytes(one["kid"]) != rotated.kid
+    assert len(keys.public_keys()) == 2
+    independently_decoded(one["hc1"], keys)  # raises if the signature does not verify
+    independently_decoded(two["hc1"], keys)
+
+
+async def _pool(settings):
+    import asyncpg
+    return await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+
+
+@pytest.mark.parametrize("name, fnt, gnt", [
+    ("Đặng Thị Ánh Tuyết", "DANG", "THI<ANH<TUYET"),
+    ("Nguyễn Văn Đức", "NGUYEN", "VAN<DUC"),
+    ("Lê  Hoàng-Long", "LE", "HOANG<LONG"),
+    ("Trương Mỹ Lan", "TRUONG", "MY<LAN"),
+])
+def test_names_are_icao_transliterated_family_name_first(name, fnt, gnt):
+    nam = dcc_name(name)
+    assert (nam["fnt"], nam["gnt"]) == (fnt, gnt)
+    assert nam["fn"] == name.split()[0]
+
+
+def test_transliteration_keeps_only_the_icao_alphabet():
+    assert transliterate("Ôn Ư Ơ ờ ỹ Đ đ") == "ON<U<O<O<Y<D<D"
+    assert dcc_name("Lê") == {"fn": "Lê", "fnt": "LE"}

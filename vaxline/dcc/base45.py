@@ -1,0 +1,53 @@
+"""Base45 (RFC 9285), the QR-friendly text encoding of the DCC.
+
+Every two bytes become three characters of the QR alphanumeric set, least
+significant digit first; a trailing odd byte becomes two. Encoding is on the
+issuer's hot path (one certificate per person per batch), so it goes through
+a table of all 65,536 byte pairs instead of arithmetic per pair.
+"""
+
+from __future__ import annotations
+
+import sys
+
+ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
+_VALUE = {c: i for i, c in enumerate(ALPHABET)}
+
+_PAIR = [ALPHABET[v % 45] + ALPHABET[v // 45 % 45] + ALPHABET[v // 2025] for v in range(65536)]
+
+
+def b45encode(data: bytes) -> str:
+    n = len(data) & ~1
+    pairs = data[:n]
+    if sys.byteorder == "little":  # pairs are read big-endian
+        swapped = bytearray(n)
+        swapped[0::2] = pairs[1::2]
+        swapped[1::2] = pairs[0::2]
+        pairs = swapped
+    out = "".join([_PAIR[v] for v in memoryview(pairs).cast("H")])
+    if n < len(data):
+        v = data[-1]
+        out += ALPHABET[v % 45] + ALPHABET[v // 45]
+    return out
+
+
+def b45decode(text: str) -> bytes:
+    """Raises ValueError naming the first character or group that is not base45."""
+    try:
+        digits = [_VALUE[c] for c in text]
+    except KeyError as e:
+        raise ValueError(f"{e.args[0]!r} is not a base45 character") from None
+    if len(digits) % 3 == 1:
+        raise ValueError(f"a base45 text cannot be {len(digits)} characters long")
+    out = bytearray()
+    for i in range(0, len(digits) - 2, 3):
+        v = digits[i] + digits[i + 1] * 45 + digits[i + 2] * 2025
+        if v > 0xFFFF:
+            raise ValueError(f"group {i // 3} encodes {v}, more than two bytes")
+        out += v.to_bytes(2, "big")
+    if len(digits) % 3 == 2:
+        v = digits[-2] + digits[-1] * 45
+        if v > 0xFF:
+            raise ValueError(f"the last group encodes {v}, more than one byte")
+        out.append(v)
+    return bytes(out)

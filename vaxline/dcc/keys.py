@@ -1,0 +1,114 @@
+"""Signing keys: a directory of P-256 keys and their self-signed signer certificates (DSC).
+
+    keys/<kid hex>.key   PKCS#8 PEM, mode 0600: read by certifiers only, never served or logged
+    keys/<kid hex>.crt   the DSC, PEM: the trust list is every unexpired one
+
+Rotation adds a key; certifiers sign with the newest one and the older ones
+stay in the trust list, so certificates they signed keep verifying.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from .issue import SigningKey
+from .trust import EKU_VACCINATION, kid_of
+
+DSC_VALIDITY = dt.timedelta(days=2 * 365)  # longer than any certificate it signs (12 months)
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    kid: bytes
+    der: bytes
+    not_after: dt.datetime
+
+
+class KeyStore:
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def create(self, *, now: dt.datetime | None = None) -> PublicKey:
+        """A new key and its DSC, written atomically (the certificate last: it is what makes a key visible)."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_key = ec.generate_private_key(ec.SECP256R1())
+        der = _self_signed_dsc(private_key, now).public_bytes(serialization.Encoding.DER)
+        kid = kid_of(der).hex()
+        pem = private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+        _write(self.directory / f"{kid}.key", pem, mode=0o600)
+        _write(self.directory / f"{kid}.crt", x509.load_der_x509_certificate(der).public_bytes(
+            serialization.Encoding.PEM), mode=0o644)
+        return PublicKey(kid_of(der), der, now + DSC_VALIDITY)
+
+    def ensure(self) -> PublicKey | None:
+        """Create a key if there is none; the new key, or None if one existed."""
+        return None if self.public_keys(include_expired=True) else self.create()
+
+    def public_keys(self, *, now: dt.datetime | None = None, include_expired: bool = False) -> list[PublicKey]:
+        """The trust list: every DSC in the directory not yet expired, oldest first (by validity start,
+        then by when its file was written: two keys made within a second start alike)."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        keys = []
+        for path in self.directory.glob("*.crt") if self.directory.is_dir() else []:
+            certificate = x509.load_pem_x509_certificate(path.read_bytes())
+            if include_expired or certificate.not_valid_after_utc > now:
+                der = certificate.public_bytes(serialization.Encoding.DER)
+                order = (certificate.not_valid_before_utc, path.stat().st_mtime_ns)
+                keys.append((order, PublicKey(kid_of(der), der, certificate.not_valid_after_utc)))
+        return [key for _, key in sorted(keys, key=lambda pair: pair[0])]
+
+    def signing_key(self) -> SigningKey:
+        """The newest key that has its private half here."""
+        for public in reversed(self.public_keys()):
+            path = self.directory / f"{public.kid.hex()}.key"
+            if path.exists():
+                private_key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+                return SigningKey(public.kid, private_key, public.der)
+        raise FileNotFoundError(f"no signing key in {self.directory}: run `vaxline keys init`")
+
+    def version(self) -> int:
+        """Changes when a key is added or removed: certifiers reload then."""
+        return self.directory.stat().st_mtime_ns if self.directory.is_dir() else 0
+
+
+def _self_signed_dsc(private_key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.Certificate:
+    name = x509.Name([
+        x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vaxline"),
+        x509.NameAttribute(NameOID.COMMON_NAME, "vaxline DSC"),
+    ])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + DSC_VALIDITY)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.ObjectIdentifier(EKU_VACCINATION)]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(private_key.public_key()), critical=False)
+        .sign(private_key, hashes.SHA256())
+    )
+
+
+def _write(path: Path, data: bytes, *, mode: int) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

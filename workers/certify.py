@@ -1,0 +1,183 @@
+"""Certify: the certifier processes, a consumer group of their own on the certify stream.
+
+    handoffs = reader.read(...)              # persons of persisted groups (workers.handoff)
+    certifier.certify(persons)               # read histories, sign what changed, store, revoke
+    reader.ack(handoffs)                     # after the COMMIT
+
+Each person is signed at most once per group however many of their doses
+it holds, and not at all when their certificate already states their
+history (a redelivered batch): the fingerprint of the statement decides.
+Signing happens outside any transaction; the write is a compare-and-swap
+per person (storage.certificates.issue), and a person who lost a race with
+another certifier is simply rebuilt from a fresh read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import time
+
+import asyncpg
+import msgspec
+from redis.exceptions import RedisError
+
+from monitoring import metrics
+from storage import certificates as store
+from storage.errors import POISON
+from vaxline.config import Settings
+from vaxline.dcc.issue import Signer, expiry, new_uvci
+from vaxline.dcc.keys import KeyStore
+from vaxline.dcc.payload import statement
+from vaxline.streams import connect_redis, ensure_groups
+
+from . import handoff
+from .consume import ShardReader, StreamEntry
+from .persist import Stopped, _kind, retrying
+from .trim import trim_stream
+from .pipeline import _create_pool, _sleep_unless
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Outcome:
+    issued: int = 0
+    revoked: int = 0
+    unchanged: int = 0
+
+
+class Certifier:
+    def __init__(self, pool: asyncpg.Pool, keys: KeyStore):
+        self._pool = pool
+        self._keys = keys
+        self._signer: Signer | None = None
+        self._keys_version: int | None = None
+
+    def signer(self) -> Signer:
+        """The newest key's signer, reloaded when a key is added (rotation needs no restart)."""
+        version = self._keys.version()
+        if self._signer is None or version != self._keys_version:
+            self._signer = Signer(self._keys.signing_key())
+            self._keys_version = version
+            log.info("signing with key %s", self._signer.key.kid.hex())
+        return self._signer
+
+    async def certify(self, persons: dict[str, float]) -> Outcome:
+        """Bring the certificates of these persons (national id -> earliest 202) up to date."""
+        outcome = Outcome()
+        todo = persons
+        while todo:
+            started = time.perf_counter()
+            signer = self.signer()
+            async with self._pool.acquire() as conn:
+                people = await store.people(conn, list(todo))
+            issued_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+            expires_at = expiry(issued_at)
+            new: list[store.NewCertificate] = []
+            for person in people:
+                stated = statement(person.full_name, person.birth_date, person.history)
+                fingerprint = stated.fingerprint()
+                if fingerprint == person.current_fingerprint:
+                    outcome.unchanged += 1
+                    continue
+                uvci = new_uvci()
+                new.append(store.NewCertificate(
+                    uvci, person.national_id, person.current_uvci, fingerprint, person.full_name,
+                    person.birth_date, msgspec.json.encode(stated.doses).decode(),
+                    signer.sign(stated.dcc(uvci), issued_at, expires_at),
+                    dt.datetime.fromtimestamp(todo[person.national_id], dt.timezone.utc)))
+            async with self._pool.acquire() as conn:
+                written, revoked = await store.issue(conn, new, kid=signer.key.kid, issued_at=issued_at,
+                                                     expires_at=expires_at)
+            now = time.time()
+            for nid in written:
+                metrics.freshness.labels(stage="certified").observe(max(0.0, now - todo[nid]))
+            outcome.issued += len(written)
+            outcome.revoked += revoked
+            metrics.certificates_issued.inc(len(written))
+            metrics.certificates_revoked.inc(revoked)
+            metrics.certify_duration.observe(time.perf_counter() - started)
+            todo = {c.national_id: todo[c.national_id] for c in new if c.national_id not in written}
+        metrics.certificates_unchanged.inc(outcome.unchanged)
+        return outcome
+
+
+async def run_certifier(settings: Settings, *, consumer: str, stop: asyncio.Event) -> None:
+    """Certify handoffs until `stop` is set, surviving Redis and Postgres outages."""
+    pool = await _create_pool(settings, stop)
+    if pool is None:
+        return
+    redis = connect_redis(settings)
+    certifier = Certifier(pool, KeyStore(settings.signing_keys_dir))
+    housekeeping = asyncio.create_task(_housekeeping(redis, settings))
+    metrics.certifiers_running.inc()
+    try:
+        while not stop.is_set():
+            try:
+                await _drain(redis, certifier, settings, consumer, stop)
+            except RedisError as e:
+                log.warning("redis failed (%s); reconnecting", type(e).__name__)
+                await _sleep_unless(stop, 1.0)
+    except Stopped:
+        log.info("stopped while waiting for postgres; the handoffs in hand stay pending")
+    finally:
+        metrics.certifiers_running.dec()
+        housekeeping.cancel()
+        await asyncio.wait([housekeeping], timeout=5)
+        await redis.aclose()
+        await pool.close()
+
+
+async def _drain(redis, certifier: Certifier, settings: Settings, consumer: str, stop: asyncio.Event) -> None:
+    await ensure_groups(redis, settings)
+    reader = ShardReader(redis, settings, consumer, streams=[settings.certify_stream], group=settings.certify_group)
+    while not stop.is_set():
+        entries, persons = await _gather(reader, settings, stop)
+        if not entries:
+            continue
+        try:
+            if persons:
+                await retrying(stop, certifier.certify, persons)
+        except POISON as e:
+            # A bug, not the data's fault (the doses passed validation and are persisted): log it and move
+            # on. The persons keep their previous certificate until their next dose or `vaxline certify`.
+            log.error("certifying %d persons failed (%s); their handoff is dropped", len(persons), _kind(e))
+        await reader.ack(entries)
+
+
+async def _gather(reader: ShardReader, settings: Settings, stop: asyncio.Event
+                  ) -> tuple[list[StreamEntry], dict[str, float]]:
+    """Handoffs up to certify_max_persons, or whatever came within certify_max_wait of the first."""
+    entries: list[StreamEntry] = []
+    persons: dict[str, float] = {}
+    deadline = None
+    while len(persons) < settings.certify_max_persons and not stop.is_set():
+        remaining = 0.2 if deadline is None else deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        for entry in await reader.read(block_ms=max(1, int(remaining * 1000)), count=10):
+            entries.append(entry)
+            if entry.payload is None:
+                continue  # trimmed away: nothing to decode, acknowledged with the rest
+            try:
+                for nid, received_at in handoff.decode(entry.payload).items():
+                    persons[nid] = min(received_at, persons.get(nid, received_at))
+            except msgspec.DecodeError:
+                log.error("undecodable handoff %s acknowledged", entry.entry_id)
+        if entries and deadline is None:
+            deadline = time.monotonic() + settings.certify_max_wait
+    return entries, persons
+
+
+async def _housekeeping(redis, settings: Settings) -> None:
+    """Trim the certify stream below what the group still needs; report its backlog."""
+    while True:
+        try:
+            _, state = await trim_stream(redis, settings.certify_stream, settings.certify_group)
+            metrics.certify_backlog.set(state.length)
+        except Exception as e:  # retried on the next round
+            log.warning("certify housekeeping failed: %s", type(e).__name__)
+        await asyncio.sleep(settings.trim_interval)
