@@ -1,14 +1,21 @@
-"""End-to-end throughput: HTTP in, Postgres out, beside the raw COPY ceiling.
+"""End-to-end throughput: HTTP in, Postgres out, certificates signed, beside the raw COPY ceiling.
 
-    python -m benchmarks.e2e [--doses 1000000] [--clients 4] [--batch 1000]
+    python -m benchmarks.e2e [--doses 1000000] [--clients 4] [--batch 1000] [--rate DOSES_PER_S]
 
 Starts the stack (the servers in DATABASE_URL/REDIS_URL, or the embedded
 default in a temporary folder, Redis with appendfsync always unless
 --appendfsync says otherwise), posts N doses over HTTP from several client
-processes, waits until every one is persisted, and prints doses/s end to
-end and each process's peak memory. In the same run it measures the
-ceiling: psql `COPY` of the same rows into a fresh copy of the doses table,
-two connections at once.
+processes, waits until every one is persisted and on its person's current
+certificate, and prints doses/s end to end, certificates/s, the latency
+from the 202 to the certificate being retrievable (p50, p99) and each
+process's peak memory. In the same run it measures the ceiling: psql `COPY`
+of the same rows into a fresh copy of the doses table, two connections at
+once.
+
+Without --rate the clients post as fast as the stack accepts (throughput;
+certification then trails persisting, which never waits for it). With
+--rate they post at that pace, the way the 202-to-certificate latency is
+meant to be read: at a load the stack sustains.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from storage.migrate import migrate
 from storage.sites import add_site
 from vaxline import embedded
 from vaxline.config import Settings
+from vaxline.dcc.keys import KeyStore
 from vaxline.procs import Supervisor, wait_ready
 
 VIETNAM = dt.timezone(dt.timedelta(hours=7))
@@ -66,7 +74,7 @@ def batch_body(start: int, count: int) -> bytes:
 
 # -- clients ------------------------------------------------------------------
 
-def client_process(url: str, token: str, ranges: list[tuple[int, int]], concurrency: int, ready, go,
+def client_process(url: str, token: str, ranges: list[tuple[int, int]], concurrency: int, rate: float, ready, go,
                    results) -> None:
     """One client process: builds its request bodies first, so the clock measures vaxline, not the client."""
     import resource
@@ -76,21 +84,26 @@ def client_process(url: str, token: str, ranges: list[tuple[int, int]], concurre
     bodies = [batch_body(start, count) for start, count in ranges]
     ready.release()
     go.wait()
-    accepted, retried = uvloop.run(_client(url, token, bodies, concurrency))
+    accepted, retried = uvloop.run(_client(url, token, bodies, concurrency, [count for _, count in ranges], rate))
     results.put((accepted, retried, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
-async def _client(url: str, token: str, bodies: list[bytes], concurrency: int) -> tuple[int, int]:
+async def _client(url: str, token: str, bodies: list[bytes], concurrency: int, counts: list[int],
+                  rate: float) -> tuple[int, int]:
+    """Post every body; with a rate (doses/s for this client), each at its scheduled time."""
     import aiohttp
 
     accepted = retried = 0
-    queue = bodies[::-1]
+    started = time.monotonic()
+    schedule = [started + sum(counts[:i]) / rate for i in range(len(counts))] if rate else [started] * len(counts)
+    queue = list(zip(bodies, schedule))[::-1]
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         async def lane():
             nonlocal accepted, retried
             while queue:
-                body = queue.pop()
+                body, due = queue.pop()
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
                 while True:
                     async with session.post(url, data=body, headers=headers) as response:
                         if response.status == 202:
@@ -209,6 +222,41 @@ async def wait_persisted(settings: Settings, doses: int, timeout: float) -> None
         await conn.close()
 
 
+async def wait_certified(settings: Settings, timeout: float) -> None:
+    """Until every person has a current certificate stating all of their persisted doses."""
+    conn = await asyncpg.connect(settings.database_url)
+    deadline = time.monotonic() + timeout
+    try:
+        persons = await conn.fetchval("SELECT count(*) FROM persons")
+        doses = await conn.fetchval("SELECT count(*) FROM doses")
+        while True:
+            current = await conn.fetchval("SELECT count(*) FROM certificates WHERE status = 'current'")
+            if current >= persons and await conn.fetchval(
+                    "SELECT coalesce(sum(jsonb_array_length(doses)), 0) FROM certificates WHERE status = 'current'"
+            ) >= doses:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("not every person was certified in time")
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+
+
+async def certificate_figures(settings: Settings) -> tuple[int, int, float, float, float, float]:
+    """(issued, revoked, first and last certificate's epoch, p50 and p99 of 202 -> certificate, seconds)."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT count(*) AS issued, count(*) FILTER (WHERE status = 'revoked') AS revoked,"
+            " extract(epoch FROM min(certified_at)) AS first, extract(epoch FROM max(certified_at)) AS last,"
+            " percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP"
+            "   (ORDER BY extract(epoch FROM certified_at - received_at)) AS latency"
+            " FROM certificates")
+    finally:
+        await conn.close()
+    return row["issued"], row["revoked"], float(row["first"]), float(row["last"]), *row["latency"]
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below
     parser = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__.split("\n\n")[0])
@@ -217,7 +265,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="client processes")
     parser.add_argument("--concurrency", type=int, default=2, help="requests in flight per client process")
     parser.add_argument("--ingest", type=int, default=2, help="ingest processes")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes")
+    parser.add_argument("--workers", type=int, default=2, help="persisting worker processes")
+    parser.add_argument("--certifiers", type=int, default=2, help="certifier processes")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="post at this many doses/s in all (default: as fast as accepted)")
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--appendfsync", default="always", choices=["always", "everysec"],
                         help="embedded Redis only")
@@ -238,7 +289,7 @@ def main() -> None:
         redis_server = embedded.EmbeddedRedis(folder / "redis", appendfsync=args.appendfsync).start()
         redis_url = redis_server.url
         pids["redis"] = redis_server.process.pid
-    settings = Settings.from_env(database_url=with_database(database_url, name), redis_url=redis_url,
+    settings = Settings.from_env(database_url=with_database(database_url, name), redis_url=redis_url, data_dir=folder,
                                  shards=args.shards, stream_prefix=f"bench{secrets.token_hex(3)}",
                                  max_backlog_entries=10_000)
     supervisor = Supervisor()
@@ -251,6 +302,9 @@ def main() -> None:
             supervisor.add(f"ingest-{i}", ingest_process, settings, "127.0.0.1", args.port)
         for i in range(args.workers):
             supervisor.add(f"worker-{i}", worker_process, settings, f"bench-{i}")
+        KeyStore(settings.signing_keys_dir).ensure()
+        for i in range(args.certifiers):
+            supervisor.add(f"certifier-{i}", worker_process, settings, f"bench-certifier-{i}", "certify")
 
         per_client = args.doses // args.clients
         spawn = multiprocessing.get_context("spawn")
@@ -260,7 +314,8 @@ def main() -> None:
             first = c * per_client
             ranges = [(s, min(args.batch, first + per_client - s)) for s in range(first, first + per_client, args.batch)]
             clients.append(spawn.Process(target=client_process, args=(
-                f"http://127.0.0.1:{args.port}/v1/doses", tokens[c], ranges, args.concurrency, ready, go, results)))
+                f"http://127.0.0.1:{args.port}/v1/doses", tokens[c], ranges, args.concurrency, args.rate / args.clients,
+                ready, go, results)))
             clients[-1].start()
         wait_ready(f"http://127.0.0.1:{args.port}/readyz")
         for _ in clients:
@@ -274,7 +329,10 @@ def main() -> None:
             c.join()
         accepted = sum(a for a, _, _ in outcomes)
         asyncio.run(wait_persisted(settings, accepted, timeout=3600))
+        persisted = time.perf_counter() - started
+        asyncio.run(wait_certified(settings, timeout=3600))
         elapsed = time.perf_counter() - started
+        issued, revoked, first_cert, last_cert, latency_p50, latency_p99 = asyncio.run(certificate_figures(settings))
         pids.update(supervisor.pids())
         peaks = {label: peak_rss_mib(pid) for label, pid in pids.items()}
         supervisor.stop()
@@ -282,15 +340,21 @@ def main() -> None:
         ceiling = asyncio.run(copy_ceiling(settings.database_url, args.doses, folder))
         print(f"\nvaxline end-to-end benchmark ({os.cpu_count()} cores; Redis appendfsync "
               f"{args.appendfsync if redis_server else 'as configured'}; {args.ingest} ingest, {args.workers} workers,"
+              f" {args.certifiers} certifiers,"
               f" {args.shards} shards; {args.clients} client processes x {args.concurrency} in flight,"
-              f" {args.batch}-dose batches)")
+              f" {args.batch}-dose batches" + (f", paced at {args.rate:,.0f} doses/s)" if args.rate else ")"))
         print(f"  doses accepted (202):        {accepted:,} ({sum(r for _, r, _ in outcomes)} requests retried after 503)")
         print(f"  HTTP posting finished after: {posted:.1f} s ({accepted / posted:,.0f} doses/s accepted)")
-        print(f"  all persisted after:         {elapsed:.1f} s")
-        print(f"  end to end:                  {accepted / elapsed:,.0f} doses/s")
+        print(f"  all persisted after:         {persisted:.1f} s ({accepted / persisted:,.0f} doses/s persisted)")
+        print(f"  all certified after:         {elapsed:.1f} s")
+        print(f"  end to end:                  {accepted / elapsed:,.0f} doses/s (persisted and certified)")
+        print(f"  certificates:                {issued:,} signed ({revoked:,} superseded), "
+              f"{issued / max(1e-9, last_cert - first_cert):,.0f} certificates/s from first to last")
+        print(f"  202 -> certificate:          p50 {latency_p50:.2f} s, p99 {latency_p99:.2f} s"
+              + ("" if args.rate else " (at saturation: includes the certify backlog)"))
         print(f"  ceiling, psql COPY x2:       {ceiling:,.0f} doses/s (same rows, fresh copy of the table)")
         print(f"  end to end / ceiling:        {accepted / elapsed / ceiling:.0%}")
-        print(f"  5,000,000 doses would take:  {5_000_000 / (accepted / elapsed) / 60:.1f} min")
+        print(f"  5,000,000 doses would take:  {5_000_000 / (accepted / elapsed) / 60:.1f} min (persisted and certified)")
         print("  peak memory (VmHWM):")
         for label, mib in sorted(peaks.items()):
             print(f"    {label:<24} {mib:8.0f} MiB")

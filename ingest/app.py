@@ -248,4 +248,7 @@ def build_app(ingest: Ingest) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", prometheus)
+    from . import certificates  # here: its routes build on this module's error contract
+
+    certificates.register(app, ingest.settings, ingest.redis)
     return app

@@ -18,8 +18,14 @@ from tests.conftest import wait_until
 from tests.factory import dose
 from tests.stack import running_stack
 from vaxline.dcc.base45 import b45decode
+from vaxline.dcc.issue import Signer, expiry, new_uvci
 from vaxline.dcc.keys import KeyStore
 from vaxline.dcc.names import dcc_name, transliterate
+from vaxline.dcc.payload import statement
+from vaxline.dcc.trust import TrustList
+from vaxline.dcc.verify import verify
+from vaxline.sequence import HistoryDose
+from vaxline.valuesets import SERIES_DOSES, VACCINE_PRODUCTS
 from workers.certify import Certifier
 
 VN = dt.timezone(dt.timedelta(hours=7))
@@ -78,8 +84,8 @@ async def test_two_doses_two_on_the_certificate_and_the_first_is_revoked(setting
 
 
 def _uvci_hash(uvci: str) -> str:
-    import hashlib
-    return hashlib.sha256(uvci.encode()).digest()[:16].hex()
+    from vaxline.dcc.trust import uvci_hash
+    return uvci_hash(uvci)
 
 
 async def test_same_dose_from_two_sites_on_one_day_counts_once(settings, db):
@@ -166,3 +172,22 @@ def test_names_are_icao_transliterated_family_name_first(name, fnt, gnt):
 def test_transliteration_keeps_only_the_icao_alphabet():
     assert transliterate("Ôn Ư Ơ ờ ỹ Đ đ") == "ON<U<O<O<Y<D<D"
     assert dcc_name("Lê") == {"fn": "Lê", "fnt": "LE"}
+
+
+@pytest.mark.parametrize("product", VACCINE_PRODUCTS)
+def test_what_we_issue_passes_our_own_verifier_for_every_product(product, tmp_path):
+    """Every product's certificate is schema-valid (value sets included), signed and current."""
+    keys = KeyStore(tmp_path / "keys")
+    keys.create()
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    history = [HistoryDose("S-1", f"R-{i}", product, "L1", i + 1, now - dt.timedelta(days=60 - 30 * i))
+               for i in range(3)]
+    stated = statement("Võ Thị Sáu", dt.date(1933, 1, 1), history)
+    uvci = new_uvci()
+    hc1 = Signer(keys.signing_key()).sign(stated.dcc(uvci), now, expiry(now))
+    verdict = verify(hc1, TrustList.from_der(k.der for k in keys.public_keys()))
+    assert verdict.valid, verdict.reason
+    v = verdict.payload["v"][0]
+    booster = 3 if SERIES_DOSES[product] < 3 else SERIES_DOSES[product]
+    assert (v["dn"], v["sd"], v["ci"]) == (3, booster, uvci)
+    assert len(hc1) < 1000  # fits a QR at error correction Q comfortably

@@ -123,3 +123,78 @@ def test_children_stop_when_the_supervisor_is_killed(tmp_path, settings):
               for pid in children):
         assert time.monotonic() < deadline, "ingest children outlived their supervisor"
         time.sleep(0.1)
+
+
+def _offline(data_dir: Path, *args, **kwargs):
+    """The CLI with no deployment configured: what a verifier on another machine has."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    return subprocess.run([*VAXLINE, "--data-dir", str(data_dir), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60, **kwargs)
+
+
+def _signed(data_dir: Path) -> tuple[str, str]:
+    """(hc1, uvci) of a certificate signed with the data dir's key, as a certifier would sign it."""
+    import datetime as dt
+
+    from vaxline.dcc.issue import Signer, expiry, new_uvci
+    from vaxline.dcc.keys import KeyStore
+    from vaxline.dcc.payload import statement
+    from vaxline.sequence import HistoryDose
+
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    stated = statement("Phạm Minh Dũng", dt.date(1985, 3, 9),
+                       [HistoryDose("S-1", "R-1", "BBIBP-CorV", "L1", 1, now - dt.timedelta(days=30)),
+                        HistoryDose("S-1", "R-2", "BBIBP-CorV", "L2", 2, now - dt.timedelta(days=2))])
+    uvci = new_uvci()
+    signer = Signer(KeyStore(data_dir / "keys").signing_key())
+    return signer.sign(stated.dcc(uvci), now, expiry(now)), uvci
+
+
+def test_keys_init_once_then_verify_offline_with_the_exit_code_contract(tmp_path):
+    import base64
+    import hashlib
+
+    data = tmp_path / "data"
+    first = _offline(data, "keys", "init")
+    assert first.returncode == 0 and "created signing key" in first.stdout, first.stderr
+    assert "exists" in _offline(data, "keys", "init").stdout
+    [listed] = _offline(data, "keys", "list").stdout.splitlines()
+    kid = listed.split()[0]
+    [key_file] = (data / "keys").glob("*.key")
+    assert key_file.stat().st_mode & 0o077 == 0, "the private key is readable by its owner only"
+    hc1, uvci = _signed(data)
+
+    valid = _offline(data, "verify", "--json", hc1)
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+    verdict = json.loads(valid.stdout)
+    assert (verdict["valid"], verdict["stage"], verdict["kid"]) == (True, None, kid)
+    assert verdict["payload"]["v"][0]["ci"] == uvci and verdict["payload"]["v"][0]["dn"] == 2
+    assert key_file.read_text() not in valid.stdout + valid.stderr
+    assert _offline(data, "verify", "-", input=hc1 + "\n").returncode == 0
+
+    expired = _offline(data, "verify", "--json", "--clock", "2040-01-01T00:00:00Z", hc1)
+    assert expired.returncode == 1 and json.loads(expired.stdout)["stage"] == "expiry"
+    tampered = _offline(data, "verify", "--json", hc1[:-6] + ("A" if hc1[-6] != "A" else "B") + hc1[-5:])
+    assert tampered.returncode == 1 and json.loads(tampered.stdout)["valid"] is False
+
+    dsc = (data / "keys" / f"{kid}.crt")
+    assert _offline(data, "verify", "--dsc", str(dsc), hc1).returncode == 0
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    der = x509.load_pem_x509_certificate(dsc.read_bytes()).public_bytes(Encoding.DER)
+    assert _offline(data, "verify", "--dsc", base64.b64encode(der).decode(), hc1).returncode == 0
+    other = tmp_path / "other"
+    _offline(other, "keys", "init")
+    stranger = _offline(data, "verify", "--json", "--dsc", str(next((other / "keys").glob("*.crt"))), hc1)
+    assert stranger.returncode == 1 and json.loads(stranger.stdout)["stage"] == "signature"
+
+    revocations = tmp_path / "revocations.json"
+    revocations.write_text(json.dumps({"hashes": [{"hash": hashlib.sha256(uvci.encode()).digest()[:16].hex()}]}))
+    revoked = _offline(data, "verify", "--json", "--revocations", str(revocations), hc1)
+    assert revoked.returncode == 1 and json.loads(revoked.stdout)["stage"] == "revocation"
+
+    for usage in (["verify"], ["verify", "--clock", "yesterday", hc1], ["verify", "--dsc", "/nonexistent", hc1],
+                  ["verify", "--dsc", "bm90IGEgY2VydGlmaWNhdGU=", hc1]):
+        result = _offline(data, *usage)
+        assert result.returncode == 2, (usage, result.stdout, result.stderr)
+    assert _offline(tmp_path / "empty", "verify", hc1).returncode == 2  # no trust list at all

@@ -3,8 +3,10 @@
     vaxline run                       everything, in the foreground (embedded Postgres/Redis by default)
     vaxline migrate                   apply schema migrations (idempotent)
     vaxline serve [--host --port --processes]
-    vaxline work [--processes]
+    vaxline work [--processes --certifiers]
     vaxline sites add --code --name --province [--kind]
+    vaxline keys init|rotate|list         signing keys and their signer certificates (DSC)
+    vaxline verify [--dsc ...] [--clock] [--json] HC1_OR_DASH
 
 `migrate`, `serve`, `work` and `sites` use DATABASE_URL and REDIS_URL; when
 those are unset and `vaxline run` is running on its embedded services in the
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 
 from .config import Settings
+from .dcc.keys import KeyStore
 from .valuesets import SITE_KINDS
 
 log = logging.getLogger("vaxline")
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from monitoring.logs import configure
 
-    configure(logging.WARNING if args.command in ("sites", "status") else None)
+    configure(logging.WARNING if args.command in ("sites", "status", "keys", "verify") else None)
     try:
         return args.func(args) or 0
     except ConfigError as e:
@@ -57,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, default=8080)
     run.add_argument("--ingest-processes", type=int, default=2)
     run.add_argument("--workers", type=int, default=2)
+    run.add_argument("--certifiers", type=int, default=1)
     run.set_defaults(func=cmd_run)
 
     migrate = commands.add_parser("migrate", help="apply schema migrations")
@@ -69,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     work = commands.add_parser("work", help="run the stream worker processes")
-    work.add_argument("--processes", type=int, default=2)
+    work.add_argument("--processes", type=int, default=2, help="persisting workers")
+    work.add_argument("--certifiers", type=int, default=1, help="certifier processes (0: certify elsewhere)")
     work.add_argument("--name", default=socket.gethostname(),
                       help="consumer name prefix; keep it stable so a restarted worker reads its own pending list")
     work.add_argument("--metrics-host", default="0.0.0.0")
@@ -91,6 +96,25 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--province", type=int, required=True, help="official province code, e.g. 1 for Hà Nội")
     add.add_argument("--kind", choices=SITE_KINDS, default="fixed")
     add.set_defaults(func=cmd_sites_add)
+    keys = commands.add_parser("keys", help="certificate signing keys").add_subparsers(dest="keys_command",
+                                                                                   required=True)
+    keys.add_parser("init", help="create a signing key and its DSC unless one exists").set_defaults(func=cmd_keys_init)
+    keys.add_parser("rotate", help="add a new signing key; older ones stay in the trust list"
+                    ).set_defaults(func=cmd_keys_rotate)
+    keys.add_parser("list", help="the trust list: kid, expiry, whether the private key is here"
+                    ).set_defaults(func=cmd_keys_list)
+
+    verify = commands.add_parser(
+        "verify", help="verify an HC1 certificate offline; exit 0 valid, 1 not valid, 2 usage error")
+    verify.add_argument("hc1", metavar="HC1_OR_DASH", help="the HC1: text, or - to read it from standard input")
+    verify.add_argument("--dsc", action="append", metavar="FILE_OR_BASE64_DER",
+                        help="a trusted signer certificate (repeatable); default: this deployment's trust list")
+    verify.add_argument("--clock", metavar="RFC3339", help="verify as of this time instead of now")
+    verify.add_argument("--revocations", metavar="FILE",
+                        help="revoked UVCI hashes as GET /v1/revocations serves them; without --dsc the"
+                             " deployment's own list is read from its database when it is reachable")
+    verify.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    verify.set_defaults(func=cmd_verify)
     return parser
 
 
@@ -178,11 +202,13 @@ def start_ingest(supervisor, settings: Settings, *, host: str, port: int, proces
         supervisor.add(f"ingest-{i}", run_process, settings, host, port)
 
 
-def start_workers(supervisor, settings: Settings, *, name: str, processes: int) -> None:
+def start_workers(supervisor, settings: Settings, *, name: str, processes: int, certifiers: int) -> None:
     from workers.process import run_process
 
     for i in range(processes):
         supervisor.add(f"worker-{i}", run_process, settings, f"{name}-{i}")
+    for i in range(certifiers):
+        supervisor.add(f"certifier-{i}", run_process, settings, f"{name}-certifier-{i}", "certify")
 
 
 def _interrupt(signum, frame):
@@ -230,7 +256,9 @@ def cmd_work(args) -> int:
 
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry())
     supervisor = Supervisor(on_exit=_process_exited)
-    start_workers(supervisor, settings, name=args.name, processes=args.processes)
+    if args.certifiers and not KeyStore(settings.signing_keys_dir).public_keys():
+        raise ConfigError(f"no signing key in {settings.signing_keys_dir}: run `vaxline keys init` first")
+    start_workers(supervisor, settings, name=args.name, processes=args.processes, certifiers=args.certifiers)
     _supervise(supervisor)
     return 0
 
@@ -248,6 +276,112 @@ def cmd_status(args) -> int:
         print(f"vaxline status: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+# -- keys, verify ----------------------------------------------------------
+
+def _keys(args) -> KeyStore:
+    return KeyStore(Settings.from_env(data_dir=args.data_dir).signing_keys_dir)
+
+
+def cmd_keys_init(args) -> int:
+    keys = _keys(args)
+    created = keys.ensure()
+    if created:
+        print(f"created signing key {created.kid.hex()} in {keys.directory} (DSC valid until {created.not_after:%Y-%m-%d})")
+    else:
+        print(f"a signing key exists in {keys.directory}; `vaxline keys rotate` adds a new one")
+    return 0
+
+
+def cmd_keys_rotate(args) -> int:
+    keys = _keys(args)
+    created = keys.create()
+    print(f"created signing key {created.kid.hex()}; certifiers sign with it from their next group,"
+          f" and the {len(keys.public_keys()) - 1} older key(s) stay in the trust list")
+    return 0
+
+
+def cmd_keys_list(args) -> int:
+    keys = _keys(args)
+    for public in keys.public_keys(include_expired=True):
+        private = (keys.directory / f"{public.kid.hex()}.key").exists()
+        print(f"{public.kid.hex()}  valid until {public.not_after:%Y-%m-%d}  {'signing key here' if private else 'public only'}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    import datetime as dt
+
+    from .dcc.trust import TrustList, load_dsc, uvci_hash
+    from .dcc.verify import verify
+
+    hc1 = sys.stdin.read() if args.hc1 == "-" else args.hc1
+    try:
+        clock = dt.datetime.fromisoformat(args.clock.replace("Z", "+00:00")) if args.clock else None
+        if clock and clock.tzinfo is None:
+            raise ValueError("--clock needs a UTC offset, e.g. 2021-08-14T09:30:00Z")
+        ders = [load_dsc(dsc) for dsc in args.dsc] if args.dsc else [k.der for k in _keys(args).public_keys()]
+        revoked = _revocations_file(args.revocations) if args.revocations else set()
+    except (ValueError, OSError) as e:
+        print(f"vaxline verify: {e}", file=sys.stderr)
+        return 2
+    if not ders:
+        print("vaxline verify: no trust list: pass --dsc, or run `vaxline keys init`", file=sys.stderr)
+        return 2
+    trust = TrustList.from_der(ders)
+    verdict = verify(hc1.strip(), trust, clock=clock, revoked=revoked)
+    if not args.dsc and not args.revocations and verdict.payload:
+        uvci = _uvci_of(verdict.payload)
+        if uvci and _deployment_revoked(args, uvci):
+            verdict = verify(hc1.strip(), trust, clock=clock, revoked={uvci_hash(uvci)})
+    if args.json:
+        print(json.dumps(verdict.to_json(), ensure_ascii=False))
+    elif verdict.valid:
+        print(f"valid: signed by kid {verdict.kid}")
+    else:
+        print(f"not valid: {verdict.stage}: {verdict.reason}")
+    return 0 if verdict.valid else 1
+
+
+def _revocations_file(path: str) -> set[str]:
+    body = json.loads(Path(path).read_text())
+    entries = body.get("hashes", []) if isinstance(body, dict) else body
+    return {e["hash"] if isinstance(e, dict) else str(e) for e in entries}
+
+
+def _uvci_of(payload: dict) -> str | None:
+    for group in ("v", "t", "r"):
+        for entry in payload.get(group) or []:
+            if isinstance(entry, dict) and isinstance(entry.get("ci"), str):
+                return entry["ci"]
+    return None
+
+
+def _deployment_revoked(args, uvci: str) -> bool:
+    """Whether this deployment revoked the certificate; False when its database is not reachable
+    (verification is offline by design: the revocation check is then skipped, as a verifier app does
+    between downloads of the list)."""
+    import asyncpg
+
+    from storage.certificates import is_revoked
+
+    try:
+        settings = settings_for(args)
+    except ConfigError:
+        return False
+
+    async def check() -> bool:
+        conn = await asyncpg.connect(settings.database_url, timeout=5)
+        try:
+            return await is_revoked(conn, uvci)
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(check())
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
 
 
 # -- run --------------------------------------------------------------------
@@ -276,7 +410,10 @@ def cmd_run(args) -> int:
         _urls_file(data_dir).write_text(json.dumps({"database_url": settings.database_url,
                                                     "redis_url": settings.redis_url}))
         start_ingest(supervisor, settings, host=args.host, port=args.port, processes=args.ingest_processes)
-        start_workers(supervisor, settings, name=f"{socket.gethostname()}-run", processes=args.workers)
+        if KeyStore(settings.signing_keys_dir).ensure():
+            log.warning("created a signing key in %s (`vaxline keys list` shows it)", settings.signing_keys_dir)
+        start_workers(supervisor, settings, name=f"{socket.gethostname()}-run", processes=args.workers,
+                      certifiers=args.certifiers)
         _wait_ready(args, supervisor)
         _print_banner(args, site.code, token)
         _supervise(supervisor, tick=_status_printer())

@@ -12,9 +12,9 @@ VACCINE_MANUFACTURERS: dict[str, str] = {
     "EU/1/21/1618": "ORG-100032020",  # Nuvaxovid, Novavax
     "BBIBP-CorV": "ORG-100020693",  # Sinopharm (Vero Cell)
     "CoronaVac": "Sinovac-Biotech",
-    "Sputnik-V": "ORG-100023050",  # Gamaleya
-    "Hayat-Vax": "Gulf-Pharmaceutical-Industries",
-    "Abdala": "Center-for-Genetic-Engineering-and-Biotechnology-Havana",
+    "Sputnik-V": "Gamaleya-Research-Institute",
+    "Hayat-Vax": "ORG-100023050",  # Gulf Pharmaceutical Industries
+    "Abdala": "CIGB",  # Center for Genetic Engineering and Biotechnology, Havana
     "Covaxin": "Bharat-Biotech",
 }
 

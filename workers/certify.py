@@ -15,6 +15,7 @@ another certifier is simply rebuilt from a fresh read.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import datetime as dt
 import logging
@@ -62,7 +63,8 @@ class Certifier:
         if self._signer is None or version != self._keys_version:
             self._signer = Signer(self._keys.signing_key())
             self._keys_version = version
-            log.info("signing with key %s", self._signer.key.kid.hex())
+            # As the EU trust lists write a kid: base64 (a hex kid may look like a run of ID digits).
+            log.info("signing with key kid=%s", base64.b64encode(self._signer.key.kid).decode())
         return self._signer
 
     async def certify(self, persons: dict[str, float]) -> Outcome:
@@ -74,7 +76,7 @@ class Certifier:
             signer = self.signer()
             async with self._pool.acquire() as conn:
                 people = await store.people(conn, list(todo))
-            issued_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+            issued_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)  # the CWT counts whole seconds
             expires_at = expiry(issued_at)
             new: list[store.NewCertificate] = []
             for person in people:

@@ -17,8 +17,10 @@ CREATE TABLE certificates (
     hc1           text NOT NULL,
     issued_at     timestamptz NOT NULL,
     expires_at    timestamptz NOT NULL,
-    -- When the earliest of the batches that led to this certificate got its 202.
+    -- When the earliest of the batches that led to this certificate got its 202,
+    -- and when the certificate was stored: the 202-to-certificate latency.
     received_at   timestamptz,
+    certified_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     revoked_at    timestamptz,
     superseded_by text
 );

@@ -1,0 +1,368 @@
+"""The certificate routes of ingest: read, look up, verify, and what verifiers download.
+
+    GET  /v1/certificates/{uvci}     the certificate as JSON, or its QR code (SVG/PNG)
+    POST /v1/certificates/lookup     the current certificate of a national ID + birth date
+    POST /v1/certificates/verify     the verdict on an HC1 string (200 whether valid or not)
+    GET  /v1/trust-list              the signer certificates (DSCs) this deployment trusts
+    GET  /v1/revocations             hashes of revoked UVCIs, as the EU gateway distributes them
+
+No route needs a site token: a UVCI is a 160-bit bearer secret, and a
+lookup needs the birth date as well as the national ID. A lookup answers a
+wrong birth date exactly as an unknown person (same body, same status, at
+least `lookup_floor` seconds either way) and is rate-limited per client
+address in Redis, failing closed when Redis is unreachable. Neither a
+national ID nor a UVCI reaches a log line or a metric label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import datetime as dt
+import io
+import math
+import time
+from typing import Annotated, Any
+
+import asyncpg
+import msgspec
+import redis.asyncio as aioredis
+import segno
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from monitoring import metrics
+from storage import certificates as store
+from vaxline.config import Settings
+from vaxline.dcc.keys import KeyStore, PublicKey
+from vaxline.dcc.trust import TrustList, uvci_hash
+from vaxline.dcc.verify import verify
+from vaxline.doses import FIELD_RULES, NationalId
+
+from .app import INGEST, ApiError, json_response
+
+MAX_HC1 = 8192  # a QR code holds at most 4296 alphanumeric characters; twice that is not a DCC
+QR_SCALE, QR_BORDER = 4, 4  # pixels per module; the quiet zone of 4 modules the QR standard asks for
+FORMATS = {"json": "application/json", "svg": "image/svg+xml", "png": "image/png"}  # server preference order
+NOT_FOUND = "no current certificate for this national ID and birth date"
+REVOCATION_ALGORITHM = "SHA-256, first 16 bytes of the UVCI"
+NO_STORE = {"Cache-Control": "no-store"}  # personal data: no cache on the way may keep it
+
+
+class LookupRequest(msgspec.Struct, forbid_unknown_fields=True):
+    national_id: NationalId
+    birth_date: dt.date
+
+
+class VerifyRequest(msgspec.Struct, forbid_unknown_fields=True):
+    hc1: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_HC1)]
+
+
+class CertificateView(msgspec.Struct):
+    uvci: str
+    full_name: str
+    birth_date: dt.date
+    doses: msgspec.Raw
+    status: str
+    issued_at: dt.datetime
+    expires_at: dt.datetime
+    revoked_at: dt.datetime | None
+    superseded_by: str | None
+    hc1: str
+
+
+RULES = {**FIELD_RULES, "birth_date": "must be a date YYYY-MM-DD", "hc1": f"must be a string of 1-{MAX_HC1} characters"}
+
+
+class RateLimited(Exception):
+    """Over the lookup limit for this window; retry after `retry_after` seconds."""
+
+    def __init__(self, retry_after: int):
+        super().__init__(f"too many lookups; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class LookupLimiter:
+    """A fixed window per client address in Redis, so every ingest process counts against one limit."""
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings, *, clock=time.time):
+        self._redis = redis
+        self._prefix = f"{settings.stream_prefix}:lookup"
+        self._limit = settings.lookup_rate_limit
+        self._window = settings.lookup_rate_window
+        self._clock = clock  # wall time: every process must agree on the window number
+
+    async def admit(self, address: str) -> None:
+        """Count one lookup; raises RateLimited past the limit, RedisError when Redis fails."""
+        now = self._clock()
+        window = int(now // self._window)
+        key = f"{self._prefix}:{address}:{window}"
+        async with self._redis.pipeline(transaction=True) as pipe:  # never a counter without its expiry
+            pipe.incr(key)
+            pipe.expire(key, math.ceil(self._window) + 1)
+            count, _ = await pipe.execute()
+        if count > self._limit:
+            raise RateLimited(max(1, math.ceil((window + 1) * self._window - now)))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrustSnapshot:
+    version: float
+    keys: list[PublicKey]
+    trust: TrustList
+    stale_after: dt.datetime | None  # the earliest DSC expiry: the list changes then too
+
+
+class TrustedKeys:
+    """The deployment's trust list, reloaded when the keys folder changes or a DSC expires."""
+
+    def __init__(self, keys: KeyStore, *, clock=lambda: dt.datetime.now(dt.UTC)):
+        self._keys = keys
+        self._clock = clock
+        self._snapshot: TrustSnapshot | None = None
+
+    def current(self) -> TrustSnapshot:
+        version, now = self._keys.version(), self._clock()
+        snapshot = self._snapshot
+        if snapshot is None or snapshot.version != version or (snapshot.stale_after and now >= snapshot.stale_after):
+            keys = self._keys.public_keys(now=now)
+            snapshot = TrustSnapshot(version, keys, TrustList.from_der(k.der for k in keys),
+                                     min((k.not_after for k in keys), default=None))
+            self._snapshot = snapshot
+        return snapshot
+
+
+@dataclasses.dataclass(frozen=True)
+class Certificates:
+    limiter: LookupLimiter
+    trusted: TrustedKeys
+    lookup_floor: float
+
+
+CERTIFICATES = web.AppKey("certificates", Certificates)
+
+
+def register(app: web.Application, settings: Settings, redis: aioredis.Redis) -> None:
+    app[CERTIFICATES] = Certificates(LookupLimiter(redis, settings), TrustedKeys(KeyStore(settings.signing_keys_dir)),
+                                     settings.lookup_floor)
+    # The fixed paths before /v1/certificates/{uvci}, which would match them too.
+    app.router.add_post("/v1/certificates/lookup", post_lookup)
+    app.router.add_post("/v1/certificates/verify", post_verify)
+    app.router.add_get("/v1/certificates/{uvci}", get_certificate)
+    app.router.add_get("/v1/trust-list", get_trust_list)
+    app.router.add_get("/v1/revocations", get_revocations)
+
+
+# GET /v1/certificates/{uvci}
+
+async def get_certificate(request: web.Request) -> web.Response:
+    fmt = requested_format(request.query.get("format"), request.headers.get("Accept"))
+    async with request.app[INGEST].pool.acquire() as conn:
+        record = await store.by_uvci(conn, request.match_info["uvci"])
+    if record is None:
+        raise ApiError(404, "no certificate with this UVCI")
+    if fmt == "json":
+        response = certificate_response(record)
+        response.headers["Vary"] = "Accept"
+        return response
+    # 30-40 ms of pure Python: in a thread, the loop keeps answering doses between GIL switches
+    image = await asyncio.to_thread(qr_image, record["hc1"], fmt)
+    return web.Response(body=image, content_type=FORMATS[fmt], headers={**NO_STORE, "Vary": "Accept"})
+
+
+def requested_format(query: str | None, accept: str | None) -> str:
+    """json, svg or png: `?format=` wins over the Accept header."""
+    if query is not None:
+        if query not in FORMATS:
+            raise ApiError(400, f"format must be one of {', '.join(FORMATS)}")
+        return query
+    return negotiated_format(accept)
+
+
+def negotiated_format(accept: str | None) -> str:
+    """The format the Accept header prefers: highest q, then the most specific range, then ours.
+
+    JSON when the header is absent or allows none of them (a browser's `text/html` gets the JSON).
+    """
+    ranges = [_media_range(part) for part in (accept or "").split(",") if part.strip()]
+    best, best_rank = "json", (0.0, -1)
+    for fmt, media_type in FORMATS.items():
+        matches = [(specificity, q) for pattern, q in ranges if (specificity := _match(pattern, media_type)) >= 0]
+        if not matches:
+            continue
+        specificity, q = max(matches)  # the most specific range that matches decides the q
+        if q > 0 and (q, specificity) > best_rank:
+            best, best_rank = fmt, (q, specificity)
+    return best
+
+
+def _media_range(part: str) -> tuple[str, float]:
+    media_type, *params = (p.strip() for p in part.split(";"))
+    q = 1.0
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                q = min(1.0, max(0.0, float(value)))
+            except ValueError:
+                q = 0.0  # a q we cannot read is taken as "not acceptable", never as the best
+    return media_type.lower(), q
+
+
+def _match(pattern: str, media_type: str) -> int:
+    """How specifically `pattern` matches: 2 exactly, 1 `type/*`, 0 `*/*`, -1 not at all."""
+    if pattern == media_type:
+        return 2
+    if pattern == "*/*":
+        return 0
+    if pattern.endswith("/*") and media_type.startswith(pattern[:-1]):
+        return 1
+    return -1
+
+
+def qr_image(hc1: str, fmt: str) -> bytes:
+    qr = segno.make_qr(hc1, error="q", mode="alphanumeric", boost_error=False)
+    out = io.BytesIO()
+    qr.save(out, kind=fmt, scale=QR_SCALE, border=QR_BORDER)
+    return out.getvalue()
+
+
+def certificate_response(record: asyncpg.Record) -> web.Response:
+    doses = record["doses"]  # asyncpg hands jsonb over as its text unless a codec is set: passed through as is
+    view = CertificateView(
+        uvci=record["uvci"], full_name=record["full_name"], birth_date=record["birth_date"],
+        doses=msgspec.Raw(doses.encode() if isinstance(doses, str) else msgspec.json.encode(doses)),
+        status=record["status"], issued_at=record["issued_at"], expires_at=record["expires_at"],
+        revoked_at=record["revoked_at"], superseded_by=record["superseded_by"], hc1=record["hc1"],
+    )
+    return json_response(view, headers=NO_STORE)
+
+
+# POST /v1/certificates/lookup
+
+async def post_lookup(request: web.Request) -> web.Response:
+    started = time.monotonic()
+    certificates = request.app[CERTIFICATES]
+    await _admit(certificates.limiter, request.remote or "unknown")
+    query = await decoded_body(request, _lookup_decoder, LookupRequest)
+    async with request.app[INGEST].pool.acquire() as conn:
+        record = await store.current_for(conn, query.national_id, query.birth_date)
+    metrics.certificate_lookups.labels(result="found" if record else "not_found").inc()
+    # Both answers are built, then held to the floor: neither body nor timing tells a wrong birth date
+    # from an unknown person.
+    answer = certificate_response(record) if record else ApiError(404, NOT_FOUND)
+    await asyncio.sleep(max(0.0, started + certificates.lookup_floor - time.monotonic()))
+    if isinstance(answer, ApiError):
+        raise answer
+    return answer
+
+
+async def _admit(limiter: LookupLimiter, address: str) -> None:
+    try:
+        await limiter.admit(address)
+    except RateLimited as e:
+        metrics.certificate_lookups.labels(result="rate_limited").inc()
+        raise ApiError(429, str(e), headers={"Retry-After": str(e.retry_after)}) from e
+    except (TimeoutError, RedisError, OSError) as e:  # fail closed: no limit, no lookup
+        raise ApiError(503, "the lookup rate limiter is unavailable; retry later",
+                       headers={"Retry-After": "5"}) from e
+
+
+_lookup_decoder = msgspec.json.Decoder(LookupRequest)
+_verify_decoder = msgspec.json.Decoder(VerifyRequest)
+_object_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+async def decoded_body(request: web.Request, decoder: msgspec.json.Decoder, struct: type[msgspec.Struct]):
+    """The JSON body as `struct`; 415, 400 (not a JSON object) or 422 naming every wrong field."""
+    if request.content_type != "application/json":
+        raise ApiError(415, f"unsupported content type {request.content_type!r}; send application/json")
+    body = await request.read()
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError:
+        pass
+    except msgspec.DecodeError as e:
+        raise ApiError(400, f"malformed body: {e}") from e
+    try:
+        fields = _object_decoder.decode(body)
+    except msgspec.DecodeError as e:
+        raise ApiError(400, "malformed body: expected a JSON object") from e
+    raise ApiError(422, "; ".join(field_errors(struct, fields)) or "invalid body")
+
+
+def field_errors(struct: type[msgspec.Struct], fields: dict[str, Any]) -> list[str]:
+    """Each wrong field of `struct` in a decoded object, with its rule (as POST /v1/doses reports them)."""
+    known = {field.encode_name: field for field in msgspec.structs.fields(struct)}
+    errors = [f"{name}: unknown field" for name in fields if name not in known]
+    for name, field in known.items():
+        if name not in fields:
+            errors.append(f"{name}: required")
+            continue
+        try:
+            msgspec.convert(fields[name], field.type)
+        except msgspec.ValidationError:
+            errors.append(f"{name}: {RULES[name]}")
+    return errors
+
+
+# POST /v1/certificates/verify
+
+async def post_verify(request: web.Request) -> web.Response:
+    """The verdict, as a verifier app would reach it offline with this deployment's lists."""
+    body = await decoded_body(request, _verify_decoder, VerifyRequest)
+    trust = request.app[CERTIFICATES].trusted.current().trust
+    verdict = verify(body.hc1, trust)
+    uvci = _uvci_of(verdict.payload)
+    if uvci is not None:
+        async with request.app[INGEST].pool.acquire() as conn:
+            revoked = await store.is_revoked(conn, uvci)
+        if revoked:  # rare: judge again with the revocation known, so every stage is reported in one verdict
+            verdict = verify(body.hc1, trust, revoked={uvci_hash(uvci)})
+    return json_response(verdict.to_json())
+
+
+def _uvci_of(payload: dict | None) -> str | None:
+    try:
+        uvci = payload["v"][0]["ci"]
+    except (KeyError, IndexError, TypeError):
+        return None  # not decoded, or not a vaccination certificate: nothing of ours to revoke
+    return uvci if isinstance(uvci, str) else None
+
+
+# GET /v1/trust-list, GET /v1/revocations
+
+async def get_trust_list(request: web.Request) -> web.Response:
+    keys = request.app[CERTIFICATES].trusted.current().keys
+    return json_response({"certificates": [{
+        "kid": base64.b64encode(key.kid).decode(),
+        "kid_hex": key.kid.hex(),
+        "certificate": base64.b64encode(key.der).decode(),
+        "not_after": key.not_after,
+    } for key in keys]})
+
+
+async def get_revocations(request: web.Request) -> web.Response:
+    since = request.query.get("since")
+    since_at = parse_rfc3339(since) if since is not None else None
+    async with request.app[INGEST].pool.acquire() as conn:
+        rows = await store.revocations(conn, since_at)
+    return json_response({
+        "hashes": [{"hash": row["hash"], "revoked_at": row["revoked_at"]} for row in rows],
+        "algorithm": REVOCATION_ALGORITHM,
+    })
+
+
+def parse_rfc3339(text: str) -> dt.datetime:
+    """An RFC 3339 date-time with its offset; 400 otherwise."""
+    try:
+        at = dt.datetime.fromisoformat(text)
+    except ValueError:
+        try:  # an unescaped `+07:00` arrives as ` 07:00` (a query string's `+` is a space)
+            at = dt.datetime.fromisoformat(text.replace(" ", "+"))
+        except ValueError:
+            at = None
+    if at is None or at.tzinfo is None:
+        raise ApiError(400, "since must be an RFC 3339 date-time with a UTC offset, e.g. 2021-10-01T00:00:00Z")
+    return at
