@@ -100,8 +100,12 @@ def render(before: Snapshot, after: Snapshot) -> str:
         f"doses rejected   {after.value('vaxline_doses_rejected_total'):>14,.0f}"
         f"  backpressure 503s {after.value('vaxline_backpressure_rejections_total'):,.0f}",
         f"dead letters     {after.value('vaxline_dead_letters_total'):>14,.0f}",
+        f"certificates     {after.value('vaxline_certificates_issued_total'):>14,.0f}"
+        f"  {rate('vaxline_certificates_issued_total'):>10,.0f}/s  (revoked"
+        f" {after.value('vaxline_certificates_revoked_total'):,.0f}, backlog {after.value('vaxline_certify_backlog'):,.0f})",
         f"connections      {after.value('vaxline_open_connections'):>14,.0f}"
-        f"  workers running {after.value('vaxline_workers_running'):,.0f}",
+        f"  workers running {after.value('vaxline_workers_running'):,.0f}"
+        f"  certifiers running {after.value('vaxline_certifiers_running'):,.0f}",
     ]
     for stage in ("persisted", "certified"):
         p50, p99 = (quantile(q, before.freshness.get(stage, {}), after.freshness.get(stage, {})) for q in (0.5, 0.99))
@@ -124,6 +128,7 @@ def status_line(before: Snapshot, after: Snapshot) -> str:
     return (
         f"accepted {accepted:,.0f} ({(accepted - before.value('vaxline_doses_accepted_total')) / seconds:,.0f}/s)  "
         f"persisted {after.persisted():,.0f} ({(after.persisted() - before.persisted()) / seconds:,.0f}/s)  "
+        f"certified {after.value('vaxline_certificates_issued_total'):,.0f}  "
         f"backlog {after.value('vaxline_stream_backlog'):,.0f} entries  "
         f"dead letters {after.value('vaxline_dead_letters_total'):,.0f}"
     )

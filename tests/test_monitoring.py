@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring import metrics
 from monitoring.status import Snapshot, quantile
+from vaxline.dcc.keys import KeyStore
 from tests.conftest import ROOT, wait_until
 from tests.factory import batch, dose
 from tests.test_crash import free_port
@@ -128,6 +129,7 @@ class Deployment:
 @pytest.fixture
 async def deployment(settings, tmp_path):
     deployed = Deployment(settings, tmp_path)
+    KeyStore(tmp_path / "work" / "keys").create()  # `vaxline work` refuses to start certifiers without a key
     deployed.start("serve", "--host", "127.0.0.1", "--port", str(deployed.port), "--processes", "2")
     deployed.start("work", "--processes", "2", "--metrics-host", "127.0.0.1",
                    "--metrics-port", str(deployed.metrics_port))
@@ -135,7 +137,7 @@ async def deployment(settings, tmp_path):
     def up() -> bool:
         try:
             deployed.scrape()
-            return len(deployed.children("work")) == 2 and len(deployed.children("serve")) == 2
+            return len(deployed.children("work")) == 3 and len(deployed.children("serve")) == 2
         except OSError:
             return False
 
@@ -185,6 +187,13 @@ async def test_a_known_workload_gives_exact_counts_across_processes(deployment, 
                 rejected[sample.labels["reason"]] = sample.value
     assert rejected == {"national_id": 10, "lot": 10}
     assert snapshot.value("vaxline_workers_running") == 2
+    # One person per inserted dose, each with one dose: exactly one certificate each, whatever the redeliveries.
+    await wait_until(lambda: deployment.scrape().value("vaxline_certificates_issued_total") == 100,
+                     message="100 certificates counted")
+    certified = deployment.scrape()
+    assert certified.freshness["certified"][float("inf")] == 100
+    assert certified.value("vaxline_certificates_revoked_total") == 0
+    assert certified.value("vaxline_certifiers_running") == 1
 
     # Held client connections are summed over both ingest processes (the scrape itself may add one).
     held = [socket.create_connection(("127.0.0.1", deployment.port)) for _ in range(6)]
@@ -244,6 +253,7 @@ async def test_status_prints_the_picture_of_a_running_deployment(deployment, set
     assert lines["doses accepted"].split()[2] == "7"
     assert lines["doses persisted"].split()[2] == "7"
     assert "p50" in lines["freshness 202->persisted"]
+    await wait_until(lambda: deployment.scrape().value("vaxline_certificates_issued_total") == 7, message="certified")
     assert "shard  backlog  pending      lag" in result.stdout
     unreachable = subprocess.run([sys.executable, "-m", "vaxline.cli", "status", "--url", "http://127.0.0.1:1/metrics"],
                                  cwd=ROOT, capture_output=True, text=True, timeout=60)
