@@ -18,13 +18,19 @@ import asyncpg
 
 from vaxline.sequence import HistoryDose
 
+# Person first, then their doses through the (national_id, administered_at) index of every partition:
+# a LATERAL join keeps that plan however large `doses` grows (a hash join over all partitions, which
+# the planner picks on young statistics, reads the whole table for each group).
 _HISTORY = """
-SELECT p.national_id, p.full_name, p.birth_date, s.code AS site, d.record_id, d.vaccine, d.lot,
-       d.dose_number, d.administered_at
-FROM persons p
-JOIN doses d ON d.national_id = p.national_id
-JOIN sites s ON s.site_id = d.site_id
-WHERE p.national_id = ANY($1::text[])
+SELECT p.national_id, p.full_name, p.birth_date, d.site, d.record_id, d.vaccine, d.lot, d.dose_number,
+       d.administered_at
+FROM unnest($1::text[]) AS i(national_id)
+JOIN persons p ON p.national_id = i.national_id
+CROSS JOIN LATERAL (
+    SELECT s.code AS site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at
+    FROM doses d JOIN sites s ON s.site_id = d.site_id
+    WHERE d.national_id = p.national_id
+) d
 """
 
 _CURRENT = """

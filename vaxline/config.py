@@ -39,9 +39,9 @@ class Settings:
     statement_timeout: float = 120.0  # a persist stuck longer is cut off and retried
 
     # Certificates: persisting workers hand the persons of each group to the certifiers through one
-    # stream; a certifier signs up to certify_max_persons at a time.
+    # stream; a certifier signs and stores certify_max_persons at a time.
     certify_group: str = "certify"
-    certify_max_persons: int = 2_000
+    certify_max_persons: int = 1_000
     certify_max_wait: float = 0.02
     keys_dir: str = ""  # signing keys and signer certificates; default <data_dir>/keys
 

@@ -51,9 +51,10 @@ class Outcome:
 
 
 class Certifier:
-    def __init__(self, pool: asyncpg.Pool, keys: KeyStore):
+    def __init__(self, pool: asyncpg.Pool, keys: KeyStore, *, chunk: int = 1000):
         self._pool = pool
         self._keys = keys
+        self._chunk = chunk  # persons signed, then stored, at a time: certificates appear as they are made
         self._signer: Signer | None = None
         self._keys_version: int | None = None
 
@@ -70,7 +71,13 @@ class Certifier:
     async def certify(self, persons: dict[str, float]) -> Outcome:
         """Bring the certificates of these persons (national id -> earliest 202) up to date."""
         outcome = Outcome()
-        todo = persons
+        ids = list(persons)
+        for start in range(0, len(ids), self._chunk):
+            await self._certify({nid: persons[nid] for nid in ids[start:start + self._chunk]}, outcome)
+        metrics.certificates_unchanged.inc(outcome.unchanged)
+        return outcome
+
+    async def _certify(self, todo: dict[str, float], outcome: Outcome) -> None:
         while todo:
             started = time.perf_counter()
             signer = self.signer()
@@ -103,8 +110,6 @@ class Certifier:
             metrics.certificates_revoked.inc(revoked)
             metrics.certify_duration.observe(time.perf_counter() - started)
             todo = {c.national_id: todo[c.national_id] for c in new if c.national_id not in written}
-        metrics.certificates_unchanged.inc(outcome.unchanged)
-        return outcome
 
 
 async def run_certifier(settings: Settings, *, consumer: str, stop: asyncio.Event) -> None:
@@ -113,7 +118,7 @@ async def run_certifier(settings: Settings, *, consumer: str, stop: asyncio.Even
     if pool is None:
         return
     redis = connect_redis(settings)
-    certifier = Certifier(pool, KeyStore(settings.signing_keys_dir))
+    certifier = Certifier(pool, KeyStore(settings.signing_keys_dir), chunk=settings.certify_max_persons)
     housekeeping = asyncio.create_task(_housekeeping(redis, settings))
     metrics.certifiers_running.inc()
     try:
@@ -152,7 +157,8 @@ async def _drain(redis, certifier: Certifier, settings: Settings, consumer: str,
 
 async def _gather(reader: ShardReader, settings: Settings, stop: asyncio.Event
                   ) -> tuple[list[StreamEntry], dict[str, float]]:
-    """Handoffs up to certify_max_persons, or whatever came within certify_max_wait of the first."""
+    """Handoffs up to certify_max_persons (one persisted group may hand off more), or whatever came
+    within certify_max_wait of the first."""
     entries: list[StreamEntry] = []
     persons: dict[str, float] = {}
     deadline = None
@@ -160,7 +166,7 @@ async def _gather(reader: ShardReader, settings: Settings, stop: asyncio.Event
         remaining = 0.2 if deadline is None else deadline - time.monotonic()
         if remaining <= 0:
             break
-        for entry in await reader.read(block_ms=max(1, int(remaining * 1000)), count=10):
+        for entry in await reader.read(block_ms=max(1, int(remaining * 1000)), count=1):
             entries.append(entry)
             if entry.payload is None:
                 continue  # trimmed away: nothing to decode, acknowledged with the rest
