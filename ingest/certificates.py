@@ -314,21 +314,13 @@ async def post_verify(request: web.Request) -> web.Response:
     body = await decoded_body(request, _verify_decoder, VerifyRequest)
     trust = request.app[CERTIFICATES].trusted.current().trust
     verdict = verify(body.hc1, trust)
-    uvci = _uvci_of(verdict.payload)
+    uvci = verdict.uvci
     if uvci is not None:
         async with request.app[INGEST].pool.acquire() as conn:
             revoked = await store.is_revoked(conn, uvci)
         if revoked:  # rare: judge again with the revocation known, so every stage is reported in one verdict
             verdict = verify(body.hc1, trust, revoked={uvci_hash(uvci)})
     return json_response(verdict.to_json())
-
-
-def _uvci_of(payload: dict | None) -> str | None:
-    try:
-        uvci = payload["v"][0]["ci"]
-    except (KeyError, IndexError, TypeError):
-        return None  # not decoded, or not a vaccination certificate: nothing of ours to revoke
-    return uvci if isinstance(uvci, str) else None
 
 
 # GET /v1/trust-list, GET /v1/revocations

@@ -40,20 +40,26 @@ WITH new_keys AS (
     INSERT INTO doses ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM new_doses
     RETURNING batch_id
 ), people AS (
-    INSERT INTO persons (national_id, full_name, birth_date, sex, phone, last_administered_at)
-    SELECT DISTINCT ON (national_id) national_id, full_name, birth_date, sex, phone, administered_at
+    -- Details come from the newest dose; the range of administration times grows with every dose
+    -- (a certifier reads a person's doses from the partitions in that range only).
+    INSERT INTO persons (national_id, full_name, birth_date, sex, phone, first_administered_at, last_administered_at)
+    SELECT DISTINCT ON (national_id) national_id, full_name, birth_date, sex, phone,
+           min(administered_at) OVER (PARTITION BY national_id), administered_at
     FROM new_doses ORDER BY national_id, administered_at DESC
     ON CONFLICT (national_id) DO UPDATE SET
-        full_name = EXCLUDED.full_name,
-        birth_date = EXCLUDED.birth_date,
-        sex = COALESCE(EXCLUDED.sex, persons.sex),
-        phone = COALESCE(EXCLUDED.phone, persons.phone),
-        last_administered_at = EXCLUDED.last_administered_at,
+        full_name = CASE WHEN EXCLUDED.last_administered_at >= persons.last_administered_at THEN EXCLUDED.full_name ELSE persons.full_name END,
+        birth_date = CASE WHEN EXCLUDED.last_administered_at >= persons.last_administered_at THEN EXCLUDED.birth_date ELSE persons.birth_date END,
+        sex = CASE WHEN EXCLUDED.last_administered_at >= persons.last_administered_at THEN COALESCE(EXCLUDED.sex, persons.sex) ELSE persons.sex END,
+        phone = CASE WHEN EXCLUDED.last_administered_at >= persons.last_administered_at THEN COALESCE(EXCLUDED.phone, persons.phone) ELSE persons.phone END,
+        first_administered_at = least(persons.first_administered_at, EXCLUDED.first_administered_at),
+        last_administered_at = greatest(persons.last_administered_at, EXCLUDED.last_administered_at),
         updated_at = now()
-    WHERE EXCLUDED.last_administered_at >= persons.last_administered_at
-      AND (persons.full_name, persons.birth_date, persons.sex, persons.phone)
-          IS DISTINCT FROM (EXCLUDED.full_name, EXCLUDED.birth_date,
-                            COALESCE(EXCLUDED.sex, persons.sex), COALESCE(EXCLUDED.phone, persons.phone))
+    WHERE EXCLUDED.last_administered_at > persons.last_administered_at
+       OR EXCLUDED.first_administered_at < persons.first_administered_at
+       OR (EXCLUDED.last_administered_at = persons.last_administered_at
+           AND (persons.full_name, persons.birth_date, persons.sex, persons.phone)
+               IS DISTINCT FROM (EXCLUDED.full_name, EXCLUDED.birth_date,
+                                 COALESCE(EXCLUDED.sex, persons.sex), COALESCE(EXCLUDED.phone, persons.phone)))
 )
 SELECT batch_id, count(*)::int AS inserted FROM inserted GROUP BY batch_id
 """

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -86,6 +87,13 @@ def test_run_starts_everything_and_ctrl_c_stops_it_cleanly(tmp_path):
         while _request(f"http://127.0.0.1:{port}/v1/batches/{batch['batch_id']}", token=token)[1]["status"] != "persisted":
             assert time.monotonic() < deadline
             time.sleep(0.1)
+        lookup = next(line for line in lines if line.startswith("curl -s -X POST") and "lookup" in line).strip()
+        certificate = _certificate_of_demo(port, shlex.split(lookup)[-1].encode())
+        assert [d["dn"] for d in certificate["doses"]] == [1]
+        verified = subprocess.run([*VAXLINE, "--data-dir", str(tmp_path / "data"), "verify", "--json",
+                                   certificate["hc1"]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert json.loads(verified.stdout)["payload"]["v"][0]["ci"] == certificate["uvci"]
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
     finally:
@@ -95,6 +103,20 @@ def test_run_starts_everything_and_ctrl_c_stops_it_cleanly(tmp_path):
     assert not (tmp_path / "data" / "urls.json").exists()
     aof = list((tmp_path / "data" / "redis").glob("appendonly*"))
     assert aof, "the embedded Redis keeps an append-only file"
+
+
+def _certificate_of_demo(port: int, body: bytes) -> dict:
+    """Poll the banner's lookup until the certificate is there (a few polls: lookups are rate-limited)."""
+    deadline = time.monotonic() + 40
+    while True:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/certificates/lookup", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            assert e.code == 404 and time.monotonic() < deadline, e.code
+        time.sleep(1.5)
 
 
 def test_children_stop_when_the_supervisor_is_killed(tmp_path, settings):

@@ -273,3 +273,50 @@ async def test_postgres_restarted_mid_copy_workers_wait_then_drain_exactly_once(
         await exactly_once(conn, batches * per_batch)
     finally:
         await conn.close()
+
+
+async def test_certifier_killed_three_times_issues_each_certificate_exactly_once(make_settings, db, redis):
+    """A certifier SIGKILLed mid-run (between signing and storing, or mid-transaction) loses no person and,
+    on redelivery, signs nobody twice: one certificate per person, all current, none revoked."""
+    from vaxline.dcc.keys import KeyStore
+
+    settings = make_settings(claim_idle_ms=1000, certify_max_persons=500)
+    KeyStore(settings.signing_keys_dir).ensure()
+    total, per_batch = 20_000, 500
+    rng = random.Random(11)
+    async with running_stack(settings, workers=1) as stack:
+        _, token = await stack.site()
+        certifiers = [spawn("workers", settings, "--consumer", "cert-0", "--certify")]
+
+        async def post_all():
+            for start in range(0, total, per_batch):
+                assert (await stack.post(token, batch(start, per_batch))).status == 202
+
+        async def kill_and_restart():
+            for kill in range(1, 4):
+                await wait_until(lambda: db.fetchval("SELECT count(*) >= $1 FROM certificates", kill * 4_000),
+                                 timeout=120, message=f"{kill * 4_000} certificates before kill {kill}")
+                await asyncio.sleep(rng.uniform(0, 0.2))
+                certifiers[-1].send_signal(signal.SIGKILL)
+                certifiers[-1].wait()
+                certifiers.append(spawn("workers", settings, "--consumer", f"cert-{kill % 2}", "--certify"))
+
+        with reaped(certifiers):
+            await asyncio.gather(post_all(), kill_and_restart())
+            await wait_until(lambda: db.fetchval("SELECT count(*) = $1 FROM certificates", total), timeout=180,
+                             message="every person certified")
+            await wait_until(lambda: _certify_drained(redis, settings), timeout=60, message="handoffs acknowledged")
+    row = await db.fetchrow("SELECT count(*) AS certificates, count(DISTINCT national_id) AS persons,"
+                            " count(*) FILTER (WHERE status = 'current') AS current FROM certificates")
+    assert tuple(row) == (total, total, total)
+    assert await db.fetchval("SELECT count(*) FROM persons") == total
+    log = (settings.data_dir / "workers.log").read_text()
+    assert log and not any(national_id(n) in log for n in range(0, total, 97))
+
+
+async def _certify_drained(redis, settings) -> bool:
+    pending = (await redis.xpending(settings.certify_stream, settings.certify_group))["pending"]
+    groups = {g["name"].decode(): g for g in await redis.xinfo_groups(settings.certify_stream)}
+    last = groups[settings.certify_group]["last-delivered-id"].decode()
+    newest = await redis.xrevrange(settings.certify_stream, count=1)
+    return pending == 0 and (not newest or newest[0][0].decode() == last)

@@ -121,6 +121,12 @@ async def test_a_back_entered_older_record_does_not_overwrite_newer_person_detai
         await stack.post(token, {"doses": [dose(1, record_id="OLD-1", full_name="Le Thi Mai (old paper)",
                                                 phone=None, administered_at="2021-07-01T08:00:00+07:00")]})
         await wait_until(lambda: all_persisted(db, 2), message="second receipt")
-    person = await db.fetchrow("SELECT full_name, phone FROM persons")
+        await stack.post(token, {"doses": [dose(1, record_id="NEW-1", full_name="Lê Thị Mai",
+                                                administered_at="2022-01-05T08:00:00+07:00")]})
+        await wait_until(lambda: all_persisted(db, 3), message="third receipt")
+    person = await db.fetchrow("SELECT full_name, phone, first_administered_at, last_administered_at FROM persons")
     assert person["full_name"] == "Lê Thị Mai" and person["phone"] == "0912345678"
-    assert await db.fetchval("SELECT count(*) FROM doses") == 2
+    # The range of administration times spans every dose, older and newer: certifiers read only these months.
+    assert person["first_administered_at"].isoformat() == "2021-07-01T01:00:00+00:00"
+    assert person["last_administered_at"].isoformat() == "2022-01-05T01:00:00+00:00"
+    assert await db.fetchval("SELECT count(*) FROM doses") == 3

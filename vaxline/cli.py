@@ -331,10 +331,8 @@ def cmd_verify(args) -> int:
         return 2
     trust = TrustList.from_der(ders)
     verdict = verify(hc1.strip(), trust, clock=clock, revoked=revoked)
-    if not args.dsc and not args.revocations and verdict.payload:
-        uvci = _uvci_of(verdict.payload)
-        if uvci and _deployment_revoked(args, uvci):
-            verdict = verify(hc1.strip(), trust, clock=clock, revoked={uvci_hash(uvci)})
+    if not args.dsc and not args.revocations and verdict.uvci and _deployment_revoked(args, verdict.uvci):
+        verdict = verify(hc1.strip(), trust, clock=clock, revoked={uvci_hash(verdict.uvci)})
     if args.json:
         print(json.dumps(verdict.to_json(), ensure_ascii=False))
     elif verdict.valid:
@@ -348,14 +346,6 @@ def _revocations_file(path: str) -> set[str]:
     body = json.loads(Path(path).read_text())
     entries = body.get("hashes", []) if isinstance(body, dict) else body
     return {e["hash"] if isinstance(e, dict) else str(e) for e in entries}
-
-
-def _uvci_of(payload: dict) -> str | None:
-    for group in ("v", "t", "r"):
-        for entry in payload.get(group) or []:
-            if isinstance(entry, dict) and isinstance(entry.get("ci"), str):
-                return entry["ci"]
-    return None
 
 
 def _deployment_revoked(args, uvci: str) -> bool:
@@ -458,6 +448,12 @@ curl -s -X POST {url}/v1/doses -H 'Authorization: Bearer {token}' -H 'Content-Ty
 
 read it back:
 curl -s {url}/v1/persons/001099012345/doses -H 'Authorization: Bearer {token}'
+
+look up the certificate issued a moment later (its "hc1" is the QR text; GET {url}/v1/certificates/<uvci>?format=png is the QR):
+curl -s -X POST {url}/v1/certificates/lookup -H 'Content-Type: application/json' -d '{{"national_id": "001099012345", "birth_date": "1990-04-02"}}'
+
+verify it offline:
+vaxline --data-dir {args.data_dir} verify 'HC1:...'
 
 Ctrl-C stops everything cleanly.
 """, flush=True)

@@ -150,7 +150,7 @@ async def _drain(redis, certifier: Certifier, settings: Settings, consumer: str,
                 await retrying(stop, certifier.certify, persons)
         except POISON as e:
             # A bug, not the data's fault (the doses passed validation and are persisted): log it and move
-            # on. The persons keep their previous certificate until their next dose or `vaxline certify`.
+            # on. The persons keep their previous certificate until their next persisted dose hands them off again.
             log.error("certifying %d persons failed (%s); their handoff is dropped", len(persons), _kind(e))
         await reader.ack(entries)
 

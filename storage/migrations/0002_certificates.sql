@@ -26,3 +26,13 @@ CREATE TABLE certificates (
 );
 CREATE UNIQUE INDEX certificates_current ON certificates (national_id) WHERE status = 'current';
 CREATE INDEX certificates_revoked ON certificates (revoked_at) WHERE status = 'revoked';
+
+-- The range of a person's administration times: reading their history probes
+-- only the monthly partitions inside it (run-time pruning), not all of them.
+ALTER TABLE persons ADD COLUMN first_administered_at timestamptz;
+UPDATE persons p SET first_administered_at = d.first, last_administered_at = d.last
+FROM (SELECT national_id, min(administered_at) AS first, max(administered_at) AS last
+      FROM doses GROUP BY national_id) d
+WHERE d.national_id = p.national_id;
+UPDATE persons SET first_administered_at = last_administered_at WHERE first_administered_at IS NULL;
+ALTER TABLE persons ALTER COLUMN first_administered_at SET NOT NULL;

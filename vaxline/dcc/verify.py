@@ -58,6 +58,16 @@ class Verdict:
     expires_at: int | None
     outcomes: Mapping[str, bool | None]  # per stage: True passed, False failed, None not run
 
+    @property
+    def uvci(self) -> str | None:
+        """The certificate identifier (`ci`) of the decoded certificate, if any: what revocation is about."""
+        for group in ("v", "t", "r"):
+            entries = (self.payload or {}).get(group)
+            if isinstance(entries, list) and entries and isinstance(entries[0], dict):
+                ci = entries[0].get("ci")
+                return ci if isinstance(ci, str) else None
+        return None
+
     def to_json(self) -> dict:
         return {
             "valid": self.valid,
