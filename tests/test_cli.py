@@ -66,12 +66,13 @@ def test_run_starts_everything_and_ctrl_c_stops_it_cleanly(tmp_path):
     """`vaxline run` on the embedded default: the banner's curl works, Ctrl-C loses nothing."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    process = subprocess.Popen([*VAXLINE, "--data-dir", str(tmp_path / "data"), "run", "--port", str(port)],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    with (tmp_path / "run.log").open("w") as log:  # read it when this test fails
+        process = subprocess.Popen([*VAXLINE, "--data-dir", str(tmp_path / "data"), "run", "--port", str(port)],
+                                   cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         lines = []
         deadline = time.monotonic() + 90
-        while not any(line.startswith("curl -s -X POST") for line in lines):
+        while not any(line.startswith("Ctrl-C stops everything") for line in lines):
             assert time.monotonic() < deadline and process.poll() is None, "".join(lines)
             lines.append(process.stdout.readline())
         token = lines[lines.index(next(line for line in lines if "bearer token" in line)) + 1].strip()

@@ -43,6 +43,7 @@ class Settings:
     certify_group: str = "certify"
     certify_max_persons: int = 1_000
     certify_max_wait: float = 0.02
+    certify_nice: int = 10  # certifiers yield the CPU to persisting when both want it
     keys_dir: str = ""  # signing keys and signer certificates; default <data_dir>/keys
 
     # Certificate lookup by national ID and birth date: per client address, at most this many

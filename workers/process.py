@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import logging
 import signal
 
@@ -26,7 +27,13 @@ def _dump_tasks() -> None:
 
 
 def run_process(settings: Settings, consumer: str, role: str = "persist") -> None:
-    """role "persist" drains the dose shards; "certify" issues certificates from the handoffs."""
+    """role "persist" drains the dose shards; "certify" issues certificates from the handoffs.
+
+    Certifiers run at a lower CPU priority (VAXLINE_CERTIFY_NICE): where they share cores with the
+    persisting workers, persisting keeps its pace and signing takes what is left, catching up after.
+    """
+    if role == "certify" and settings.certify_nice:
+        os.nice(settings.certify_nice)
     uvloop.run(_main(settings, consumer, role))
 
 
