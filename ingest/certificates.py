@@ -47,6 +47,7 @@ QR_SCALE, QR_BORDER = 4, 4  # pixels per module; the quiet zone of 4 modules the
 FORMATS = {"json": "application/json", "svg": "image/svg+xml", "png": "image/png"}  # server preference order
 NOT_FOUND = "no current certificate for this national ID and birth date"
 REVOCATION_ALGORITHM = "SHA-256, first 16 bytes of the UVCI"
+REVOCATIONS_PAGE = 100_000  # one answer's bound: the whole list of a national deployment is millions
 NO_STORE = {"Cache-Control": "no-store"}  # personal data: no cache on the way may keep it
 
 
@@ -138,6 +139,7 @@ class Certificates:
     limiter: LookupLimiter
     trusted: TrustedKeys
     lookup_floor: float
+    revocations_settled: dt.timedelta
 
 
 CERTIFICATES = web.AppKey("certificates", Certificates)
@@ -145,7 +147,7 @@ CERTIFICATES = web.AppKey("certificates", Certificates)
 
 def register(app: web.Application, settings: Settings, redis: aioredis.Redis) -> None:
     app[CERTIFICATES] = Certificates(LookupLimiter(redis, settings), TrustedKeys(KeyStore(settings.signing_keys_dir)),
-                                     settings.lookup_floor)
+                                     settings.lookup_floor, dt.timedelta(seconds=settings.revocations_settled))
     # The fixed paths before /v1/certificates/{uvci}, which would match them too.
     app.router.add_post("/v1/certificates/lookup", post_lookup)
     app.router.add_post("/v1/certificates/verify", post_verify)
@@ -339,10 +341,13 @@ async def get_revocations(request: web.Request) -> web.Response:
     since = request.query.get("since")
     since_at = parse_rfc3339(since) if since is not None else None
     async with request.app[INGEST].pool.acquire() as conn:
-        rows = await store.revocations(conn, since_at)
+        rows = await store.revocations(conn, since=since_at, limit=REVOCATIONS_PAGE,
+                                       settled=request.app[CERTIFICATES].revocations_settled)
+    # Not complete: ask again with since = the last revoked_at.
     return json_response({
         "hashes": [{"hash": row["hash"], "revoked_at": row["revoked_at"]} for row in rows],
         "algorithm": REVOCATION_ALGORITHM,
+        "complete": len(rows) < REVOCATIONS_PAGE,
     })
 
 

@@ -62,6 +62,10 @@ certificates_revoked = Counter("vaxline_certificates_revoked_total", "Certificat
 certificates_unchanged = Counter(
     "vaxline_certificates_unchanged_total", "Persons handed to a certifier whose certificate already stated their history"
 )
+certify_failures = Counter(
+    "vaxline_certify_failures_total", "Persons whose certificate could not be built (a bug: see the logs)", ["error"]
+)
+certify_retries = Counter("vaxline_certify_retries_total", "Transient certify failures retried", ["error"])
 certify_backlog = Gauge(
     "vaxline_certify_backlog", "Handoffs from the persisting workers not yet certified", multiprocess_mode="mostrecent"
 )

@@ -21,11 +21,14 @@ from vaxline.sequence import HistoryDose
 # Person first, then their doses: a LATERAL join keeps the index plan however large `doses` grows, and
 # the person's range of administration times prunes the monthly partitions at run time, so each person
 # costs a probe into the one or few partitions that hold their doses, not one into every month since 2021.
+# The current certificate comes in the same statement, hence the same snapshot: whatever it states was
+# read from a history that this one contains, which is what makes replacing it safe.
 _HISTORY = """
-SELECT p.national_id, p.full_name, p.birth_date, d.site, d.record_id, d.vaccine, d.lot, d.dose_number,
-       d.administered_at
+SELECT p.national_id, p.full_name, p.birth_date, c.uvci AS current_uvci, c.fingerprint AS current_fingerprint,
+       d.site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at
 FROM unnest($1::text[]) AS i(national_id)
 JOIN persons p ON p.national_id = i.national_id
+LEFT JOIN certificates c ON c.national_id = p.national_id AND c.status = 'current'
 CROSS JOIN LATERAL (
     SELECT s.code AS site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at
     FROM doses d JOIN sites s ON s.site_id = d.site_id
@@ -34,13 +37,8 @@ CROSS JOIN LATERAL (
 ) d
 """
 
-_CURRENT = """
-SELECT national_id, uvci, fingerprint FROM certificates
-WHERE national_id = ANY($1::text[]) AND status = 'current'
-"""
-
 _REVOKE = """
-UPDATE certificates c SET status = 'revoked', revoked_at = $3, superseded_by = i.new
+UPDATE certificates c SET status = 'revoked', revoked_at = clock_timestamp(), superseded_by = i.new
 FROM unnest($1::text[], $2::text[]) AS i(old, new)
 WHERE c.uvci = i.old AND c.status = 'current'
 RETURNING c.national_id
@@ -84,15 +82,15 @@ class NewCertificate:
 
 
 async def people(conn: asyncpg.Connection, national_ids: list[str]) -> list[Person]:
-    """Each person's details, persisted doses and current certificate (two queries)."""
+    """Each person's details, persisted doses and current certificate, from one snapshot."""
     histories: dict[str, list[HistoryDose]] = {}
-    details: dict[str, tuple[str, dt.date]] = {}
+    first: dict[str, asyncpg.Record] = {}
     for r in await conn.fetch(_HISTORY, national_ids):
-        details[r["national_id"]] = (r["full_name"], r["birth_date"])
+        first.setdefault(r["national_id"], r)
         histories.setdefault(r["national_id"], []).append(HistoryDose(
             r["site"], r["record_id"], r["vaccine"], r["lot"], r["dose_number"], r["administered_at"]))
-    current = {r["national_id"]: (r["uvci"], r["fingerprint"]) for r in await conn.fetch(_CURRENT, list(details))}
-    return [Person(nid, *details[nid], histories[nid], *current.get(nid, (None, None))) for nid in details]
+    return [Person(nid, r["full_name"], r["birth_date"], histories[nid], r["current_uvci"],
+                   r["current_fingerprint"]) for nid, r in first.items()]
 
 
 async def issue(conn: asyncpg.Connection, certificates: list[NewCertificate], *, kid: bytes,
@@ -101,10 +99,11 @@ async def issue(conn: asyncpg.Connection, certificates: list[NewCertificate], *,
 
     The ones not written lost a race and must be rebuilt from a fresh read.
     """
+    certificates = sorted(certificates, key=lambda c: c.national_id)  # two certifiers lock rows alike
     async with conn.transaction():
         superseding = [c for c in certificates if c.previous_uvci is not None]
         revoked = {r["national_id"] for r in await conn.fetch(
-            _REVOKE, [c.previous_uvci for c in superseding], [c.uvci for c in superseding], issued_at)}
+            _REVOKE, [c.previous_uvci for c in superseding], [c.uvci for c in superseding])}
         todo = [c for c in certificates if c.previous_uvci is None or c.national_id in revoked]
         written = {r["national_id"] for r in await conn.fetch(
             _INSERT,
@@ -131,18 +130,21 @@ async def current_for(conn: asyncpg.Connection, national_id: str, birth_date: dt
         national_id, birth_date)
 
 
-async def current_uvcis(conn: asyncpg.Connection, national_ids: list[str]) -> dict[str, str]:
-    rows = await conn.fetch(_CURRENT, national_ids)
-    return {r["national_id"]: r["uvci"] for r in rows}
-
-
 async def is_revoked(conn: asyncpg.Connection, uvci: str) -> bool:
     return bool(await conn.fetchval("SELECT status = 'revoked' FROM certificates WHERE uvci = $1", uvci))
 
 
-async def revocations(conn: asyncpg.Connection, since: dt.datetime | None = None) -> list[asyncpg.Record]:
-    """Revoked certificates as the EU gateway lists them: the first 16 bytes of SHA-256 of the UVCI, hex."""
+async def revocations(conn: asyncpg.Connection, *, since: dt.datetime | None, settled: dt.timedelta,
+                      limit: int) -> list[asyncpg.Record]:
+    """Revoked certificates as the EU gateway lists them (the first 16 bytes of SHA-256 of the UVCI, hex),
+    oldest first, at most `limit`, revoked after `since` and at least `settled` ago.
+
+    A revocation is stamped at its UPDATE and visible at its COMMIT, so revocations become visible out of
+    `revoked_at` order by up to a transaction's length; listing only those older than that lets a client
+    continue from the last `revoked_at` it saw and never miss one."""
     return await conn.fetch(
         "SELECT encode(substring(sha256(convert_to(uvci, 'UTF8')) FROM 1 FOR 16), 'hex') AS hash, revoked_at"
-        " FROM certificates WHERE status = 'revoked' AND revoked_at > $1 ORDER BY revoked_at, uvci",
-        since or dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc))
+        " FROM certificates"
+        " WHERE status = 'revoked' AND revoked_at > $1 AND revoked_at <= clock_timestamp() - $2::interval"
+        " ORDER BY revoked_at, uvci LIMIT $3",
+        since or dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc), settled, limit)

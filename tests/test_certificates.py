@@ -24,7 +24,7 @@ from vaxline.dcc.names import dcc_name, transliterate
 from vaxline.dcc.payload import statement
 from vaxline.dcc.trust import TrustList
 from vaxline.dcc.verify import verify
-from vaxline.sequence import HistoryDose
+from vaxline.sequence import HistoryDose, sequence
 from vaxline.valuesets import SERIES_DOSES, VACCINE_PRODUCTS
 from workers.certify import Certifier
 
@@ -80,7 +80,10 @@ async def test_two_doses_two_on_the_certificate_and_the_first_is_revoked(setting
     assert two["uvci"].startswith("URN:UVCI:01:VN:") and two["uvci"] != one["uvci"]
     old = await db.fetchrow("SELECT status, superseded_by FROM certificates WHERE uvci = $1", one["uvci"])
     assert tuple(old) == ("revoked", two["uvci"])
-    assert [r["hash"] for r in await store.revocations(db)] == [_uvci_hash(one["uvci"])]
+    listed = await store.revocations(db, since=None, settled=dt.timedelta(0), limit=10)
+    assert [r["hash"] for r in listed] == [_uvci_hash(one["uvci"])]
+    # Listed only once settled: a later commit cannot add an older revocation behind a client's `since`.
+    assert await store.revocations(db, since=None, settled=dt.timedelta(minutes=1), limit=10) == []
 
 
 def _uvci_hash(uvci: str) -> str:
@@ -157,6 +160,19 @@ async def _pool(settings):
     return await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
 
 
+@pytest.mark.parametrize("products, expected", [
+    (["EU/1/20/1528"], [(1, 2)]),
+    (["EU/1/20/1528", "EU/1/20/1528"], [(1, 2), (2, 2)]),
+    (["EU/1/21/1529", "EU/1/20/1528", "EU/1/20/1507"], [(1, 2), (2, 2), (3, 3)]),  # mixed, then a booster
+    (["EU/1/20/1525"], [(1, 1)]),
+    (["EU/1/20/1525", "EU/1/20/1528"], [(1, 1), (2, 1)]),  # a booster after Jcovden is 2/1
+])
+def test_dose_numbers_follow_the_eu_encoding(products, expected):
+    base = dt.datetime(2021, 8, 1, 9, tzinfo=VN)
+    history = [HistoryDose("S", f"R-{i}", p, "L", i + 1, base + dt.timedelta(days=60 * i)) for i, p in enumerate(products)]
+    assert [(d.dn, d.sd) for d in sequence(history)] == expected
+
+
 @pytest.mark.parametrize("name, fnt, gnt", [
     ("Đặng Thị Ánh Tuyết", "DANG", "THI<ANH<TUYET"),
     ("Nguyễn Văn Đức", "NGUYEN", "VAN<DUC"),
@@ -188,6 +204,6 @@ def test_what_we_issue_passes_our_own_verifier_for_every_product(product, tmp_pa
     verdict = verify(hc1, TrustList.from_der(k.der for k in keys.public_keys()))
     assert verdict.valid, verdict.reason
     v = verdict.payload["v"][0]
-    booster = 3 if SERIES_DOSES[product] < 3 else SERIES_DOSES[product]
+    booster = 1 if SERIES_DOSES[product] == 1 else 3  # EU encoding: 3/3 after two doses, 3/1 after one
     assert (v["dn"], v["sd"], v["ci"]) == (3, booster, uvci)
     assert len(hc1) < 1000  # fits a QR at error correction Q comfortably

@@ -216,8 +216,11 @@ def test_keys_init_once_then_verify_offline_with_the_exit_code_contract(tmp_path
     revoked = _offline(data, "verify", "--json", "--revocations", str(revocations), hc1)
     assert revoked.returncode == 1 and json.loads(revoked.stdout)["stage"] == "revocation"
 
+    assert _offline(data, "verify", "--clock", "2040-01-01t00:00:00z", hc1).returncode == 1  # RFC 3339 allows lower case
+    malformed = tmp_path / "malformed.json"
+    malformed.write_text(json.dumps({"hashes": 5}))
     for usage in (["verify"], ["verify", "--clock", "yesterday", hc1], ["verify", "--dsc", "/nonexistent", hc1],
-                  ["verify", "--dsc", "bm90IGEgY2VydGlmaWNhdGU=", hc1]):
+                  ["verify", "--dsc", "bm90IGEgY2VydGlmaWNhdGU=", hc1], ["verify", "--revocations", str(malformed), hc1]):
         result = _offline(data, *usage)
         assert result.returncode == 2, (usage, result.stdout, result.stderr)
     assert _offline(tmp_path / "empty", "verify", hc1).returncode == 2  # no trust list at all

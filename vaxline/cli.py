@@ -20,13 +20,14 @@ import asyncio
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import time
 from pathlib import Path
 
 from .config import Settings
-from .dcc.keys import KeyStore
+from .dcc.keys import KeyStore, NoSigningKey
 from .valuesets import SITE_KINDS
 
 log = logging.getLogger("vaxline")
@@ -256,8 +257,11 @@ def cmd_work(args) -> int:
 
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry())
     supervisor = Supervisor(on_exit=_process_exited)
-    if args.certifiers and not KeyStore(settings.signing_keys_dir).public_keys():
-        raise ConfigError(f"no signing key in {settings.signing_keys_dir}: run `vaxline keys init` first")
+    if args.certifiers:
+        try:
+            KeyStore(settings.signing_keys_dir).signing_key()
+        except NoSigningKey as e:
+            raise ConfigError(str(e)) from None
     start_workers(supervisor, settings, name=args.name, processes=args.processes, certifiers=args.certifiers)
     _supervise(supervisor)
     return 0
@@ -303,10 +307,14 @@ def cmd_keys_rotate(args) -> int:
 
 
 def cmd_keys_list(args) -> int:
+    import datetime as dt
+
     keys = _keys(args)
     for public in keys.public_keys(include_expired=True):
         private = (keys.directory / f"{public.kid.hex()}.key").exists()
-        print(f"{public.kid.hex()}  valid until {public.not_after:%Y-%m-%d}  {'signing key here' if private else 'public only'}")
+        signs_until = public.not_after - dt.timedelta(days=366)  # a certificate it signs lasts 12 months
+        print(f"{public.kid.hex()}  valid until {public.not_after:%Y-%m-%d}  "
+              + (f"signing key here, signs until {signs_until:%Y-%m-%d}" if private else "public only"))
     return 0
 
 
@@ -316,14 +324,16 @@ def cmd_verify(args) -> int:
     from .dcc.trust import TrustList, load_dsc, uvci_hash
     from .dcc.verify import verify
 
-    hc1 = sys.stdin.read() if args.hc1 == "-" else args.hc1
     try:
-        clock = dt.datetime.fromisoformat(args.clock.replace("Z", "+00:00")) if args.clock else None
+        hc1 = sys.stdin.read() if args.hc1 == "-" else args.hc1
+        clock = dt.datetime.fromisoformat(re.sub(r"[zZ]$", "+00:00", args.clock)) if args.clock else None
         if clock and clock.tzinfo is None:
             raise ValueError("--clock needs a UTC offset, e.g. 2021-08-14T09:30:00Z")
-        ders = [load_dsc(dsc) for dsc in args.dsc] if args.dsc else [k.der for k in _keys(args).public_keys()]
+        # Expired DSCs too: the verifier judges each at the clock, which may be in the past.
+        ders = ([load_dsc(dsc) for dsc in args.dsc] if args.dsc
+                else [k.der for k in _keys(args).public_keys(include_expired=True)])
         revoked = _revocations_file(args.revocations) if args.revocations else set()
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         print(f"vaxline verify: {e}", file=sys.stderr)
         return 2
     if not ders:
@@ -343,9 +353,15 @@ def cmd_verify(args) -> int:
 
 
 def _revocations_file(path: str) -> set[str]:
+    """The hashes of a file as GET /v1/revocations serves it (or a plain JSON list of hashes)."""
     body = json.loads(Path(path).read_text())
-    entries = body.get("hashes", []) if isinstance(body, dict) else body
-    return {e["hash"] if isinstance(e, dict) else str(e) for e in entries}
+    entries = body.get("hashes") if isinstance(body, dict) else body
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected {{\"hashes\": [...]}} or a list of hashes")
+    hashes = {e.get("hash") if isinstance(e, dict) else e for e in entries}
+    if not all(isinstance(h, str) for h in hashes):
+        raise ValueError(f"{path}: every entry must be a hash or {{\"hash\": ...}}")
+    return hashes
 
 
 def _deployment_revoked(args, uvci: str) -> bool:
@@ -370,7 +386,7 @@ def _deployment_revoked(args, uvci: str) -> bool:
 
     try:
         return asyncio.run(check())
-    except (OSError, asyncpg.PostgresError, TimeoutError):
+    except Exception:  # unreachable, refused, misconfigured: judged offline, like any verifier
         return False
 
 
@@ -400,7 +416,7 @@ def cmd_run(args) -> int:
         _urls_file(data_dir).write_text(json.dumps({"database_url": settings.database_url,
                                                     "redis_url": settings.redis_url}))
         start_ingest(supervisor, settings, host=args.host, port=args.port, processes=args.ingest_processes)
-        if KeyStore(settings.signing_keys_dir).ensure():
+        if KeyStore(settings.signing_keys_dir).ensure():  # the first start, or the newest key's last year
             log.warning("created a signing key in %s (`vaxline keys list` shows it)", settings.signing_keys_dir)
         start_workers(supervisor, settings, name=f"{socket.gethostname()}-run", processes=args.workers,
                       certifiers=args.certifiers)

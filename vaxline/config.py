@@ -51,6 +51,8 @@ class Settings:
     lookup_rate_limit: int = 20
     lookup_rate_window: float = 60.0
     lookup_floor: float = 0.05
+    # GET /v1/revocations lists revocations at least this old: no later commit can still add an older one.
+    revocations_settled: float = 60.0
 
     data_dir: Path = Path(".vaxline")
 

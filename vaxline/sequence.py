@@ -3,8 +3,9 @@
 The history is the truth, not the `dose_number` a site submitted: doses are
 numbered by administration time, doses on the same calendar day (Vietnam's
 time) count once, and a submitted number that disagrees is kept and flagged.
-`sd` (doses in the series) follows the DCC rule: the product's primary
-series, or the dose number itself once past it (a booster is 3/3).
+`sd` (doses in the series) follows the EU's encoding: the primary series of
+the first product (2, or 1 for Jcovden), then, for boosters, the dose number
+itself after a two-dose series (3/3, 4/4) and 1 after a one-dose series (2/1).
 """
 
 from __future__ import annotations
@@ -46,18 +47,26 @@ class SequencedDose:
 def sequence(history: list[HistoryDose]) -> list[SequencedDose]:
     out: list[SequencedDose] = []
     counted_days: set[dt.date] = set()
+    primary = 0  # the primary series of the first product
     for dose in sorted(history, key=lambda d: (d.administered_at, d.site, d.record_id)):
         day = dose.administered_at.astimezone(VIETNAM).date()
         counted = day not in counted_days
         counted_days.add(day)
         dn = len(counted_days)
+        primary = primary or SERIES_DOSES.get(dose.vaccine, 2)
         flags = []
         if not counted:
             flags.append(SAME_DAY)
         if dose.dose_number != dn:
             flags.append(DOSE_NUMBER_MISMATCH)
-        out.append(SequencedDose(dose, dn, max(dn, SERIES_DOSES.get(dose.vaccine, 2)), counted, tuple(flags)))
+        out.append(SequencedDose(dose, dn, series_doses(dn, primary), counted, tuple(flags)))
     return out
+
+
+def series_doses(dn: int, primary: int) -> int:
+    if dn <= primary:
+        return primary
+    return 1 if primary == 1 else dn
 
 
 def latest(doses: list[SequencedDose]) -> SequencedDose:

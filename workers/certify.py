@@ -87,17 +87,17 @@ class Certifier:
             expires_at = expiry(issued_at)
             new: list[store.NewCertificate] = []
             for person in people:
-                stated = statement(person.full_name, person.birth_date, person.history)
-                fingerprint = stated.fingerprint()
-                if fingerprint == person.current_fingerprint:
-                    outcome.unchanged += 1
+                try:
+                    certificate = self._build(person, signer, issued_at, expires_at, todo[person.national_id])
+                except Exception as e:  # a bug for this person's data: the others still get theirs
+                    metrics.certify_failures.labels(error=type(e).__name__).inc()
+                    log.error("building a certificate failed (%s); the person keeps the previous one",
+                              type(e).__name__)
                     continue
-                uvci = new_uvci()
-                new.append(store.NewCertificate(
-                    uvci, person.national_id, person.current_uvci, fingerprint, person.full_name,
-                    person.birth_date, msgspec.json.encode(stated.doses).decode(),
-                    signer.sign(stated.dcc(uvci), issued_at, expires_at),
-                    dt.datetime.fromtimestamp(todo[person.national_id], dt.timezone.utc)))
+                if certificate is None:
+                    outcome.unchanged += 1
+                else:
+                    new.append(certificate)
             async with self._pool.acquire() as conn:
                 written, revoked = await store.issue(conn, new, kid=signer.key.kid, issued_at=issued_at,
                                                      expires_at=expires_at)
@@ -110,6 +110,21 @@ class Certifier:
             metrics.certificates_revoked.inc(revoked)
             metrics.certify_duration.observe(time.perf_counter() - started)
             todo = {c.national_id: todo[c.national_id] for c in new if c.national_id not in written}
+
+
+    @staticmethod
+    def _build(person: store.Person, signer: Signer, issued_at: dt.datetime, expires_at: dt.datetime,
+               received_at: float) -> store.NewCertificate | None:
+        """The person's new certificate, or None when the current one already states their history."""
+        stated = statement(person.full_name, person.birth_date, person.history)
+        fingerprint = stated.fingerprint()
+        if fingerprint == person.current_fingerprint:
+            return None
+        uvci = new_uvci()
+        return store.NewCertificate(
+            uvci, person.national_id, person.current_uvci, fingerprint, person.full_name, person.birth_date,
+            msgspec.json.encode(stated.doses).decode(), signer.sign(stated.dcc(uvci), issued_at, expires_at),
+            dt.datetime.fromtimestamp(received_at, dt.timezone.utc))
 
 
 async def run_certifier(settings: Settings, *, consumer: str, stop: asyncio.Event) -> None:
@@ -147,7 +162,7 @@ async def _drain(redis, certifier: Certifier, settings: Settings, consumer: str,
             continue
         try:
             if persons:
-                await retrying(stop, certifier.certify, persons)
+                await retrying(stop, certifier.certify, persons, retries=metrics.certify_retries)
         except POISON as e:
             # A bug, not the data's fault (the doses passed validation and are persisted): log it and move
             # on. The persons keep their previous certificate until their next persisted dose hands them off again.

@@ -125,8 +125,9 @@ class Persister:
                                                 deliveries=deliveries, error=reason, payload=entry.payload or b"")
 
 
-async def retrying(stop: asyncio.Event, operation, *args):
-    """Run `operation` until it succeeds or fails for a reason of the data (which is raised)."""
+async def retrying(stop: asyncio.Event, operation, *args, retries=metrics.persist_retries):
+    """Run `operation` until it succeeds or fails for a reason of the data (which is raised);
+    `retries` counts the attempts that failed."""
     delay = 0.05
     while True:
         try:
@@ -134,7 +135,7 @@ async def retrying(stop: asyncio.Event, operation, *args):
         except POISON:
             raise
         except Exception as e:  # anything else is the system's fault: wait it out
-            metrics.persist_retries.labels(error=type(e).__name__).inc()
+            retries.labels(error=type(e).__name__).inc()
             log.warning("%s failed (%s); retrying in %.2fs", operation.__name__, _kind(e), delay)
         if stop.is_set():
             raise Stopped()

@@ -4,7 +4,10 @@
     keys/<kid hex>.crt   the DSC, PEM: the trust list is every unexpired one
 
 Rotation adds a key; certifiers sign with the newest one and the older ones
-stay in the trust list, so certificates they signed keep verifying.
+stay in the trust list, so certificates they signed keep verifying. A key
+signs only while its DSC outlives a certificate issued now (12 months): a
+DSC valid 2 years signs during its first year, so keys are rotated yearly
+(`vaxline run` does it by itself; `vaxline keys rotate` otherwise).
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .issue import SigningKey
+from .issue import SigningKey, expiry
 from .trust import EKU_VACCINATION, kid_of
 
 DSC_VALIDITY = dt.timedelta(days=2 * 365)  # longer than any certificate it signs (12 months)
+
+
+class NoSigningKey(FileNotFoundError):
+    """No key here may sign now."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,12 @@ class KeyStore:
         return PublicKey(kid_of(der), der, now + DSC_VALIDITY)
 
     def ensure(self) -> PublicKey | None:
-        """Create a key if there is none; the new key, or None if one existed."""
-        return None if self.public_keys(include_expired=True) else self.create()
+        """Create a key unless one can sign now; the new key, or None if one could."""
+        try:
+            self.signing_key()
+        except NoSigningKey:
+            return self.create()
+        return None
 
     def public_keys(self, *, now: dt.datetime | None = None, include_expired: bool = False) -> list[PublicKey]:
         """The trust list: every DSC in the directory not yet expired, oldest first (by validity start,
@@ -67,14 +78,16 @@ class KeyStore:
                 keys.append((order, PublicKey(kid_of(der), der, certificate.not_valid_after_utc)))
         return [key for _, key in sorted(keys, key=lambda pair: pair[0])]
 
-    def signing_key(self) -> SigningKey:
-        """The newest key that has its private half here."""
-        for public in reversed(self.public_keys()):
+    def signing_key(self, *, now: dt.datetime | None = None) -> SigningKey:
+        """The newest key that has its private half here and whose DSC outlives a certificate issued now."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        for public in reversed(self.public_keys(now=now)):
             path = self.directory / f"{public.kid.hex()}.key"
-            if path.exists():
+            if path.exists() and public.not_after >= expiry(now):
                 private_key = serialization.load_pem_private_key(path.read_bytes(), password=None)
                 return SigningKey(public.kid, private_key, public.der)
-        raise FileNotFoundError(f"no signing key in {self.directory}: run `vaxline keys init`")
+        raise NoSigningKey(f"no key in {self.directory} can sign a certificate valid 12 months from now:"
+                           " run `vaxline keys init` (or `vaxline keys rotate` when the newest is in its last year)")
 
     def version(self) -> int:
         """Changes when a key is added or removed: certifiers reload then."""
