@@ -315,7 +315,8 @@ def main() -> None:
             supervisor.add(f"ingest-{i}", ingest_process, settings, "127.0.0.1", args.port)
         for i in range(args.workers):
             supervisor.add(f"worker-{i}", worker_process, settings, f"bench-{i}")
-        KeyStore(settings.signing_keys_dir).ensure()
+        if args.certifiers:
+            KeyStore(settings.signing_keys_dir).ensure()
         for i in range(args.certifiers):
             supervisor.add(f"certifier-{i}", worker_process, settings, f"bench-certifier-{i}", "certify")
 
@@ -343,9 +344,10 @@ def main() -> None:
         accepted = sum(a for a, _, _ in outcomes)
         asyncio.run(wait_persisted(settings, accepted, timeout=3600))
         persisted = time.perf_counter() - started
-        asyncio.run(wait_certified(settings, timeout=3600))
+        if args.certifiers:  # --certifiers 0 measures persisting alone
+            asyncio.run(wait_certified(settings, timeout=3600))
         elapsed = time.perf_counter() - started
-        issued, revoked, first_cert, last_cert, latency_p50, latency_p99 = asyncio.run(certificate_figures(settings))
+        certified = asyncio.run(certificate_figures(settings)) if args.certifiers else None
         pids.update(supervisor.pids())
         peaks = {label: peak_rss_mib(pid) for label, pid in pids.items()}
         supervisor.stop()
@@ -359,15 +361,19 @@ def main() -> None:
         print(f"  doses accepted (202):        {accepted:,} ({sum(r for _, r, _ in outcomes)} requests retried after 503)")
         print(f"  HTTP posting finished after: {posted:.1f} s ({accepted / posted:,.0f} doses/s accepted)")
         print(f"  all persisted after:         {persisted:.1f} s ({accepted / persisted:,.0f} doses/s persisted)")
-        print(f"  all certified after:         {elapsed:.1f} s")
-        print(f"  end to end:                  {accepted / elapsed:,.0f} doses/s (persisted and certified)")
-        print(f"  certificates:                {issued:,} signed ({revoked:,} superseded), "
-              f"{issued / max(1e-9, last_cert - first_cert):,.0f} certificates/s from first to last")
-        print(f"  202 -> certificate:          p50 {latency_p50:.2f} s, p99 {latency_p99:.2f} s"
-              + ("" if args.rate else " (at saturation: includes the certify backlog)"))
+        what = "persisted and certified" if certified else "persisted"
+        if certified:
+            issued, revoked, first_cert, last_cert, latency_p50, latency_p99 = certified
+            print(f"  all certified after:         {elapsed:.1f} s")
+        print(f"  end to end:                  {accepted / elapsed:,.0f} doses/s ({what})")
+        if certified:
+            print(f"  certificates:                {issued:,} signed ({revoked:,} superseded), "
+                  f"{issued / max(1e-9, last_cert - first_cert):,.0f} certificates/s from first to last")
+            print(f"  202 -> certificate:          p50 {latency_p50:.2f} s, p99 {latency_p99:.2f} s"
+                  + ("" if args.rate else " (at saturation: includes the certify backlog)"))
         print(f"  ceiling, psql COPY x2:       {ceiling:,.0f} doses/s (same rows, fresh copy of the table)")
         print(f"  end to end / ceiling:        {accepted / elapsed / ceiling:.0%}")
-        print(f"  5,000,000 doses would take:  {5_000_000 / (accepted / elapsed) / 60:.1f} min (persisted and certified)")
+        print(f"  5,000,000 doses would take:  {5_000_000 / (accepted / elapsed) / 60:.1f} min ({what})")
         print("  peak memory (VmHWM):")
         for label, mib in sorted(peaks.items()):
             print(f"    {label:<24} {mib:8.0f} MiB")
