@@ -59,6 +59,10 @@ freshness = Histogram(
 # Certificates (the certifier processes)
 certificates_issued = Counter("vaxline_certificates_issued_total", "Certificates signed and stored")
 certificates_revoked = Counter("vaxline_certificates_revoked_total", "Certificates revoked by a newer one")
+certificates_updated = Counter(
+    "vaxline_certificates_updated_total",
+    "Current certificates whose view changed but not their DCC (e.g. a second record of a counted dose)",
+)
 certificates_unchanged = Counter(
     "vaxline_certificates_unchanged_total", "Persons handed to a certifier whose certificate already stated their history"
 )

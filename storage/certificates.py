@@ -25,7 +25,7 @@ from vaxline.sequence import HistoryDose
 # read from a history that this one contains, which is what makes replacing it safe.
 _HISTORY = """
 SELECT p.national_id, p.full_name, p.birth_date, c.uvci AS current_uvci, c.fingerprint AS current_fingerprint,
-       d.site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at
+       c.view_fingerprint AS current_view_fingerprint, d.site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at
 FROM unnest($1::text[]) AS i(national_id)
 JOIN persons p ON p.national_id = i.national_id
 LEFT JOIN certificates c ON c.national_id = p.national_id AND c.status = 'current'
@@ -45,14 +45,22 @@ RETURNING c.national_id
 """
 
 _INSERT = """
-INSERT INTO certificates (uvci, national_id, status, fingerprint, full_name, birth_date, doses, kid, hc1,
-                          issued_at, expires_at, received_at)
-SELECT i.uvci, i.national_id, 'current', i.fingerprint, i.full_name, i.birth_date, i.doses::jsonb, $8, i.hc1,
-       $9, $10, i.received_at
-FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::date[], $6::text[], $7::text[],
-            $11::timestamptz[]) AS i(uvci, national_id, fingerprint, full_name, birth_date, doses, hc1, received_at)
+INSERT INTO certificates (uvci, national_id, status, fingerprint, view_fingerprint, full_name, birth_date, doses,
+                          kid, hc1, issued_at, expires_at, received_at)
+SELECT i.uvci, i.national_id, 'current', i.fingerprint, i.view_fingerprint, i.full_name, i.birth_date,
+       i.doses::jsonb, $9, i.hc1, $10, $11, i.received_at
+FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[], $6::date[], $7::text[], $8::text[],
+            $12::timestamptz[])
+     AS i(uvci, national_id, fingerprint, view_fingerprint, full_name, birth_date, doses, hc1, received_at)
 ON CONFLICT DO NOTHING
 RETURNING national_id
+"""
+
+_UPDATE_VIEW = """
+UPDATE certificates c SET doses = u.doses::jsonb, view_fingerprint = u.new
+FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[]) AS u(uvci, old, new, doses)
+WHERE c.uvci = u.uvci AND c.status = 'current' AND c.view_fingerprint = u.old
+RETURNING c.national_id
 """
 
 _COLUMNS = "uvci, national_id, status, full_name, birth_date, doses, hc1, issued_at, expires_at, revoked_at, superseded_by"
@@ -66,6 +74,7 @@ class Person:
     history: list[HistoryDose]
     current_uvci: str | None = None
     current_fingerprint: bytes | None = None
+    current_view_fingerprint: bytes | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -74,6 +83,7 @@ class NewCertificate:
     national_id: str
     previous_uvci: str | None
     fingerprint: bytes
+    view_fingerprint: bytes
     full_name: str
     birth_date: dt.date
     doses_json: str
@@ -90,7 +100,7 @@ async def people(conn: asyncpg.Connection, national_ids: list[str]) -> list[Pers
         histories.setdefault(r["national_id"], []).append(HistoryDose(
             r["site"], r["record_id"], r["vaccine"], r["lot"], r["dose_number"], r["administered_at"]))
     return [Person(nid, r["full_name"], r["birth_date"], histories[nid], r["current_uvci"],
-                   r["current_fingerprint"]) for nid, r in first.items()]
+                   r["current_fingerprint"], r["current_view_fingerprint"]) for nid, r in first.items()]
 
 
 async def issue(conn: asyncpg.Connection, certificates: list[NewCertificate], *, kid: bytes,
@@ -108,12 +118,32 @@ async def issue(conn: asyncpg.Connection, certificates: list[NewCertificate], *,
         written = {r["national_id"] for r in await conn.fetch(
             _INSERT,
             [c.uvci for c in todo], [c.national_id for c in todo], [c.fingerprint for c in todo],
-            [c.full_name for c in todo], [c.birth_date for c in todo], [c.doses_json for c in todo],
-            [c.hc1 for c in todo], kid, issued_at, expires_at, [c.received_at for c in todo],
+            [c.view_fingerprint for c in todo], [c.full_name for c in todo], [c.birth_date for c in todo],
+            [c.doses_json for c in todo], [c.hc1 for c in todo], kid, issued_at, expires_at,
+            [c.received_at for c in todo],
         )}
         if revoked - written:  # a revoked certificate must have its successor: never leave a person without one
             raise RuntimeError(f"{len(revoked - written)} superseding certificates were not written")
     return written, len(revoked)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ViewUpdate:
+    """The current certificate's view, when what its DCC states is unchanged."""
+
+    national_id: str
+    uvci: str
+    old_view_fingerprint: bytes | None
+    view_fingerprint: bytes
+    doses_json: str
+
+
+async def update_views(conn: asyncpg.Connection, updates: list[ViewUpdate]) -> set[str]:
+    """Update views in place, each only if unchanged since it was read; the national ids written."""
+    updates = sorted(updates, key=lambda u: u.national_id)
+    rows = await conn.fetch(_UPDATE_VIEW, [u.uvci for u in updates], [u.old_view_fingerprint for u in updates],
+                            [u.view_fingerprint for u in updates], [u.doses_json for u in updates])
+    return {r["national_id"] for r in rows}
 
 
 async def by_uvci(conn: asyncpg.Connection, uvci: str) -> asyncpg.Record | None:

@@ -91,16 +91,20 @@ def _uvci_hash(uvci: str) -> str:
     return uvci_hash(uvci)
 
 
-async def test_same_dose_from_two_sites_on_one_day_counts_once(settings, db):
+async def test_same_dose_from_two_sites_on_one_day_counts_once_and_keeps_the_qr_valid(settings, db):
     async with running_stack(settings, certifiers=1) as stack:
         _, hospital = await stack.site("HOSP-1")
         _, district = await stack.site("DIST-1")
         d = dose(7, administered_at=at("2021-08-14", 9))
         assert (await stack.post(hospital, {"doses": [d]})).status == 202
+        first = await current(db, d["national_id"], doses=1)
         assert (await stack.post(district, {"doses": [dict(d, administered_at=at("2021-08-14", 15))]})).status == 202
         row = await current(db, d["national_id"], doses=2)
     doses = json.loads(row["doses"])
     assert [(x["dn"], x["counted"], x["flags"]) for x in doses] == [(1, True, []), (1, False, ["same_day"])]
+    # The DCC states the same dose as before: the citizen's QR is not revoked, its view lists both records.
+    assert (row["uvci"], row["hc1"]) == (first["uvci"], first["hc1"])
+    assert await db.fetchval("SELECT count(*) FROM certificates") == 1
     dcc = independently_decoded(row["hc1"], KeyStore(settings.signing_keys_dir))[-260][1]
     assert (dcc["v"][0]["dn"], dcc["v"][0]["sd"]) == (1, 2)
 

@@ -5,8 +5,9 @@
     reader.ack(handoffs)                     # after the COMMIT
 
 Each person is signed at most once per group however many of their doses
-it holds, and not at all when their certificate already states their
-history (a redelivered batch): the fingerprint of the statement decides.
+it holds, and not at all when their certificate's DCC already states what
+their history says (a redelivered batch; a second record of a dose already
+counted only updates the certificate's view): fingerprints decide.
 Signing happens outside any transaction; the write is a compare-and-swap
 per person (storage.certificates.issue), and a person who lost a race with
 another certifier is simply rebuilt from a fresh read.
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 class Outcome:
     issued: int = 0
     revoked: int = 0
+    updated: int = 0  # views updated in place
     unchanged: int = 0
 
 
@@ -86,43 +88,54 @@ class Certifier:
             issued_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)  # the CWT counts whole seconds
             expires_at = expiry(issued_at)
             new: list[store.NewCertificate] = []
+            views: list[store.ViewUpdate] = []
             for person in people:
                 try:
-                    certificate = self._build(person, signer, issued_at, expires_at, todo[person.national_id])
+                    change = self._build(person, signer, issued_at, expires_at, todo[person.national_id])
                 except Exception as e:  # a bug for this person's data: the others still get theirs
                     metrics.certify_failures.labels(error=type(e).__name__).inc()
                     log.error("building a certificate failed (%s); the person keeps the previous one",
                               type(e).__name__)
                     continue
-                if certificate is None:
+                if change is None:
                     outcome.unchanged += 1
+                elif isinstance(change, store.ViewUpdate):
+                    views.append(change)
                 else:
-                    new.append(certificate)
+                    new.append(change)
             async with self._pool.acquire() as conn:
                 written, revoked = await store.issue(conn, new, kid=signer.key.kid, issued_at=issued_at,
                                                      expires_at=expires_at)
+                updated = await store.update_views(conn, views) if views else set()
             now = time.time()
             for nid in written:
                 metrics.freshness.labels(stage="certified").observe(max(0.0, now - todo[nid]))
             outcome.issued += len(written)
             outcome.revoked += revoked
+            outcome.updated += len(updated)
             metrics.certificates_issued.inc(len(written))
             metrics.certificates_revoked.inc(revoked)
+            metrics.certificates_updated.inc(len(updated))
             metrics.certify_duration.observe(time.perf_counter() - started)
-            todo = {c.national_id: todo[c.national_id] for c in new if c.national_id not in written}
-
+            # Whoever lost a race with another certifier is built again from a fresh read.
+            todo = {c.national_id: todo[c.national_id] for c in [*new, *views]
+                    if c.national_id not in written and c.national_id not in updated}
 
     @staticmethod
     def _build(person: store.Person, signer: Signer, issued_at: dt.datetime, expires_at: dt.datetime,
-               received_at: float) -> store.NewCertificate | None:
-        """The person's new certificate, or None when the current one already states their history."""
+               received_at: float) -> store.NewCertificate | store.ViewUpdate | None:
+        """A new certificate when what the DCC states changed; the view alone when only it changed (a second
+        record of a dose already counted: the QR in the citizen's hands stays valid); else None."""
         stated = statement(person.full_name, person.birth_date, person.history)
-        fingerprint = stated.fingerprint()
+        fingerprint, view = stated.fingerprint(), stated.view_fingerprint()
         if fingerprint == person.current_fingerprint:
-            return None
+            if view == person.current_view_fingerprint:
+                return None
+            return store.ViewUpdate(person.national_id, person.current_uvci, person.current_view_fingerprint, view,
+                                    msgspec.json.encode(stated.doses).decode())
         uvci = new_uvci()
         return store.NewCertificate(
-            uvci, person.national_id, person.current_uvci, fingerprint, person.full_name, person.birth_date,
+            uvci, person.national_id, person.current_uvci, fingerprint, view, person.full_name, person.birth_date,
             msgspec.json.encode(stated.doses).decode(), signer.sign(stated.dcc(uvci), issued_at, expires_at),
             dt.datetime.fromtimestamp(received_at, dt.timezone.utc))
 

@@ -7,9 +7,11 @@ CREATE TABLE certificates (
     uvci          text PRIMARY KEY,
     national_id   text NOT NULL,
     status        text NOT NULL CHECK (status IN ('current', 'revoked')),
-    -- A digest of everything the certificate states: a person whose history
-    -- gives the same digest again (a redelivered batch) is not reissued.
-    fingerprint   bytea NOT NULL,
+    -- Digests of what the signed DCC states and of the whole view: a history
+    -- that gives the same DCC again (a redelivered batch, a second record of
+    -- a dose already counted) is not reissued; only the view is updated.
+    fingerprint      bytea NOT NULL,
+    view_fingerprint bytea NOT NULL,
     full_name     text NOT NULL,
     birth_date    date NOT NULL,
     doses         jsonb NOT NULL,  -- the whole sequence, with flags; the DCC itself carries the latest dose

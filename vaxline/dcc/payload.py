@@ -2,8 +2,8 @@
 
 The DCC carries the latest counted dose (`v` holds exactly one entry, per
 the schema); the certificate's JSON view lists the whole sequence with its
-flags. The fingerprint digests what the certificate states, so a history
-that yields the same statement again is not reissued.
+flags. Fingerprints digest what the certificate states, so a history that
+yields the same statement again is not reissued.
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ class Statement(msgspec.Struct, frozen=True):
     doses: list[dict]
 
     def fingerprint(self) -> bytes:
+        """A digest of what the signed DCC states (all but its UVCI): when it changes, a new certificate."""
+        return hashlib.sha256(msgspec.json.encode(self.dcc(""))).digest()
+
+    def view_fingerprint(self) -> bytes:
+        """A digest of the whole statement, flags included: when only this changes (a second record of a
+        dose already counted), the certificate's view is updated in place and its QR stays valid."""
         return hashlib.sha256(msgspec.json.encode(self)).digest()
 
     def dcc(self, uvci: str) -> dict:
