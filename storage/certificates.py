@@ -25,7 +25,7 @@ from vaxline.sequence import HistoryDose
 # read from a history that this one contains, which is what makes replacing it safe.
 _HISTORY = """
 SELECT p.national_id, p.full_name, p.birth_date, c.uvci AS current_uvci, c.fingerprint AS current_fingerprint,
-       c.view_fingerprint AS current_view_fingerprint, c.expires_at AS current_expires_at, d.site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at
+       c.view_fingerprint AS current_view_fingerprint, d.site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at
 FROM unnest($1::text[]) AS i(national_id)
 JOIN persons p ON p.national_id = i.national_id
 LEFT JOIN certificates c ON c.national_id = p.national_id AND c.status = 'current'
@@ -75,7 +75,6 @@ class Person:
     current_uvci: str | None = None
     current_fingerprint: bytes | None = None
     current_view_fingerprint: bytes | None = None
-    current_expires_at: dt.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -101,8 +100,7 @@ async def people(conn: asyncpg.Connection, national_ids: list[str]) -> list[Pers
         histories.setdefault(r["national_id"], []).append(HistoryDose(
             r["site"], r["record_id"], r["vaccine"], r["lot"], r["dose_number"], r["administered_at"]))
     return [Person(nid, r["full_name"], r["birth_date"], histories[nid], r["current_uvci"],
-                   r["current_fingerprint"], r["current_view_fingerprint"], r["current_expires_at"])
-            for nid, r in first.items()]
+                   r["current_fingerprint"], r["current_view_fingerprint"]) for nid, r in first.items()]
 
 
 async def issue(conn: asyncpg.Connection, certificates: list[NewCertificate], *, kid: bytes,
@@ -146,14 +144,6 @@ async def update_views(conn: asyncpg.Connection, updates: list[ViewUpdate]) -> s
     rows = await conn.fetch(_UPDATE_VIEW, [u.uvci for u in updates], [u.old_view_fingerprint for u in updates],
                             [u.view_fingerprint for u in updates], [u.doses_json for u in updates])
     return {r["national_id"] for r in rows}
-
-
-async def expiring(conn: asyncpg.Connection, *, within: dt.timedelta, limit: int) -> list[str]:
-    """National ids whose current certificate expires within `within`, soonest first."""
-    rows = await conn.fetch(
-        "SELECT national_id FROM certificates WHERE status = 'current' AND expires_at < clock_timestamp() + $1::interval"
-        " ORDER BY expires_at LIMIT $2", within, limit)
-    return [r["national_id"] for r in rows]
 
 
 async def by_uvci(conn: asyncpg.Connection, uvci: str) -> asyncpg.Record | None:

@@ -211,28 +211,3 @@ def test_what_we_issue_passes_our_own_verifier_for_every_product(product, tmp_pa
     booster = 1 if SERIES_DOSES[product] == 1 else 3  # EU encoding: 3/3 after two doses, 3/1 after one
     assert (v["dn"], v["sd"], v["ci"]) == (3, booster, uvci)
     assert len(hc1) < 1000  # fits a QR at error correction Q comfortably
-
-
-async def test_a_certificate_about_to_expire_is_renewed(settings, db, redis):
-    """Certifiers hand off certificates within renew_before of their expiry; the renewal is a new UVCI."""
-    from workers.certify import renew
-
-    async with running_stack(settings, certifiers=1) as stack:
-        _, token = await stack.site()
-        d = dose(21, administered_at=at("2021-08-14"))
-        assert (await stack.post(token, {"doses": [d]})).status == 202
-        old = await current(db, d["national_id"])
-        pool = await _pool(settings)
-        try:
-            assert await renew(redis, pool, settings) == 0  # a fresh certificate is far from expiry
-            await db.execute("UPDATE certificates SET expires_at = now() + interval '3 days' WHERE uvci = $1",
-                             old["uvci"])
-            assert await renew(redis, pool, settings) == 1
-        finally:
-            await pool.close()
-        renewed = await wait_until(lambda: db.fetchrow(
-            "SELECT * FROM certificates WHERE national_id = $1 AND status = 'current' AND uvci <> $2",
-            d["national_id"], old["uvci"]), message="the renewal")
-    assert renewed["expires_at"] > dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=360)
-    assert json.loads(renewed["doses"]) == json.loads(old["doses"]) and renewed["received_at"] is None
-    assert await db.fetchval("SELECT status FROM certificates WHERE uvci = $1", old["uvci"]) == "revoked"

@@ -44,8 +44,6 @@ class Settings:
     certify_max_persons: int = 1_000
     certify_max_wait: float = 0.02
     certify_nice: int = 10  # certifiers yield the CPU to persisting when both want it
-    renew_before: float = 30 * 86400.0  # a current certificate this close to its expiry is reissued
-    renew_interval: float = 3600.0  # how often a certifier looks for them
     keys_dir: str = ""  # signing keys and signer certificates; default <data_dir>/keys
 
     # Certificate lookup by national ID and birth date: per client address, at most this many

@@ -33,7 +33,6 @@ from vaxline.config import Settings
 from vaxline.dcc.issue import Signer, expiry, new_uvci
 from vaxline.dcc.keys import KeyStore
 from vaxline.dcc.payload import statement
-from vaxline.entries import ENTRY_FIELD
 from vaxline.streams import connect_redis, ensure_groups
 
 from . import handoff
@@ -54,10 +53,8 @@ class Outcome:
 
 
 class Certifier:
-    def __init__(self, pool: asyncpg.Pool, keys: KeyStore, *, chunk: int = 1000,
-                 renew_before: dt.timedelta = dt.timedelta(days=30)):
+    def __init__(self, pool: asyncpg.Pool, keys: KeyStore, *, chunk: int = 1000):
         self._pool = pool
-        self._renew_before = renew_before
         self._keys = keys
         self._chunk = chunk  # persons signed, then stored, at a time: certificates appear as they are made
         self._signer: Signer | None = None
@@ -112,8 +109,7 @@ class Certifier:
                 updated = await store.update_views(conn, views) if views else set()
             now = time.time()
             for nid in written:
-                if todo[nid]:  # 0: a renewal, no 202 behind it
-                    metrics.freshness.labels(stage="certified").observe(max(0.0, now - todo[nid]))
+                metrics.freshness.labels(stage="certified").observe(max(0.0, now - todo[nid]))
             outcome.issued += len(written)
             outcome.revoked += revoked
             outcome.updated += len(updated)
@@ -125,15 +121,14 @@ class Certifier:
             todo = {c.national_id: todo[c.national_id] for c in [*new, *views]
                     if c.national_id not in written and c.national_id not in updated}
 
-    def _build(self, person: store.Person, signer: Signer, issued_at: dt.datetime, expires_at: dt.datetime,
+    @staticmethod
+    def _build(person: store.Person, signer: Signer, issued_at: dt.datetime, expires_at: dt.datetime,
                received_at: float) -> store.NewCertificate | store.ViewUpdate | None:
-        """A new certificate when what the DCC states changed, or when the current one is about to expire;
-        the view alone when only it changed (a second record of a dose already counted: the QR in the
-        citizen's hands stays valid); else None."""
-        renew = person.current_expires_at is not None and person.current_expires_at < issued_at + self._renew_before
+        """A new certificate when what the DCC states changed; the view alone when only it changed (a second
+        record of a dose already counted: the QR in the citizen's hands stays valid); else None."""
         stated = statement(person.full_name, person.birth_date, person.history)
         fingerprint, view = stated.fingerprint(), stated.view_fingerprint()
-        if fingerprint == person.current_fingerprint and not renew:
+        if fingerprint == person.current_fingerprint:
             if view == person.current_view_fingerprint:
                 return None
             return store.ViewUpdate(person.national_id, person.current_uvci, person.current_view_fingerprint, view,
@@ -142,7 +137,7 @@ class Certifier:
         return store.NewCertificate(
             uvci, person.national_id, person.current_uvci, fingerprint, view, person.full_name, person.birth_date,
             msgspec.json.encode(stated.doses).decode(), signer.sign(stated.dcc(uvci), issued_at, expires_at),
-            dt.datetime.fromtimestamp(received_at, dt.timezone.utc) if received_at else None)
+            dt.datetime.fromtimestamp(received_at, dt.timezone.utc))
 
 
 async def run_certifier(settings: Settings, *, consumer: str, stop: asyncio.Event) -> None:
@@ -151,9 +146,8 @@ async def run_certifier(settings: Settings, *, consumer: str, stop: asyncio.Even
     if pool is None:
         return
     redis = connect_redis(settings)
-    certifier = Certifier(pool, KeyStore(settings.signing_keys_dir), chunk=settings.certify_max_persons,
-                          renew_before=dt.timedelta(seconds=settings.renew_before))
-    housekeeping = asyncio.create_task(_housekeeping(redis, pool, settings))
+    certifier = Certifier(pool, KeyStore(settings.signing_keys_dir), chunk=settings.certify_max_persons)
+    housekeeping = asyncio.create_task(_housekeeping(redis, settings))
     metrics.certifiers_running.inc()
     try:
         while not stop.is_set():
@@ -214,28 +208,12 @@ async def _gather(reader: ShardReader, settings: Settings, stop: asyncio.Event
     return entries, persons
 
 
-async def _housekeeping(redis, pool: asyncpg.Pool, settings: Settings) -> None:
-    """Trim the certify stream below what the group still needs, report its backlog, and hand off the
-    persons whose certificate is about to expire (several certifiers may hand off the same person:
-    the first renewal makes the others find nothing to do)."""
-    next_renewal = time.monotonic() + min(60.0, settings.renew_interval)
+async def _housekeeping(redis, settings: Settings) -> None:
+    """Trim the certify stream below what the group still needs; report its backlog."""
     while True:
         try:
             _, state = await trim_stream(redis, settings.certify_stream, settings.certify_group)
             metrics.certify_backlog.set(state.length)
-            if time.monotonic() >= next_renewal:
-                await renew(redis, pool, settings)
-                next_renewal = time.monotonic() + settings.renew_interval
         except Exception as e:  # retried on the next round
             log.warning("certify housekeeping failed: %s", type(e).__name__)
         await asyncio.sleep(settings.trim_interval)
-
-
-async def renew(redis, pool: asyncpg.Pool, settings: Settings, *, limit: int = 10_000) -> int:
-    """Hand off up to `limit` persons whose current certificate expires within renew_before."""
-    async with pool.acquire() as conn:
-        national_ids = await store.expiring(conn, within=dt.timedelta(seconds=settings.renew_before), limit=limit)
-    if national_ids:  # received_at 0: no 202 behind a renewal, nothing for the freshness histogram
-        await redis.xadd(settings.certify_stream, {ENTRY_FIELD: handoff.encode(dict.fromkeys(national_ids, 0.0))})
-        log.info("handed off %d certificates for renewal", len(national_ids))
-    return len(national_ids)

@@ -22,7 +22,7 @@ _NATIONAL_ID = DOSE_FIELDS.index("national_id")
 
 class Handoff(msgspec.Struct, array_like=True):
     national_ids: list[str]
-    received_at: list[float]  # epoch seconds of the earliest 202 per person; 0 for a renewal
+    received_at: list[float]  # epoch seconds of the earliest 202 per person
 
 
 _encoder = msgspec.msgpack.Encoder()

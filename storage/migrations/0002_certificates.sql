@@ -28,8 +28,6 @@ CREATE TABLE certificates (
 );
 CREATE UNIQUE INDEX certificates_current ON certificates (national_id) WHERE status = 'current';
 CREATE INDEX certificates_revoked ON certificates (revoked_at) WHERE status = 'revoked';
--- Certifiers renew current certificates before they expire.
-CREATE INDEX certificates_expiring ON certificates (expires_at) WHERE status = 'current';
 
 -- The range of a person's administration times: reading their history probes
 -- only the monthly partitions inside it (run-time pruning), not all of them.
