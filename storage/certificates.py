@@ -2,7 +2,7 @@
 
 Issuing is a compare-and-swap per person, so certifiers need no lock:
 revoke the certificate the new one was built against (only if it is still
-current), then insert the new one as current. A person whose current
+current and its view unchanged), then insert the new one as current. A person whose current
 certificate changed in between (another certifier was faster) is not written
 and is handed back, to be rebuilt from a fresh read of the history. The
 partial unique index keeps one current certificate per person whatever
@@ -39,8 +39,8 @@ CROSS JOIN LATERAL (
 
 _REVOKE = """
 UPDATE certificates c SET status = 'revoked', revoked_at = clock_timestamp(), superseded_by = i.new
-FROM unnest($1::text[], $2::text[]) AS i(old, new)
-WHERE c.uvci = i.old AND c.status = 'current'
+FROM unnest($1::text[], $2::text[], $3::bytea[]) AS i(old, new, old_view)
+WHERE c.uvci = i.old AND c.status = 'current' AND c.view_fingerprint = i.old_view
 RETURNING c.national_id
 """
 
@@ -82,6 +82,7 @@ class NewCertificate:
     uvci: str
     national_id: str
     previous_uvci: str | None
+    previous_view_fingerprint: bytes | None  # the superseded one must still say exactly this, too
     fingerprint: bytes
     view_fingerprint: bytes
     full_name: str
@@ -113,7 +114,8 @@ async def issue(conn: asyncpg.Connection, certificates: list[NewCertificate], *,
     async with conn.transaction():
         superseding = [c for c in certificates if c.previous_uvci is not None]
         revoked = {r["national_id"] for r in await conn.fetch(
-            _REVOKE, [c.previous_uvci for c in superseding], [c.uvci for c in superseding])}
+            _REVOKE, [c.previous_uvci for c in superseding], [c.uvci for c in superseding],
+            [c.previous_view_fingerprint for c in superseding])}
         todo = [c for c in certificates if c.previous_uvci is None or c.national_id in revoked]
         written = {r["national_id"] for r in await conn.fetch(
             _INSERT,

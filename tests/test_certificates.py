@@ -211,3 +211,23 @@ def test_what_we_issue_passes_our_own_verifier_for_every_product(product, tmp_pa
     booster = 1 if SERIES_DOSES[product] == 1 else 3  # EU encoding: 3/3 after two doses, 3/1 after one
     assert (v["dn"], v["sd"], v["ci"]) == (3, booster, uvci)
     assert len(hc1) < 1000  # fits a QR at error correction Q comfortably
+
+
+async def test_a_certificate_built_from_an_older_view_does_not_replace_a_newer_one(db):
+    """The swap checks the view too: a certifier that read before another updated the view in place
+    loses, re-reads, and cannot put the older view back."""
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+    def new(uvci, previous, previous_view, view):
+        return store.NewCertificate(uvci, "001090000001", previous, previous_view, b"dcc", view, "Lê Văn Nam",
+                                    dt.date(1990, 1, 1), "[]", "HC1:X", None)
+
+    written, _ = await store.issue(db, [new("U-1", None, None, b"v1")], kid=b"k", issued_at=now, expires_at=now)
+    assert written == {"001090000001"}
+    assert await store.update_views(db, [store.ViewUpdate("001090000001", "U-1", b"v1", b"v2", "[]")]) == {
+        "001090000001"}
+    stale = new("U-2", "U-1", b"v1", b"v1")  # built from the history as it was before the view update
+    assert await store.issue(db, [stale], kid=b"k", issued_at=now, expires_at=now) == (set(), 0)
+    assert await store.update_views(db, [store.ViewUpdate("001090000001", "U-1", b"v1", b"v3", "[]")]) == set()
+    rows = await db.fetch("SELECT uvci, status, view_fingerprint FROM certificates ORDER BY uvci")
+    assert [tuple(r) for r in rows] == [("U-1", "current", b"v2")]

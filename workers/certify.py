@@ -108,7 +108,7 @@ class Certifier:
                                                      expires_at=expires_at)
                 updated = await store.update_views(conn, views) if views else set()
             now = time.time()
-            for nid in written:
+            for nid in written | updated:
                 metrics.freshness.labels(stage="certified").observe(max(0.0, now - todo[nid]))
             outcome.issued += len(written)
             outcome.revoked += revoked
@@ -135,7 +135,8 @@ class Certifier:
                                     msgspec.json.encode(stated.doses).decode())
         uvci = new_uvci()
         return store.NewCertificate(
-            uvci, person.national_id, person.current_uvci, fingerprint, view, person.full_name, person.birth_date,
+            uvci, person.national_id, person.current_uvci, person.current_view_fingerprint, fingerprint, view,
+            person.full_name, person.birth_date,
             msgspec.json.encode(stated.doses).decode(), signer.sign(stated.dcc(uvci), issued_at, expires_at),
             dt.datetime.fromtimestamp(received_at, dt.timezone.utc))
 
