@@ -227,14 +227,14 @@ async def wait_certified(settings: Settings, timeout: float) -> None:
 
     Polled cheaply on the certify stream (drained: every handoff delivered and acknowledged), then
     checked exactly in Postgres, which would steal the certifiers' CPU if it were polled."""
-    from vaxline.streams import connect_redis
+    from vaxline.streams import connect_redis, drained
 
     redis = connect_redis(settings)
     conn = await asyncpg.connect(settings.database_url)
     deadline = time.monotonic() + timeout
     try:
         while True:
-            if await _certify_drained(redis, settings) and await conn.fetchval(
+            if await drained(redis, settings.certify_stream, settings.certify_group) and await conn.fetchval(
                     "SELECT (SELECT count(*) FROM persons) = count(*)"
                     " AND (SELECT count(*) FROM doses) = coalesce(sum(jsonb_array_length(doses)), 0)"
                     " FROM certificates WHERE status = 'current'"):
@@ -245,14 +245,6 @@ async def wait_certified(settings: Settings, timeout: float) -> None:
     finally:
         await conn.close()
         await redis.aclose()
-
-
-async def _certify_drained(redis, settings: Settings) -> bool:
-    summary = await redis.xpending(settings.certify_stream, settings.certify_group)
-    [group] = [g for g in await redis.xinfo_groups(settings.certify_stream)
-               if g["name"] in (settings.certify_group, settings.certify_group.encode())]
-    newest = await redis.xrevrange(settings.certify_stream, count=1)
-    return summary["pending"] == 0 and (not newest or newest[0][0] == group["last-delivered-id"])
 
 
 async def certificate_figures(settings: Settings) -> tuple[int, int, float, float, float, float]:

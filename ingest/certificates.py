@@ -38,7 +38,7 @@ from vaxline.config import Settings
 from vaxline.dcc.keys import KeyStore, PublicKey
 from vaxline.dcc.trust import TrustList, uvci_hash
 from vaxline.dcc.verify import verify
-from vaxline.doses import FIELD_RULES, NationalId
+from vaxline.doses import FIELD_RULES, NationalId, field_errors
 
 from .app import INGEST, ApiError, json_response
 
@@ -291,22 +291,8 @@ async def decoded_body(request: web.Request, decoder: msgspec.json.Decoder, stru
         fields = _object_decoder.decode(body)
     except msgspec.DecodeError as e:
         raise ApiError(400, "malformed body: expected a JSON object") from e
-    raise ApiError(422, "; ".join(field_errors(struct, fields)) or "invalid body")
-
-
-def field_errors(struct: type[msgspec.Struct], fields: dict[str, Any]) -> list[str]:
-    """Each wrong field of `struct` in a decoded object, with its rule (as POST /v1/doses reports them)."""
-    known = {field.encode_name: field for field in msgspec.structs.fields(struct)}
-    errors = [f"{name}: unknown field" for name in fields if name not in known]
-    for name, field in known.items():
-        if name not in fields:
-            errors.append(f"{name}: required")
-            continue
-        try:
-            msgspec.convert(fields[name], field.type)
-        except msgspec.ValidationError:
-            errors.append(f"{name}: {RULES[name]}")
-    return errors
+    errors = field_errors(fields, struct, RULES)
+    raise ApiError(422, "; ".join(f"{e.field}: {e.reason}" for e in errors) or "invalid body")
 
 
 # POST /v1/certificates/verify

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 
 import asyncpg
 import uvloop
@@ -19,6 +18,7 @@ from aiohttp import web
 from monitoring import metrics
 from vaxline.config import Settings
 from vaxline.doses import BatchValidator
+from vaxline.procs import stop_on_signals
 from vaxline.streams import connect_redis
 
 from .app import INGEST, Ingest, build_app
@@ -76,8 +76,4 @@ def run_process(settings: Settings, host: str, port: int) -> None:
 
 
 async def _main(settings: Settings, host: str, port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await serve(settings, host=host, port=port, stop=stop)
+    await serve(settings, host=host, port=port, stop=stop_on_signals())

@@ -20,6 +20,7 @@ from tests.factory import batch, dose
 from tests.stack import running_stack
 from vaxline.doses import Dose
 from vaxline.entries import ENTRY_FIELD, encode_entry
+from vaxline.streams import drained
 
 
 async def exactly_once(db, expected: int) -> None:
@@ -305,18 +306,11 @@ async def test_certifier_killed_three_times_issues_each_certificate_exactly_once
             await asyncio.gather(post_all(), kill_and_restart())
             await wait_until(lambda: db.fetchval("SELECT count(*) = $1 FROM certificates", total), timeout=180,
                              message="every person certified")
-            await wait_until(lambda: _certify_drained(redis, settings), timeout=60, message="handoffs acknowledged")
+            await wait_until(lambda: drained(redis, settings.certify_stream, settings.certify_group), timeout=60,
+                             message="handoffs acknowledged")
     row = await db.fetchrow("SELECT count(*) AS certificates, count(DISTINCT national_id) AS persons,"
                             " count(*) FILTER (WHERE status = 'current') AS current FROM certificates")
     assert tuple(row) == (total, total, total)
     assert await db.fetchval("SELECT count(*) FROM persons") == total
     log = (settings.data_dir / "workers.log").read_text()
     assert log and not any(national_id(n) in log for n in range(0, total, 97))
-
-
-async def _certify_drained(redis, settings) -> bool:
-    pending = (await redis.xpending(settings.certify_stream, settings.certify_group))["pending"]
-    groups = {g["name"].decode(): g for g in await redis.xinfo_groups(settings.certify_stream)}
-    last = groups[settings.certify_group]["last-delivered-id"].decode()
-    newest = await redis.xrevrange(settings.certify_stream, count=1)
-    return pending == 0 and (not newest or newest[0][0].decode() == last)

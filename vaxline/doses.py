@@ -86,7 +86,6 @@ class MalformedBatch(ValueError):
     """The body is not a batch at all (bad JSON/msgpack, or no `doses` list)."""
 
 
-_FIELDS = {field.encode_name: field for field in msgspec.structs.fields(Dose)}
 
 
 class BatchValidator:
@@ -151,10 +150,13 @@ def _decode_item(index: int, raw: msgspec.Raw, item, mapping) -> Dose | Rejectio
     )
 
 
-def field_errors(fields: dict[str, Any]) -> list[FieldError]:
-    """Every wrong field of one decoded dose object, each with its reason."""
-    errors = [FieldError(field=name, reason="unknown field") for name in fields if name not in _FIELDS]
-    for name, field in _FIELDS.items():
+def field_errors(fields: dict[str, Any], struct: type[msgspec.Struct] = Dose,
+                 rules: dict[str, str] = FIELD_RULES) -> list[FieldError]:
+    """Every wrong field of one decoded object (a dose, unless another `struct` is given), each with its
+    reason: the rule in `rules` for the field, else msgspec's own words."""
+    known = {field.encode_name: field for field in msgspec.structs.fields(struct)}
+    errors = [FieldError(field=name, reason="unknown field") for name in fields if name not in known]
+    for name, field in known.items():
         if name not in fields:
             if field.required:
                 errors.append(FieldError(field=name, reason="required"))
@@ -162,7 +164,7 @@ def field_errors(fields: dict[str, Any]) -> list[FieldError]:
         try:
             msgspec.convert(fields[name], field.type)
         except msgspec.ValidationError as e:
-            errors.append(FieldError(field=name, reason=FIELD_RULES.get(name) or _plain(e)))
+            errors.append(FieldError(field=name, reason=rules.get(name) or _plain(e)))
     return errors
 
 

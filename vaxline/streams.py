@@ -63,6 +63,15 @@ async def shard_state(redis: aioredis.Redis, stream: str, group_name: str) -> Sh
     return ShardState(length, pending, lag, floor)
 
 
+async def drained(redis: aioredis.Redis, stream: str, group_name: str) -> bool:
+    """Whether the group has been delivered every entry of the stream and acknowledged them all."""
+    if (await redis.xpending(stream, group_name))["pending"]:
+        return False
+    [group] = [g for g in await redis.xinfo_groups(stream) if as_text(g["name"]) == group_name]
+    newest = await redis.xrevrange(stream, count=1)
+    return not newest or as_text(newest[0][0]) == as_text(group["last-delivered-id"])
+
+
 def _after(entry_id: str) -> str:
     ms, _, seq = entry_id.partition("-")
     return f"{ms}-{int(seq) + 1}"

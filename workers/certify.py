@@ -24,7 +24,6 @@ import time
 
 import asyncpg
 import msgspec
-from redis.exceptions import RedisError
 
 from monitoring import metrics
 from storage import certificates as store
@@ -33,13 +32,13 @@ from vaxline.config import Settings
 from vaxline.dcc.issue import Signer, expiry, new_uvci
 from vaxline.dcc.keys import KeyStore
 from vaxline.dcc.payload import statement
-from vaxline.streams import connect_redis, ensure_groups
+from vaxline.streams import ensure_groups
 
 from . import handoff
 from .consume import ShardReader, StreamEntry
-from .persist import Stopped, _kind, retrying
+from .persist import error_kind, retrying
 from .trim import trim_stream
-from .pipeline import _create_pool, _sleep_unless
+from .pipeline import run_consumer
 
 log = logging.getLogger(__name__)
 
@@ -143,28 +142,12 @@ class Certifier:
 
 async def run_certifier(settings: Settings, *, consumer: str, stop: asyncio.Event) -> None:
     """Certify handoffs until `stop` is set, surviving Redis and Postgres outages."""
-    pool = await _create_pool(settings, stop)
-    if pool is None:
-        return
-    redis = connect_redis(settings)
-    certifier = Certifier(pool, KeyStore(settings.signing_keys_dir), chunk=settings.certify_max_persons)
-    housekeeping = asyncio.create_task(_housekeeping(redis, settings))
-    metrics.certifiers_running.inc()
-    try:
-        while not stop.is_set():
-            try:
-                await _drain(redis, certifier, settings, consumer, stop)
-            except RedisError as e:
-                log.warning("redis failed (%s); reconnecting", type(e).__name__)
-                await _sleep_unless(stop, 1.0)
-    except Stopped:
-        log.info("stopped while waiting for postgres; the handoffs in hand stay pending")
-    finally:
-        metrics.certifiers_running.dec()
-        housekeeping.cancel()
-        await asyncio.wait([housekeeping], timeout=5)
-        await redis.aclose()
-        await pool.close()
+    keys = KeyStore(settings.signing_keys_dir)
+    await run_consumer(
+        settings, stop, name=f"certifier {consumer}", running=metrics.certifiers_running,
+        drain=lambda redis, pool: _drain(redis, Certifier(pool, keys, chunk=settings.certify_max_persons),
+                                         settings, consumer, stop),
+        housekeeping=lambda redis, pool: _housekeeping(redis, settings))
 
 
 async def _drain(redis, certifier: Certifier, settings: Settings, consumer: str, stop: asyncio.Event) -> None:
@@ -180,7 +163,8 @@ async def _drain(redis, certifier: Certifier, settings: Settings, consumer: str,
         except POISON as e:
             # A bug, not the data's fault (the doses passed validation and are persisted): log it and move
             # on. The persons keep their previous certificate until their next persisted dose hands them off again.
-            log.error("certifying %d persons failed (%s); their handoff is dropped", len(persons), _kind(e))
+            log.error("certifying %d persons failed (%s); their handoff is dropped", len(persons),
+                      error_kind(e))
         await reader.ack(entries)
 
 

@@ -105,7 +105,7 @@ class Persister:
         else:
             # Left pending: XAUTOCLAIM delivers it again after claim_idle_ms.
             log.warning("entry %s failed on delivery %d (%s); left pending", entry.entry_id, deliveries,
-                        _kind(error))
+                        error_kind(error))
 
     async def _dead_letter(self, entry: StreamEntry, reason: str, *, deliveries: int) -> None:
         stream = self._settings.stream(entry.shard)
@@ -136,14 +136,14 @@ async def retrying(stop: asyncio.Event, operation, *args, retries=metrics.persis
             raise
         except Exception as e:  # anything else is the system's fault: wait it out
             retries.labels(error=type(e).__name__).inc()
-            log.warning("%s failed (%s); retrying in %.2fs", operation.__name__, _kind(e), delay)
+            log.warning("%s failed (%s); retrying in %.2fs", operation.__name__, error_kind(e), delay)
         if stop.is_set():
             raise Stopped()
         await asyncio.sleep(delay * random.uniform(0.5, 1.0))
         delay = min(delay * 2, 5.0)
 
 
-def _kind(error: BaseException) -> str:
+def error_kind(error: BaseException) -> str:
     """The error's class and SQLSTATE, never its message: Postgres quotes the offending value,
     which may be a name or a national ID, and those never go to a log."""
     sqlstate = getattr(error, "sqlstate", None)

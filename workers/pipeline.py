@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -75,29 +75,40 @@ async def gather(reader: ShardReader, persister: Persister, settings: Settings,
 
 async def run_worker(settings: Settings, *, consumer: str, stop: asyncio.Event) -> None:
     """Drain the shards until `stop` is set, surviving Redis and Postgres outages."""
+    await run_consumer(
+        settings, stop, name=f"worker {consumer}", running=metrics.workers_running,
+        drain=lambda redis, pool: _drain(redis, pool, settings, consumer, stop),
+        housekeeping=lambda redis, pool: _housekeeping(redis, pool, settings))
+
+
+async def run_consumer(settings: Settings, stop: asyncio.Event, *, name: str, running,
+                       drain: Callable[[aioredis.Redis, asyncpg.Pool], Awaitable[None]],
+                       housekeeping: Callable[[aioredis.Redis, asyncpg.Pool], Awaitable[None]]) -> None:
+    """What persisting workers and certifiers share: a pool once Postgres answers, `drain` again after
+    each Redis failure until `stop`, `housekeeping` beside it, the `running` gauge, a clean close."""
     pool = await _create_pool(settings, stop)
     if pool is None:
         return
     redis = connect_redis(settings)
-    housekeeping = asyncio.create_task(_housekeeping(redis, pool, settings))
-    metrics.workers_running.inc()
+    keeping = asyncio.create_task(housekeeping(redis, pool))
+    running.inc()
     try:
         while not stop.is_set():
             try:
-                await _drain(redis, pool, settings, consumer, stop)
+                await drain(redis, pool)
             except RedisError as e:  # unreachable, failing over, a stream deleted: start over
                 log.warning("redis failed (%s: %s); reconnecting", type(e).__name__, str(e)[:200])
                 await _sleep_unless(stop, 1.0)
     except Stopped:
-        log.info("stopped while waiting for postgres; the group in hand stays pending")
+        log.info("stopped while waiting for postgres; what %s holds stays pending", name)
     except Exception:
-        log.exception("worker %s failed; its pending entries go to the next consumer", consumer)
+        log.exception("%s failed; its pending entries go to the next consumer", name)
         raise
     finally:
-        metrics.workers_running.dec()
-        housekeeping.cancel()
+        running.dec()
+        keeping.cancel()
         # redis-py may swallow a cancellation inside a command: do not wait forever for it.
-        await asyncio.wait([housekeeping], timeout=5)
+        await asyncio.wait([keeping], timeout=5)
         await redis.aclose()
         await pool.close()
 

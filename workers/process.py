@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import logging
+import os
 import signal
 
 import uvloop
 
 from vaxline.config import Settings
+from vaxline.procs import stop_on_signals
 
 from .certify import run_certifier
 from .pipeline import run_worker
@@ -38,10 +39,7 @@ def run_process(settings: Settings, consumer: str, role: str = "persist") -> Non
 
 
 async def _main(settings: Settings, consumer: str, role: str) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
+    stop = stop_on_signals()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
     run = run_certifier if role == "certify" else run_worker
     await run(settings, consumer=consumer, stop=stop)
