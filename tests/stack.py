@@ -38,9 +38,13 @@ class Stack:
     async def stop_workers(self) -> None:
         for _, stop in self._workers:
             stop.set()
-        for task, _ in self._workers:
-            await asyncio.wait_for(task, 30)
+        # asyncio.wait, not wait_for: a task that ignored its cancellation would hang wait_for for ever.
+        tasks = [task for task, _ in self._workers]
+        _, still_running = await asyncio.wait(tasks, timeout=30) if tasks else (set(), set())
+        for task in still_running:
+            task.cancel()
         self._workers.clear()
+        assert not still_running, f"{len(still_running)} worker(s) did not stop within 30 s"
 
     async def post(self, token: str, body, *, content_type: str = "application/json", **kwargs):
         data = body if isinstance(body, bytes) else None

@@ -38,7 +38,7 @@ from . import handoff
 from .consume import ShardReader, StreamEntry
 from .persist import error_kind, retrying
 from .trim import trim_stream
-from .pipeline import run_consumer
+from .pipeline import run_consumer, sleep_unless
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ async def run_certifier(settings: Settings, *, consumer: str, stop: asyncio.Even
         settings, stop, name=f"certifier {consumer}", running=metrics.certifiers_running,
         drain=lambda redis, pool: _drain(redis, Certifier(pool, keys, chunk=settings.certify_max_persons),
                                          settings, consumer, stop),
-        housekeeping=lambda redis, pool: _housekeeping(redis, settings))
+        housekeeping=lambda redis, pool: _housekeeping(redis, settings, stop))
 
 
 async def _drain(redis, certifier: Certifier, settings: Settings, consumer: str, stop: asyncio.Event) -> None:
@@ -193,12 +193,12 @@ async def _gather(reader: ShardReader, settings: Settings, stop: asyncio.Event
     return entries, persons
 
 
-async def _housekeeping(redis, settings: Settings) -> None:
-    """Trim the certify stream below what the group still needs; report its backlog."""
-    while True:
+async def _housekeeping(redis, settings: Settings, stop: asyncio.Event) -> None:
+    """Trim the certify stream below what the group still needs; report its backlog; until `stop`."""
+    while not stop.is_set():
         try:
             _, state = await trim_stream(redis, settings.certify_stream, settings.certify_group)
             metrics.certify_backlog.set(state.length)
         except Exception as e:  # retried on the next round
             log.warning("certify housekeeping failed: %s", type(e).__name__)
-        await asyncio.sleep(settings.trim_interval)
+        await sleep_unless(stop, settings.trim_interval)

@@ -78,7 +78,7 @@ async def run_worker(settings: Settings, *, consumer: str, stop: asyncio.Event) 
     await run_consumer(
         settings, stop, name=f"worker {consumer}", running=metrics.workers_running,
         drain=lambda redis, pool: _drain(redis, pool, settings, consumer, stop),
-        housekeeping=lambda redis, pool: _housekeeping(redis, pool, settings))
+        housekeeping=lambda redis, pool: _housekeeping(redis, pool, settings, stop))
 
 
 async def run_consumer(settings: Settings, stop: asyncio.Event, *, name: str, running,
@@ -98,7 +98,7 @@ async def run_consumer(settings: Settings, stop: asyncio.Event, *, name: str, ru
                 await drain(redis, pool)
             except RedisError as e:  # unreachable, failing over, a stream deleted: start over
                 log.warning("redis failed (%s: %s); reconnecting", type(e).__name__, str(e)[:200])
-                await _sleep_unless(stop, 1.0)
+                await sleep_unless(stop, 1.0)
     except Stopped:
         log.info("stopped while waiting for postgres; what %s holds stays pending", name)
     except Exception:
@@ -106,11 +106,18 @@ async def run_consumer(settings: Settings, stop: asyncio.Event, *, name: str, ru
         raise
     finally:
         running.dec()
-        keeping.cancel()
-        # redis-py may swallow a cancellation inside a command: do not wait forever for it.
-        await asyncio.wait([keeping], timeout=5)
+        # Housekeeping ends by itself once `stop` is set (a cancellation alone can be swallowed by a redis-py
+        # command in flight); nothing here may wait forever, or a stopping process would hang.
+        if not stop.is_set():
+            keeping.cancel()
+        _, still_running = await asyncio.wait([keeping], timeout=5)
+        for task in still_running:
+            task.cancel()
         await redis.aclose()
-        await pool.close()
+        try:
+            await asyncio.wait_for(pool.close(), 10)
+        except TimeoutError:
+            pool.terminate()
 
 
 async def _drain(redis, pool, settings: Settings, consumer: str, stop: asyncio.Event) -> None:
@@ -147,14 +154,14 @@ async def _create_pool(settings: Settings, stop: asyncio.Event) -> asyncpg.Pool 
                                              command_timeout=settings.statement_timeout)
         except Exception as e:  # unreachable or starting up: wait for it
             log.warning("postgres unreachable (%s); retrying", type(e).__name__)
-            await _sleep_unless(stop, 1.0)
+            await sleep_unless(stop, 1.0)
     return None
 
 
-async def _housekeeping(redis: aioredis.Redis, pool: asyncpg.Pool, settings: Settings) -> None:
-    """Trim streams, report backlog, keep partitions ahead; never fatal."""
+async def _housekeeping(redis: aioredis.Redis, pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event) -> None:
+    """Trim streams, report backlog, keep partitions ahead, until `stop`; never fatal."""
     next_partitions = 0.0
-    while True:
+    while not stop.is_set():
         try:
             _, states = await trim_shards(redis, settings)
             for shard, state in enumerate(states):
@@ -168,9 +175,9 @@ async def _housekeeping(redis: aioredis.Redis, pool: asyncpg.Pool, settings: Set
                 next_partitions = time.monotonic() + 3600
         except Exception as e:  # housekeeping retries on its next round, whatever failed
             log.warning("housekeeping failed: %s", type(e).__name__)
-        await asyncio.sleep(settings.trim_interval)
+        await sleep_unless(stop, settings.trim_interval)
 
 
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
