@@ -74,10 +74,12 @@ class ApiError(Exception):
 
 
 async def authenticated_site(request: web.Request):
-    site = await request.app[INGEST].auth.site(request.headers.get("Authorization"))
-    if site is None:
+    principal = await request.app[INGEST].auth.principal(request.headers.get("Authorization"))
+    if principal is None:
         raise ApiError(401, "missing or unknown bearer token", headers={"WWW-Authenticate": "Bearer"})
-    return site
+    if principal.site is None:
+        raise ApiError(403, "this needs a site's token: province and operator tokens are read-only")
+    return principal.site
 
 
 INGEST = web.AppKey("ingest", Ingest)
@@ -143,7 +145,7 @@ async def post_doses(request: web.Request) -> web.Response:
     batch_id = None
     if accepted:
         try:
-            batch_id = await ingest.enqueuer.enqueue(site_id=site.site_id, doses=accepted)
+            batch_id = await ingest.enqueuer.enqueue(site_id=site.site_id, doses=accepted, rejected=len(rejected))
         except Overloaded as e:
             metrics.backpressure_rejections.inc()
             raise ApiError(503, str(e), headers={"Retry-After": str(e.retry_after)})
@@ -151,6 +153,8 @@ async def post_doses(request: web.Request) -> web.Response:
         metrics.batches_accepted.inc()
         log.info("batch accepted", extra={"batch_id": batch_id, "site_id": site.site_id, "accepted": len(accepted),
                                           "rejected": len(rejected)})
+    elif rejected:
+        await ingest.enqueuer.count_rejected(site_id=site.site_id, rejected=len(rejected))
     return json_response(Accepted(batch_id=batch_id, accepted=len(accepted), rejected=rejected), status=202)
 
 
@@ -198,7 +202,8 @@ async def _queued_entry(ingest: Ingest, batch_id: str):
 
 async def get_person_doses(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
-    await authenticated_site(request)
+    if await ingest.auth.principal(request.headers.get("Authorization")) is None:
+        raise ApiError(401, "missing or unknown bearer token", headers={"WWW-Authenticate": "Bearer"})
     national_id = request.match_info["national_id"]
     if not _national_id.match(national_id):
         raise ApiError(400, "national_id must be a 12-digit CCCD, a 9-digit CMND or a passport number")
@@ -248,7 +253,8 @@ def build_app(ingest: Ingest) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", prometheus)
-    from . import certificates  # here: its routes build on this module's error contract
+    from . import certificates, quality  # here: their routes build on this module's error contract
 
     certificates.register(app, ingest.settings, ingest.redis)
+    quality.register(app)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import time
 
@@ -18,10 +19,16 @@ from redis.exceptions import RedisError
 from monitoring import metrics
 from vaxline.config import Settings
 from vaxline.doses import Dose
-from vaxline.entries import ENTRY_FIELD, batch_id, encode_entry
+from vaxline.entries import ENTRY_FIELD, batch_id, encode_correction, encode_entry
+from vaxline.sequence import VIETNAM
 from vaxline.streams import Backlog, check_shard_count, read_backlog
 
 log = logging.getLogger(__name__)
+
+
+def _rejected_field(site_id: int) -> str:
+    """Rejected items may have no valid date: they count on the day ingest refused them."""
+    return f"{site_id}:{dt.datetime.now(VIETNAM).date().isoformat()}:rejected"
 
 
 class Overloaded(Exception):
@@ -69,15 +76,47 @@ class Enqueuer:
         if backlog.redis_memory_bytes > self._settings.max_redis_memory_bytes:
             raise Overloaded("the stream's memory is past its bound", retry_after=10)
 
-    async def enqueue(self, *, site_id: int, doses: list[Dose]) -> str:
-        """XADD the batch to its shard; returns the batch id."""
+    async def enqueue(self, *, site_id: int, doses: list[Dose], rejected: int = 0) -> str:
+        """XADD the batch to its shard and count its doses per administration day as accepted, atomically
+        (MULTI: both or neither, in the AOF too); returns the batch id. The count is ingest's own
+        witness of what it acknowledged, which reconciliation holds Postgres to."""
         shard = self._settings.shard_of(site_id)
         payload = encode_entry(site_id=site_id, received_at=time.time(), doses=doses)
+        days: dict[str, int] = {}
+        for dose in doses:
+            day = dose.administered_at.astimezone(VIETNAM).date().isoformat()
+            days[day] = days.get(day, 0) + 1
+        accepted = self._settings.accepted_key(shard)
         try:
-            entry_id = await self._redis.xadd(self._settings.stream(shard), {ENTRY_FIELD: payload})
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.xadd(self._settings.stream(shard), {ENTRY_FIELD: payload})
+                for day, count in days.items():
+                    pipe.hincrby(accepted, f"{site_id}:{day}", count)
+                if rejected:
+                    pipe.hincrby(accepted, _rejected_field(site_id), rejected)
+                entry_id, *_ = await pipe.execute()
         except RedisError as e:  # unreachable, out of memory, read-only after failover, AOF disk full
             log.warning("XADD failed: %s: %s", type(e).__name__, str(e)[:200])
             raise Overloaded("the stream cannot take the batch now", retry_after=5) from e
+        return batch_id(shard, entry_id.decode())
+
+    async def count_rejected(self, *, site_id: int, rejected: int) -> None:
+        """Count doses rejected in a batch with nothing to enqueue (by the day they were refused)."""
+        with contextlib.suppress(RedisError):  # informational: a batch of rejections needs no Redis
+            await self._redis.hincrby(self._settings.accepted_key(self._settings.shard_of(site_id)),
+                                      _rejected_field(site_id), rejected)
+
+    async def enqueue_correction(self, *, site_id: int, op: str, record_id: str, dose: Dose | None,
+                                 changed_by: str) -> str:
+        """XADD one correction to the site's shard (after its batches: the stream orders them); its id."""
+        shard = self._settings.shard_of(site_id)
+        payload = encode_correction(site_id=site_id, received_at=time.time(), op=op, record_id=record_id, dose=dose,
+                                    changed_by=changed_by)
+        try:
+            entry_id = await self._redis.xadd(self._settings.stream(shard), {ENTRY_FIELD: payload})
+        except RedisError as e:
+            log.warning("XADD failed: %s: %s", type(e).__name__, str(e)[:200])
+            raise Overloaded("the stream cannot take the correction now", retry_after=5) from e
         return batch_id(shard, entry_id.decode())
 
     async def _warn_if_weakly_durable(self) -> None:

@@ -81,6 +81,17 @@ certificate_lookups = Counter(
     "vaxline_certificate_lookups_total", "Lookups by national ID and birth date", ["result"]
 )
 
+corrections_applied = Counter(
+    "vaxline_corrections_applied_total",
+    "Site corrections (replace, withdraw) by whether they applied (false: a newer version came first)",
+    ["op", "applied"],
+)
+review_persons = Counter("vaxline_review_persons_total", "Persons whose review flags and registry status were recomputed")
+review_retries = Counter("vaxline_review_retries_total", "Transient review failures retried", ["error"])
+reviewers_running = Gauge("vaxline_reviewers_running", "Reviewer processes", multiprocess_mode="livesum")
+review_backlog = Gauge("vaxline_review_backlog", "Persons due for review (new or changed history)",
+                       multiprocess_mode="mostrecent")
+
 # Known label values are exported from the start (at zero), so a dashboard shows 0, not "no data".
 for _stage in ("persisted", "certified"):
     freshness.labels(stage=_stage)

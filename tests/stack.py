@@ -14,6 +14,7 @@ from vaxline.config import Settings
 from vaxline.dcc.keys import KeyStore
 from workers.certify import run_certifier
 from workers.pipeline import run_worker
+from workers.review import run_reviewer
 
 
 class Stack:
@@ -30,9 +31,9 @@ class Stack:
             await conn.close()
         return site.site_id, token
 
-    def start_worker(self, consumer: str = "test-0", *, certify: bool = False) -> None:
+    def start_worker(self, consumer: str = "test-0", *, certify: bool = False, review: bool = False) -> None:
         stop = asyncio.Event()
-        run = run_certifier if certify else run_worker
+        run = run_certifier if certify else run_reviewer if review else run_worker
         self._workers.append((asyncio.create_task(run(self.settings, consumer=consumer, stop=stop)), stop))
 
     async def stop_workers(self) -> None:
@@ -56,8 +57,9 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def running_stack(settings: Settings, *, workers: int = 1, certifiers: int = 0):
-    """Ingest on a test server, `workers` persisting workers and `certifiers` certifiers (with a signing key)."""
+async def running_stack(settings: Settings, *, workers: int = 1, certifiers: int = 0, reviewers: int = 0):
+    """Ingest on a test server, `workers` persisting workers, `certifiers` certifiers (with a signing key) and
+    `reviewers` reviewers."""
     if certifiers:
         KeyStore(settings.signing_keys_dir).ensure()
     async with ingest_app(settings) as app:
@@ -69,6 +71,8 @@ async def running_stack(settings: Settings, *, workers: int = 1, certifiers: int
                 stack.start_worker(f"test-{i}")
             for i in range(certifiers):
                 stack.start_worker(f"test-certifier-{i}", certify=True)
+            for i in range(reviewers):
+                stack.start_worker(f"test-reviewer-{i}", review=True)
             try:
                 yield stack
             finally:

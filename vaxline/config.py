@@ -54,10 +54,19 @@ class Settings:
     # GET /v1/revocations lists revocations at least this old: no later commit can still add an older one.
     revocations_settled: float = 60.0
 
+    # Review: reviewers take up to review_max_persons due persons per transaction, and look again
+    # every review_interval seconds once none are due.
+    review_max_persons: int = 2_000
+    review_interval: float = 0.5
+
     data_dir: Path = Path(".vaxline")
 
     def stream(self, shard: int) -> str:
         return f"{self.stream_prefix}:doses:{{{shard}}}"
+
+    def accepted_key(self, shard: int) -> str:
+        """Doses ingest acknowledged, per "site_id:day" (the shard's hash tag: one MULTI with its XADD)."""
+        return f"{self.stream_prefix}:accepted:{{{shard}}}"
 
     @property
     def streams(self) -> list[str]:

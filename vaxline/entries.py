@@ -32,10 +32,28 @@ def _bare(annotation):
 PackedDose = tuple[tuple(_bare(f.type) for f in msgspec.structs.fields(Dose))]  # type: ignore[misc]
 
 
+REPLACE = "replace"
+WITHDRAW = "withdraw"
+
+
+class Correction(msgspec.Struct, array_like=True):
+    """A site's change to one of its persisted records: the record's new fields, or its withdrawal.
+
+    It travels the same stream as the batches, so it is durable before its 202 and applied by the
+    same workers; its version is its place in the site's shard (see storage.corrections)."""
+
+    op: str  # REPLACE or WITHDRAW
+    record_id: str
+    dose: PackedDose | None  # the new fields (REPLACE); None for WITHDRAW
+    changed_by: str  # who asked: "site:<code>"
+
+
 class BatchEntry(msgspec.Struct, array_like=True):
     site_id: int
     received_at: float  # epoch seconds of the 202, for freshness
     doses: list[PackedDose]
+    # An entry is either a batch of new doses or one correction; older entries end before this field.
+    corrections: list[Correction] = []
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -47,9 +65,21 @@ def encode_entry(*, site_id: int, received_at: float, doses: list[Dose]) -> byte
     return _encoder.encode((site_id, received_at, packed))
 
 
+def encode_correction(*, site_id: int, received_at: float, op: str, record_id: str, dose: Dose | None,
+                      changed_by: str) -> bytes:
+    packed = msgspec.structs.astuple(dose) if dose is not None else None
+    return _encoder.encode((site_id, received_at, [], [(op, record_id, packed, changed_by)]))
+
+
 def decode_entry(payload: bytes) -> BatchEntry:
     """Raises msgspec.DecodeError for an entry that can never be persisted."""
     return _decoder.decode(payload)
+
+
+def version_of(entry_id: str) -> str:
+    """A stream entry id as text that sorts like the id: the order of a site's corrections."""
+    ms, _, seq = entry_id.partition("-")
+    return f"{int(ms):020d}-{int(seq or 0):020d}"
 
 
 def batch_id(shard: int, entry_id: str) -> str:

@@ -33,3 +33,18 @@ VACCINE_PROPHYLAXIS: dict[str, str] = {product: _GENERIC for product in VACCINE_
     "EU/1/20/1528": _MRNA,
     "EU/1/20/1507": _MRNA,
 }
+
+# The shortest interval, in days, from a primary series' first dose to its second, by the first dose's
+# product (the products' authorisations); a second dose sooner than this is flagged for review.
+MIN_INTERVAL_DAYS: dict[str, int] = {
+    "EU/1/20/1528": 21,  # Comirnaty
+    "EU/1/20/1507": 28,  # Spikevax
+    "EU/1/21/1529": 28,  # Vaxzevria
+    "EU/1/21/1618": 21,  # Nuvaxovid
+    "BBIBP-CorV": 21,
+    "CoronaVac": 14,
+    "Sputnik-V": 21,
+    "Hayat-Vax": 21,
+    "Abdala": 14,
+    "Covaxin": 28,
+}

@@ -1,4 +1,4 @@
-"""`python -m workers --consumer NAME [--certify]`: one worker (or certifier) process, settings from the environment.
+"""`python -m workers --consumer NAME [--certify | --review]`: one worker (certifier, reviewer) process, settings from the environment.
 
 `vaxline work` supervises several of these; a single one is what an
 orchestrator (systemd, Kubernetes) or a crash test runs directly.
@@ -14,7 +14,9 @@ from .process import run_process
 
 parser = argparse.ArgumentParser(prog="python -m workers")
 parser.add_argument("--consumer", default=f"{socket.gethostname()}-0", help="stable consumer name")
-parser.add_argument("--certify", action="store_true", help="issue certificates instead of persisting doses")
+role = parser.add_mutually_exclusive_group()
+role.add_argument("--certify", action="store_true", help="issue certificates instead of persisting doses")
+role.add_argument("--review", action="store_true", help="keep review flags and registry statuses current")
 args = parser.parse_args()
 configure()
-run_process(Settings.from_env(), args.consumer, "certify" if args.certify else "persist")
+run_process(Settings.from_env(), args.consumer, "certify" if args.certify else "review" if args.review else "persist")

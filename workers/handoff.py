@@ -49,7 +49,12 @@ def decode(payload: bytes) -> dict[str, float]:
     return dict(zip(handoff.national_ids, handoff.received_at, strict=True))
 
 
-async def send(redis: aioredis.Redis, settings: Settings, group: list[DecodedEntry]) -> None:
+async def send(redis: aioredis.Redis, settings: Settings, group: list[DecodedEntry],
+               corrected: dict[str, float] | None = None) -> None:
+    """Hand off the persons of the group's doses and those whose records a correction changed (a
+    correction may move a dose away from someone, whose certificate then changes too)."""
     earliest = persons(group)
+    for nid, received_at in (corrected or {}).items():
+        earliest[nid] = min(received_at, earliest.get(nid, received_at))
     if earliest:
         await redis.xadd(settings.certify_stream, {ENTRY_FIELD: encode(earliest)})

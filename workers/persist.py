@@ -18,6 +18,7 @@ Promises, in order of importance:
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import random
 import time
@@ -26,9 +27,11 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from monitoring import metrics
+from storage import corrections
 from storage import doses as dose_store
 from storage.errors import POISON
 from vaxline.config import Settings
+from vaxline.entries import version_of
 
 from . import handoff
 from .consume import ShardReader, StreamEntry
@@ -53,7 +56,7 @@ class Persister:
     async def persist(self, group: list[DecodedEntry]) -> list[dose_store.Receipt]:
         """Persist and acknowledge a group; returns the receipts written."""
         try:
-            receipts = await self._retrying(self._attempt, group)
+            receipts, corrected = await self._retrying(self._attempt, group)
         except POISON as e:
             if len(group) == 1:
                 await self._failed(group[0].entry, e)
@@ -63,7 +66,7 @@ class Persister:
             for decoded in group:
                 receipts.extend(await self.persist([decoded]))
             return receipts
-        await handoff.send(self._redis, self._settings, group)
+        await handoff.send(self._redis, self._settings, group, corrected)
         await self._reader.ack([d.entry for d in group])
         return receipts
 
@@ -74,27 +77,53 @@ class Persister:
     async def _retrying(self, operation, *args):
         return await retrying(self._stop, operation, *args)
 
-    async def _attempt(self, group: list[DecodedEntry]) -> list[dose_store.Receipt]:
+    async def _attempt(self, group: list[DecodedEntry]) -> tuple[list[dose_store.Receipt], dict[str, float]]:
+        """Persist the group's batches in one transaction, then apply its corrections one by one;
+        (receipts written, persons whose records a correction changed -> its 202 time)."""
         started = time.perf_counter()
+        batches = [d for d in group if not d.batch.corrections]
         async with self._pool.acquire() as conn:
             done = await dose_store.persisted_batches(conn, [d.batch_id for d in group])
-            todo = [d for d in group if d.batch_id not in done]
+            todo = [d for d in batches if d.batch_id not in done]
             rows, counts = to_rows(todo)
             receipts = await dose_store.persist(conn, rows, counts) if todo else []
+            corrected: dict[str, str] = {}
+            for decoded in group:
+                if decoded.batch.corrections and decoded.batch_id not in done:
+                    receipts.extend(await self._correct(conn, decoded, corrected))
         now = time.time()
         log.debug("group persisted", extra={"batches": len(todo), "doses": len(rows),
                                             "duration_ms": round(1000 * (time.perf_counter() - started))})
         metrics.persist_duration.observe(time.perf_counter() - started)
         metrics.gathered_doses.observe(len(rows))
+        received = {d.batch_id: d.batch.received_at for d in group}
+        dose_batches = {d.batch_id for d in todo}
         for receipt in receipts:
             log.info("batch persisted", extra={"batch_id": receipt.batch_id, "site_id": receipt.site_id,
                                                "inserted": receipt.inserted, "duplicates": receipt.duplicates})
+            metrics.batches_persisted.inc()
+            metrics.freshness.labels(stage="persisted").observe(max(0.0, now - received[receipt.batch_id]))
+            if receipt.batch_id not in dose_batches:
+                continue  # a correction: counted in corrections_applied, not as new doses
             metrics.doses_inserted.inc(receipt.inserted)
             metrics.doses_duplicate.inc(receipt.duplicates)
-            metrics.batches_persisted.inc()
-        received = {d.batch_id: d.batch.received_at for d in todo}
-        for receipt in receipts:
-            metrics.freshness.labels(stage="persisted").observe(max(0.0, now - received[receipt.batch_id]))
+        return receipts, {nid: received[batch_id] for nid, batch_id in corrected.items()}
+
+    @staticmethod
+    async def _correct(conn, decoded: DecodedEntry, corrected: dict[str, str]) -> list[dose_store.Receipt]:
+        """Apply the entry's correction; `corrected` gathers the persons it touched (-> batch id)."""
+        received_at = dt.datetime.fromtimestamp(decoded.batch.received_at, dt.timezone.utc)
+        receipts = []
+        for correction in decoded.batch.corrections:
+            applied = await corrections.apply(
+                conn, batch_id=decoded.batch_id, site_id=decoded.batch.site_id,
+                version=version_of(decoded.entry.entry_id), received_at=received_at, correction=correction)
+            if applied is None:  # another delivery applied it
+                continue
+            metrics.corrections_applied.labels(op=correction.op, applied=str(bool(applied.receipt.inserted)).lower()
+                                               ).inc()
+            receipts.append(applied.receipt)
+            corrected.update(dict.fromkeys(applied.persons, decoded.batch_id))
         return receipts
 
     async def _failed(self, entry: StreamEntry, error: Exception) -> None:

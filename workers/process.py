@@ -15,6 +15,7 @@ from vaxline.procs import stop_on_signals
 
 from .certify import run_certifier
 from .pipeline import run_worker
+from .review import run_reviewer
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +29,13 @@ def _dump_tasks() -> None:
 
 
 def run_process(settings: Settings, consumer: str, role: str = "persist") -> None:
-    """role "persist" drains the dose shards; "certify" issues certificates from the handoffs.
+    """role "persist" drains the dose shards; "certify" issues certificates from the handoffs; "review"
+    keeps review flags and registry statuses current.
 
     Certifiers run at a lower CPU priority (VAXLINE_CERTIFY_NICE): where they share cores with the
     persisting workers, persisting keeps its pace and signing takes what is left, catching up after.
     """
-    if role == "certify" and settings.certify_nice:
+    if role in ("certify", "review") and settings.certify_nice:
         os.nice(settings.certify_nice)
     uvloop.run(_main(settings, consumer, role))
 
@@ -41,5 +43,5 @@ def run_process(settings: Settings, consumer: str, role: str = "persist") -> Non
 async def _main(settings: Settings, consumer: str, role: str) -> None:
     stop = stop_on_signals()
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
-    run = run_certifier if role == "certify" else run_worker
+    run = {"certify": run_certifier, "review": run_reviewer}.get(role, run_worker)
     await run(settings, consumer=consumer, stop=stop)

@@ -18,7 +18,8 @@ import datetime as dt
 import msgspec
 
 from storage.doses import BatchCount
-from vaxline.entries import BatchEntry, batch_id, decode_entry
+from vaxline.entries import DOSE_FIELDS, BatchEntry, batch_id, decode_entry
+from vaxline.sequence import VIETNAM
 
 from .consume import StreamEntry
 
@@ -42,6 +43,9 @@ class PoisonEntry(Exception):
         self.entry = entry
 
 
+_ADMINISTERED_AT = DOSE_FIELDS.index("administered_at")
+
+
 def decode(entry: StreamEntry) -> DecodedEntry:
     if entry.payload is None:
         raise PoisonEntry(entry, "the entry's data is gone from the stream")
@@ -53,22 +57,27 @@ def decode(entry: StreamEntry) -> DecodedEntry:
 
 
 def to_rows(entries: list[DecodedEntry]) -> tuple[list[tuple], list[BatchCount]]:
-    """COPY rows (first occurrence of each (site, record_id)) and per-batch counts."""
+    """COPY rows (first occurrence of each (site, record_id)) and per-batch counts (with doses per day).
+
+    Entries that carry corrections, not doses, are left to storage.corrections."""
     rows: list[tuple] = []
     counts: list[BatchCount] = []
     seen: set[tuple[int, str]] = set()
     batches: set[str] = set()
     for decoded in entries:
-        if decoded.batch_id in batches:  # delivered twice into one group (a claim of its own idle entry)
+        if decoded.batch_id in batches or decoded.batch.corrections:  # twice into one group; or a correction
             continue
         batches.add(decoded.batch_id)
         site_id = decoded.batch.site_id
         received_at = dt.datetime.fromtimestamp(decoded.batch.received_at, dt.timezone.utc)
+        days: dict[dt.date, int] = {}
         for dose in decoded.batch.doses:
+            day = dose[_ADMINISTERED_AT].astimezone(VIETNAM).date()
+            days[day] = days.get(day, 0) + 1
             key = (site_id, dose[0])  # dose[0] is the record_id
             if key in seen:
                 continue
             seen.add(key)
             rows.append((site_id, *dose, decoded.batch_id, received_at))
-        counts.append(BatchCount(decoded.batch_id, site_id, decoded.dose_count, received_at))
+        counts.append(BatchCount(decoded.batch_id, site_id, decoded.dose_count, received_at, tuple(days.items())))
     return rows, counts

@@ -83,6 +83,8 @@ UPDATE dose_keys k SET national_id = d.national_id FROM doses d
 WHERE d.site_id = k.site_id AND d.record_id = k.record_id AND d.administered_at = k.administered_at;
 UPDATE dose_keys SET national_id = '' WHERE national_id IS NULL;
 ALTER TABLE dose_keys ALTER COLUMN national_id SET NOT NULL;
+-- A correction naming a record id that only another site holds is refused as forbidden, not unknown.
+CREATE INDEX dose_keys_record ON dose_keys (record_id);
 
 -- Every earlier version of a corrected record, with who changed it and when. The original is copied
 -- here at its first correction (version ''), so a record never corrected costs nothing here.

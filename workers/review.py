@@ -1,0 +1,59 @@
+"""Review: the reviewer processes, which keep every person's review flags and registry status current.
+
+    due = persons marked review_due            # by a persisted or corrected dose, or a registry import
+    storage.review.review_due(conn, limit)     # read histories, flag, set registry status, in one transaction
+
+Reviewers poll Postgres rather than a stream: the mark is written in the same transaction as the
+change, so nothing can be missed, and several reviewers share the work without waiting on each other
+(SKIP LOCKED). They run at the certifiers' lower CPU priority: flags may trail a burst, persisting never
+waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import asyncpg
+
+from monitoring import metrics
+from storage import review as store
+from vaxline.config import Settings
+
+from .persist import retrying
+from .pipeline import run_consumer, sleep_unless
+
+log = logging.getLogger(__name__)
+
+
+async def run_reviewer(settings: Settings, *, consumer: str, stop: asyncio.Event) -> None:
+    """Review due persons until `stop` is set, surviving Postgres outages."""
+    await run_consumer(
+        settings, stop, name=f"reviewer {consumer}", running=metrics.reviewers_running,
+        drain=lambda redis, pool: _drain(pool, settings, stop),
+        housekeeping=lambda redis, pool: _housekeeping(pool, settings, stop))
+
+
+async def _drain(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        reviewed = await retrying(stop, _review, pool, settings.review_max_persons, retries=metrics.review_retries)
+        metrics.review_persons.inc(reviewed)
+        if reviewed < settings.review_max_persons:  # caught up: look again shortly
+            await sleep_unless(stop, settings.review_interval)
+
+
+async def _review(pool: asyncpg.Pool, limit: int) -> int:
+    async with pool.acquire() as conn:
+        return await store.review_due(conn, limit=limit)
+
+
+async def _housekeeping(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event) -> None:
+    """Report how many persons wait for review, every few seconds, until `stop`."""
+    while not stop.is_set():
+        try:
+            async with pool.acquire() as conn:
+                metrics.review_backlog.set(await store.due_count(conn))
+        except Exception as e:  # retried on the next round
+            log.warning("review housekeeping failed: %s", type(e).__name__)
+        await sleep_unless(stop, max(settings.trim_interval, 5.0 if settings.trim_interval >= 1 else 0.5))
