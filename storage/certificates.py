@@ -148,6 +148,17 @@ async def update_views(conn: asyncpg.Connection, updates: list[ViewUpdate]) -> s
     return {r["national_id"] for r in rows}
 
 
+async def revoke_without_doses(conn: asyncpg.Connection, national_ids: list[str]) -> int:
+    """Revoke the current certificate of each of these persons who no longer has any dose (every record
+    withdrawn or moved to another person by a correction); how many were revoked."""
+    rows = await conn.fetch(
+        "UPDATE certificates c SET status = 'revoked', revoked_at = clock_timestamp()"
+        " WHERE c.national_id = ANY($1::text[]) AND c.status = 'current'"
+        " AND NOT EXISTS (SELECT 1 FROM doses d WHERE d.national_id = c.national_id) RETURNING c.national_id",
+        national_ids)
+    return len(rows)
+
+
 async def by_uvci(conn: asyncpg.Connection, uvci: str) -> asyncpg.Record | None:
     return await conn.fetchrow(f"SELECT {_COLUMNS} FROM certificates WHERE uvci = $1", uvci)
 

@@ -27,10 +27,12 @@ from vaxline.sequence import VIETNAM
 from .doses import _COUNT, PERSON_UPSERT, STAGING_COLUMNS, BatchCount, Receipt, claim
 
 _DOSE_COLUMNS = ", ".join(DOSE_FIELDS)
+_VERSION_FIELDS = tuple(f for f in DOSE_FIELDS if f != "record_id")  # the record id is the version's key
+_VERSION_COLUMNS = ", ".join(_VERSION_FIELDS)
 
 _KEEP_ORIGINAL = f"""
-INSERT INTO dose_versions (site_id, record_id, version, op, {_DOSE_COLUMNS}, batch_id, changed_by, received_at, applied)
-SELECT d.site_id, d.record_id, '', 'insert', {", ".join("d." + f for f in DOSE_FIELDS)}, d.batch_id,
+INSERT INTO dose_versions (site_id, record_id, version, op, {_VERSION_COLUMNS}, batch_id, changed_by, received_at, applied)
+SELECT d.site_id, d.record_id, '', 'insert', {", ".join("d." + f for f in _VERSION_FIELDS)}, d.batch_id,
        'site:' || s.code, d.received_at, true
 FROM doses d JOIN sites s USING (site_id)
 WHERE d.site_id = $1 AND d.record_id = $2 AND d.national_id = $3 AND d.administered_at = $4
@@ -38,9 +40,9 @@ ON CONFLICT DO NOTHING
 """
 
 _KEEP_VERSION = f"""
-INSERT INTO dose_versions (site_id, record_id, version, op, {_DOSE_COLUMNS}, batch_id, changed_by, received_at, applied)
-VALUES ($1, $2, $3, $4, {", ".join(f"${i}" for i in range(5, 5 + len(DOSE_FIELDS)))},
-        ${5 + len(DOSE_FIELDS)}, ${6 + len(DOSE_FIELDS)}, ${7 + len(DOSE_FIELDS)}, ${8 + len(DOSE_FIELDS)})
+INSERT INTO dose_versions (site_id, record_id, version, op, {_VERSION_COLUMNS}, batch_id, changed_by, received_at, applied)
+VALUES ($1, $2, $3, $4, {", ".join(f"${i}" for i in range(5, 5 + len(_VERSION_FIELDS)))},
+        ${5 + len(_VERSION_FIELDS)}, ${6 + len(_VERSION_FIELDS)}, ${7 + len(_VERSION_FIELDS)}, ${8 + len(_VERSION_FIELDS)})
 ON CONFLICT DO NOTHING
 """
 
@@ -174,7 +176,7 @@ async def _release_day(conn: asyncpg.Connection, national_id: str, day: dt.date)
 
 async def _keep_version(conn: asyncpg.Connection, site_id: int, correction: Correction, version: str,
                         new: dict | None, batch_id: str, received_at: dt.datetime, *, applied: bool) -> None:
-    fields = [new[f] for f in DOSE_FIELDS] if new is not None else [None] * len(DOSE_FIELDS)
+    fields = [new[f] for f in _VERSION_FIELDS] if new is not None else [None] * len(_VERSION_FIELDS)
     await conn.execute(_KEEP_VERSION, site_id, correction.record_id, version, correction.op, *fields, batch_id,
                        correction.changed_by, received_at, applied)
 
@@ -203,6 +205,6 @@ async def history(conn: asyncpg.Connection, site_id: int, record_id: str) -> tup
         " WHERE site_id = $1 AND record_id = $2 AND national_id = $3 AND administered_at = $4",
         site_id, record_id, key["national_id"], key["administered_at"])
     versions = await conn.fetch(
-        f"SELECT version, op, {_DOSE_COLUMNS}, batch_id, changed_by, received_at, applied FROM dose_versions"
+        f"SELECT version, op, {_VERSION_COLUMNS}, batch_id, changed_by, received_at, applied FROM dose_versions"
         " WHERE site_id = $1 AND record_id = $2 ORDER BY version", site_id, record_id)
     return current, list(versions)

@@ -137,7 +137,7 @@ async def deployment(settings, tmp_path):
     def up() -> bool:
         try:
             deployed.scrape()
-            return len(deployed.children("work")) == 3 and len(deployed.children("serve")) == 2
+            return len(deployed.children("work")) == 4 and len(deployed.children("serve")) == 2
         except OSError:
             return False
 

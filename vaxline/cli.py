@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from monitoring.logs import configure
 
-    configure(logging.WARNING if args.command in ("sites", "status", "keys", "verify") else None)
+    configure(logging.WARNING if args.command in ("sites", "status", "keys", "verify", "tokens", "provinces",
+                                                  "review", "reconcile", "registry") else None)
     try:
         return args.func(args) or 0
     except ConfigError as e:
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     work = commands.add_parser("work", help="run the stream worker processes")
     work.add_argument("--processes", type=int, default=2, help="persisting workers")
     work.add_argument("--certifiers", type=int, default=1, help="certifier processes (0: certify elsewhere)")
+    work.add_argument("--reviewers", type=int, default=1, help="reviewer processes (0: review elsewhere)")
     work.add_argument("--name", default=socket.gethostname(),
                       help="consumer name prefix; keep it stable so a restarted worker reads its own pending list")
     work.add_argument("--metrics-host", default="0.0.0.0")
@@ -94,9 +96,22 @@ def _parser() -> argparse.ArgumentParser:
     add = sites.add_parser("add", help="register a site; prints its bearer token as the last line")
     add.add_argument("--code", required=True)
     add.add_argument("--name", required=True)
-    add.add_argument("--province", type=int, required=True, help="official province code, e.g. 1 for Hà Nội")
+    add.add_argument("--province", type=int, required=True,
+                     help="official province code, e.g. 1 for Hà Nội (the 63 of vaxline/provinces.csv)")
     add.add_argument("--kind", choices=SITE_KINDS, default="fixed")
     add.set_defaults(func=cmd_sites_add)
+    load = sites.add_parser("import", help="register or update sites from a CSV file"
+                            " (code,name,province,district,kind[,parent]); tokens are left as they are")
+    load.add_argument("file", metavar="FILE.csv", help="the registry file, UTF-8 with a header row; - reads stdin")
+    load.set_defaults(func=cmd_sites_import)
+    token = sites.add_parser("token", help="issue or rotate a site's bearer token; prints it as the last line")
+    token.add_argument("code")
+    token.set_defaults(func=cmd_sites_token)
+    for command, active, what in (("activate", True, "accept a deactivated site's token again"),
+                                  ("deactivate", False, "refuse a site's token; its doses and statistics stay")):
+        switch = sites.add_parser(command, help=what)
+        switch.add_argument("code")
+        switch.set_defaults(func=cmd_sites_active, active=active)
     keys = commands.add_parser("keys", help="certificate signing keys").add_subparsers(dest="keys_command",
                                                                                    required=True)
     keys.add_parser("init", help="create a signing key and its DSC unless one exists").set_defaults(func=cmd_keys_init)
@@ -116,6 +131,41 @@ def _parser() -> argparse.ArgumentParser:
                              " deployment's own list is read from its database when it is reachable")
     verify.add_argument("--json", action="store_true", help="print the verdict as JSON")
     verify.set_defaults(func=cmd_verify)
+
+    tokens = commands.add_parser("tokens", help="read-only tokens beyond one site"
+                                 ).add_subparsers(dest="tokens_command", required=True)
+    tokens.add_parser("operator", help="issue the national operator's token (the old one stops working);"
+                      " printed as the last line").set_defaults(func=cmd_tokens_operator)
+    provinces = commands.add_parser("provinces", help="provinces and their tokens"
+                                    ).add_subparsers(dest="provinces_command", required=True)
+    province_token = provinces.add_parser("token", help="issue a province's read-only token (the old one stops"
+                                          " working); printed as the last line")
+    province_token.add_argument("province", type=int, metavar="N", help="official province code, e.g. 79")
+    province_token.set_defaults(func=cmd_provinces_token)
+
+    review = commands.add_parser("review", help="the review list as CSV: records a site should look at")
+    review_scope = review.add_mutually_exclusive_group()
+    review_scope.add_argument("--site", metavar="CODE", help="one site's records")
+    review_scope.add_argument("--province", type=int, metavar="N", help="one province's sites' records")
+    review.add_argument("--flag", help="one kind of flag only (probable_duplicate, name_mismatch, ...)")
+    review.add_argument("--out", type=Path, metavar="FILE.csv", help="write here instead of standard output")
+    review.set_defaults(func=cmd_review)
+
+    reconcile = commands.add_parser(
+        "reconcile", help="account for every acknowledged dose per site and day; exit 1 if any is unexplained")
+    reconcile.add_argument("--from", dest="first", type=_date, default=None, metavar="YYYY-MM-DD")
+    reconcile.add_argument("--to", dest="last", type=_date, default=None, metavar="YYYY-MM-DD")
+    reconcile.add_argument("--site", metavar="CODE", help="one site only")
+    reconcile.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    reconcile.set_defaults(func=cmd_reconcile)
+
+    registry = commands.add_parser("registry", help="the national population registry"
+                                   ).add_subparsers(dest="registry_command", required=True)
+    registry_import = registry.add_parser(
+        "import", help="import an extract (CSV) and reconcile persons against it; exit 1 if rows were rejected")
+    registry_import.add_argument("file", type=Path, metavar="FILE.csv",
+                                 help="header national_id,full_name,birth_date,sex")
+    registry_import.set_defaults(func=cmd_registry_import)
     return parser
 
 
@@ -174,10 +224,90 @@ async def _add_site(settings: Settings, **site) -> tuple:
 
 
 def cmd_sites_add(args) -> int:
+    from .provinces import province_code
+
+    try:
+        province_code(args.province)
+    except ValueError as e:
+        raise ConfigError(f"sites add --province: {e}") from None
     site, token = asyncio.run(_add_site(settings_for(args), code=args.code, name=args.name,
                                         province=args.province, kind=args.kind))
     print(f"site {site.code} (id {site.site_id}, province {site.province}) registered; its bearer token:")
     print(token)
+    return 0
+
+
+async def _on_registry(settings: Settings, operation, *args):
+    """`operation(conn, *args)` of storage.sites on a connection of its own."""
+    import asyncpg
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return await operation(conn, *args)
+    finally:
+        await conn.close()
+
+
+async def _import_sites(conn, lines):
+    from storage.sites import import_sites, registered_codes
+
+    from .siteimport import parse_sites
+
+    registry = parse_sites(lines, registered=await registered_codes(conn))
+    return registry, await import_sites(conn, registry.sites, parents=registry.has_parents)
+
+
+def cmd_sites_import(args) -> int:
+    import io
+
+    from .siteimport import SiteFileError
+
+    settings = settings_for(args)
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8-sig")
+        registry, counts = asyncio.run(_on_registry(settings, _import_sites, io.StringIO(text, newline="")))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{args.file}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except (OSError, SiteFileError) as e:
+        raise ConfigError(f"{args.file}: {e}") from None
+    for rejection in registry.rejected:
+        print("\n".join(rejection.messages()), file=sys.stderr)
+    print(f"{registry.rows} rows: {counts.added} added, {counts.updated} updated, {counts.unchanged} unchanged,"
+          f" {len(registry.rejected)} rejected")
+    return 1 if registry.rejected else 0
+
+
+def cmd_sites_token(args) -> int:
+    from storage.sites import rotate_token
+
+    issued = asyncio.run(_on_registry(settings_for(args), rotate_token, args.code))
+    if issued is None:
+        print(f"vaxline sites token: no site with code {args.code!r}", file=sys.stderr)
+        return 1
+    site, active, token = issued
+    if not active:
+        print(f"vaxline sites token: site {site.code} is deactivated: this token is refused until"
+              f" `vaxline sites activate {site.code}`", file=sys.stderr)
+    print(f"site {site.code} (id {site.site_id}, province {site.province}): new bearer token; the previous one"
+          " no longer works (ingest may still accept it for up to 30 s, its cache):")
+    print(token)
+    return 0
+
+
+def cmd_sites_active(args) -> int:
+    from storage.sites import set_active
+
+    changed = asyncio.run(_on_registry(settings_for(args), set_active, args.code, args.active))
+    if changed is None:
+        print(f"vaxline sites {args.sites_command}: no site with code {args.code!r}", file=sys.stderr)
+        return 1
+    if not changed:
+        print(f"site {args.code} is {'active' if args.active else 'deactivated'} already")
+    elif args.active:
+        print(f"site {args.code} activated: its token is accepted again (within 30 s: ingest caches answers)")
+    else:
+        print(f"site {args.code} deactivated: ingest refuses its token within 30 s (it caches answers that long);"
+              " its doses and statistics stay")
     return 0
 
 
@@ -203,13 +333,16 @@ def start_ingest(supervisor, settings: Settings, *, host: str, port: int, proces
         supervisor.add(f"ingest-{i}", run_process, settings, host, port)
 
 
-def start_workers(supervisor, settings: Settings, *, name: str, processes: int, certifiers: int) -> None:
+def start_workers(supervisor, settings: Settings, *, name: str, processes: int, certifiers: int,
+                  reviewers: int = 1) -> None:
     from workers.process import run_process
 
     for i in range(processes):
         supervisor.add(f"worker-{i}", run_process, settings, f"{name}-{i}")
     for i in range(certifiers):
         supervisor.add(f"certifier-{i}", run_process, settings, f"{name}-certifier-{i}", "certify")
+    for i in range(reviewers):
+        supervisor.add(f"reviewer-{i}", run_process, settings, f"{name}-reviewer-{i}", "review")
 
 
 def _interrupt(signum, frame):
@@ -262,7 +395,8 @@ def cmd_work(args) -> int:
             KeyStore(settings.signing_keys_dir).signing_key()
         except NoSigningKey as e:
             raise ConfigError(str(e)) from None
-    start_workers(supervisor, settings, name=args.name, processes=args.processes, certifiers=args.certifiers)
+    start_workers(supervisor, settings, name=args.name, processes=args.processes, certifiers=args.certifiers,
+                  reviewers=args.reviewers)
     _supervise(supervisor)
     return 0
 
@@ -388,6 +522,187 @@ def _deployment_revoked(args, uvci: str) -> bool:
         return asyncio.run(check())
     except Exception:  # unreachable, refused, misconfigured: judged offline, like any verifier
         return False
+
+
+# -- registry ---------------------------------------------------------------
+
+def cmd_registry_import(args) -> int:
+    """Import a population-registry extract, streamed, and reconcile persons against it.
+
+    Each rejected row is reported as `line N: field: reason` (the first 100 rows; never a value:
+    they are personal data); the good rows import anyway. A national ID repeated in the file: the
+    later row wins. Exit 0, 1 when rows were rejected, 2 when the file is not an extract.
+    """
+    import datetime as dt
+
+    import asyncpg
+    from tqdm import tqdm
+
+    from storage import registry as store
+
+    from . import registry
+
+    # Only Postgres is needed: DATABASE_URL alone will do.
+    database_url = Settings.from_env(data_dir=args.data_dir).database_url or settings_for(args).database_url
+    shown_rows, started = 100, time.monotonic()
+    try:
+        extract = args.file.open("rb")
+        rows = registry.read_extract(extract, today=dt.datetime.now(dt.timezone(dt.timedelta(hours=7))).date())
+    except (OSError, registry.ExtractError) as e:
+        print(f"vaxline registry import: {args.file}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        return 2
+    bar = tqdm(total=args.file.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024, desc="registry",
+               file=sys.stderr, disable=None)
+    total = store.ImportCounts()
+
+    def on_chunk(chunk, counts):
+        for line, errors in chunk.rejected[:max(0, shown_rows - total.rejected)]:
+            for error in errors:
+                tqdm.write(f"line {line}: {error.field}: {error.reason}", file=sys.stderr)
+        total.add(counts)
+        bar.update(chunk.position - bar.n)
+        bar.set_postfix_str(f"{total.rows:,} rows, {total.rows / (time.monotonic() - started):,.0f} rows/s")
+
+    async def run():
+        conn = await asyncpg.connect(database_url)
+        try:
+            await store.import_extract(conn, registry.chunks(rows, store.CHUNK_ROWS, position=extract.tell),
+                                       on_chunk=on_chunk)
+            return await store.status_counts(conn)
+        finally:
+            await conn.close()
+
+    try:
+        with extract, bar:
+            statuses = asyncio.run(run())
+    except store.ImportRunning as e:
+        print(f"vaxline registry import: {e}", file=sys.stderr)
+        return 2
+    if total.rejected > shown_rows:
+        print(f"... and {total.rejected - shown_rows:,} more rejected rows", file=sys.stderr)
+    print(f"{total.rows} rows: {total.added} added, {total.updated} updated, {total.unchanged} unchanged,"
+          f" {total.rejected} rejected; {sum(statuses.values())} persons reconciled: "
+          + ", ".join(f"{status} {count}" for status, count in statuses.items()))
+    return 1 if total.rejected else 0
+
+
+# -- tokens, review, reconcile ----------------------------------------------
+
+def _date(text: str):
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+async def _with_database(settings: Settings, operation, *args):
+    import asyncpg
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return await operation(conn, *args)
+    finally:
+        await conn.close()
+
+
+def cmd_tokens_operator(args) -> int:
+    from storage import tokens
+
+    token = asyncio.run(_with_database(settings_for(args), tokens.issue, tokens.OPERATOR, 0))
+    print("operator token (national statistics, review list and reconciliation; read-only):")
+    print(token)
+    return 0
+
+
+def cmd_provinces_token(args) -> int:
+    from storage import tokens
+
+    from .provinces import PROVINCES
+
+    if args.province not in PROVINCES:
+        raise ConfigError(f"{args.province} is not an official province code (1 Hà Nội ... 96 Cà Mau)")
+    token = asyncio.run(_with_database(settings_for(args), tokens.issue, tokens.PROVINCE, args.province))
+    print(f"province {args.province} ({PROVINCES[args.province]}) token (its statistics, review list and"
+          " corrections queue; read-only):")
+    print(token)
+    return 0
+
+
+async def _review_rows(conn, args) -> list[dict]:
+    from storage import review
+
+    site_id = None
+    if args.site is not None:
+        site_id = await conn.fetchval("SELECT site_id FROM sites WHERE code = $1", args.site)
+        if site_id is None:
+            raise ConfigError(f"no site {args.site!r}")
+    rows, offset = [], 0
+    while True:
+        page, _ = await review.review_list(conn, review.ReviewQuery(site_id, args.province, args.flag, 10_000, offset))
+        rows.extend(dict(r) for r in page)
+        if len(page) < 10_000:
+            return rows
+        offset += len(page)
+
+
+def cmd_review(args) -> int:
+    import csv
+
+    from storage.review import REVIEW_COLUMNS
+
+    rows = asyncio.run(_with_database(settings_for(args), _review_rows, args))
+    out = args.out.open("w", newline="", encoding="utf-8") if args.out else sys.stdout
+    try:
+        writer = csv.DictWriter(out, fieldnames=REVIEW_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    finally:
+        if args.out:
+            out.close()
+    if args.out:
+        print(f"{len(rows)} flagged records written to {args.out}", file=sys.stderr)
+    return 0
+
+
+async def _reconcile(conn, settings: Settings, args) -> dict:
+    import datetime as dt
+
+    from storage.reconcile import reconcile
+
+    from .streams import connect_redis
+
+    site_id = None
+    if args.site is not None:
+        site_id = await conn.fetchval("SELECT site_id FROM sites WHERE code = $1", args.site)
+        if site_id is None:
+            raise ConfigError(f"no site {args.site!r}")
+    redis = connect_redis(settings)
+    try:
+        return await reconcile(conn, redis, settings, first=args.first or dt.date(2021, 1, 1),
+                               last=args.last or dt.date.today() + dt.timedelta(days=1), site_id=site_id)
+    finally:
+        await redis.aclose()
+
+
+def cmd_reconcile(args) -> int:
+    settings = settings_for(args)
+    report = asyncio.run(_with_database(settings, _reconcile, settings, args))
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        totals = report["totals"]
+        print(f"{len(report['rows'])} site-days: {totals['accepted']} doses accepted, {totals['received']} received"
+              f" ({totals['resubmitted']} resubmitted), {totals['present']} present, {totals['counted']} counted"
+              f" ({totals['duplicates']} probable duplicates), {totals['certified']} certified,"
+              f" {totals['pending']} pending, {totals['pending_certification']} awaiting certification,"
+              f" {totals['dead_lettered']} dead-lettered, {totals['withdrawn']} withdrawn;"
+              f" unexplained: {report['unexplained']}")
+        for row in report["rows"]:
+            if row["unexplained"]:
+                print(f"  {row['site']} {row['day']}: {row['explanation']}")
+    return 1 if report["unexplained"] else 0
 
 
 # -- run --------------------------------------------------------------------

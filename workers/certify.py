@@ -84,6 +84,12 @@ class Certifier:
             signer = self.signer()
             async with self._pool.acquire() as conn:
                 people = await store.people(conn, list(todo))
+                # Persons with no dose left (withdrawn, or moved to another person): no certificate either.
+                found = {p.national_id for p in people}
+                if gone := [nid for nid in todo if nid not in found]:
+                    orphaned = await store.revoke_without_doses(conn, gone)
+                    outcome.revoked += orphaned
+                    metrics.certificates_revoked.inc(orphaned)
             issued_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)  # the CWT counts whole seconds
             expires_at = expiry(issued_at)
             new: list[store.NewCertificate] = []
