@@ -44,6 +44,7 @@ from vaxline import embedded
 from vaxline.config import Settings
 from vaxline.dcc.keys import KeyStore
 from vaxline.procs import Supervisor, wait_ready
+from vaxline.provinces import PROVINCES
 
 VIETNAM = dt.timezone(dt.timedelta(hours=7))
 FAMILY = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Phan", "Vũ", "Đặng"]
@@ -203,8 +204,10 @@ async def prepare(settings: Settings, sites: int) -> list[str]:
     conn = await asyncpg.connect(settings.database_url)
     await migrate(conn)
     tokens = []
+    provinces = sorted(PROVINCES)
     for i in range(sites):
-        _, token = await add_site(conn, code=f"BENCH-{i:03d}", name=f"Bench site {i}", province=1 + i, kind="fixed")
+        _, token = await add_site(conn, code=f"BENCH-{i:03d}", name=f"Bench site {i}",
+                                  province=provinces[i % len(provinces)], kind="fixed")
         tokens.append(token)
     await conn.close()
     return tokens
@@ -247,6 +250,35 @@ async def wait_certified(settings: Settings, timeout: float) -> None:
         await redis.aclose()
 
 
+async def wait_reviewed(settings: Settings, timeout: float) -> None:
+    """Until no person is due for review (flags and registry status current)."""
+    conn = await asyncpg.connect(settings.database_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while await conn.fetchval("SELECT count(*) FROM persons WHERE review_due"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("not every person was reviewed in time")
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+
+
+async def reconciled(settings: Settings) -> tuple[dict, float]:
+    """`vaxline reconcile` over the whole run: (its totals and unexplained count, seconds it took)."""
+    from storage.reconcile import reconcile
+    from vaxline.streams import connect_redis
+
+    redis = connect_redis(settings)
+    conn = await asyncpg.connect(settings.database_url)
+    started = time.perf_counter()
+    try:
+        report = await reconcile(conn, redis, settings, first=dt.date(2021, 1, 1), last=dt.date.today())
+    finally:
+        await conn.close()
+        await redis.aclose()
+    return report, time.perf_counter() - started
+
+
 async def certificate_figures(settings: Settings) -> tuple[int, int, float, float, float, float]:
     """(issued, revoked, first and last certificate's epoch, p50 and p99 of 202 -> certificate, seconds)."""
     conn = await asyncpg.connect(settings.database_url)
@@ -272,6 +304,7 @@ def main() -> None:
     parser.add_argument("--ingest", type=int, default=2, help="ingest processes")
     parser.add_argument("--workers", type=int, default=2, help="persisting worker processes")
     parser.add_argument("--certifiers", type=int, default=2, help="certifier processes")
+    parser.add_argument("--reviewers", type=int, default=1, help="reviewer processes (review flags, registry status)")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="post at this many doses/s in all (default: as fast as accepted)")
     parser.add_argument("--shards", type=int, default=4)
@@ -311,6 +344,8 @@ def main() -> None:
             KeyStore(settings.signing_keys_dir).ensure()
         for i in range(args.certifiers):
             supervisor.add(f"certifier-{i}", worker_process, settings, f"bench-certifier-{i}", "certify")
+        for i in range(args.reviewers):
+            supervisor.add(f"reviewer-{i}", worker_process, settings, f"bench-reviewer-{i}", "review")
 
         per_client = args.doses // args.clients
         spawn = multiprocessing.get_context("spawn")
@@ -339,15 +374,19 @@ def main() -> None:
         if args.certifiers:  # --certifiers 0 measures persisting alone
             asyncio.run(wait_certified(settings, timeout=3600))
         elapsed = time.perf_counter() - started
+        if args.reviewers:
+            asyncio.run(wait_reviewed(settings, timeout=3600))
+        reviewed = time.perf_counter() - started
         certified = asyncio.run(certificate_figures(settings)) if args.certifiers else None
         pids.update(supervisor.pids())
         peaks = {label: peak_rss_mib(pid) for label, pid in pids.items()}
         supervisor.stop()
+        report, reconcile_seconds = asyncio.run(reconciled(settings))
 
         ceiling = asyncio.run(copy_ceiling(settings.database_url, args.doses, folder))
         print(f"\nvaxline end-to-end benchmark ({os.cpu_count()} cores; Redis appendfsync "
               f"{args.appendfsync if redis_server else 'as configured'}; {args.ingest} ingest, {args.workers} workers,"
-              f" {args.certifiers} certifiers,"
+              f" {args.certifiers} certifiers, {args.reviewers} reviewers,"
               f" {args.shards} shards; {args.clients} client processes x {args.concurrency} in flight,"
               f" {args.batch}-dose batches" + (f", paced at {args.rate:,.0f} doses/s)" if args.rate else ")"))
         print(f"  doses accepted (202):        {accepted:,} ({sum(r for _, r, _ in outcomes)} requests retried after 503)")
@@ -363,6 +402,12 @@ def main() -> None:
                   f"{issued / max(1e-9, last_cert - first_cert):,.0f} certificates/s from first to last")
             print(f"  202 -> certificate:          p50 {latency_p50:.2f} s, p99 {latency_p99:.2f} s"
                   + ("" if args.rate else " (at saturation: includes the certify backlog)"))
+        if args.reviewers:
+            print(f"  all reviewed after:          {reviewed:.1f} s (review flags and registry status)")
+        totals = report["totals"]
+        print(f"  reconciliation:              {report['unexplained']} unexplained ({totals['accepted']:,} accepted,"
+              f" {totals['present']:,} present, {totals['counted']:,} counted, {totals['certified']:,} certified,"
+              f" {totals['pending_certification']:,} awaiting certification; took {reconcile_seconds:.1f} s)")
         print(f"  ceiling, psql COPY x2:       {ceiling:,.0f} doses/s (same rows, fresh copy of the table)")
         print(f"  end to end / ceiling:        {accepted / elapsed / ceiling:.0%}")
         print(f"  5,000,000 doses would take:  {5_000_000 / (accepted / elapsed) / 60:.1f} min ({what})")

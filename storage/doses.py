@@ -188,7 +188,7 @@ async def dead_letter_of(conn: asyncpg.Connection, batch_id: str) -> asyncpg.Rec
 async def person_doses(conn: asyncpg.Connection, national_id: str) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT d.record_id, s.code AS site, d.vaccine, d.lot, d.dose_number, d.administered_at,"
-        " d.full_name, d.birth_date, d.batch_id"
+        " d.full_name, d.birth_date, d.batch_id, d.counted"
         " FROM doses d JOIN sites s USING (site_id)"
         " WHERE d.national_id = $1 ORDER BY d.administered_at, d.persisted_at",
         national_id,

@@ -3,12 +3,17 @@
     vaxline run                       everything, in the foreground (embedded Postgres/Redis by default)
     vaxline migrate                   apply schema migrations (idempotent)
     vaxline serve [--host --port --processes]
-    vaxline work [--processes --certifiers]
+    vaxline work [--processes --certifiers --reviewers]
     vaxline sites add --code --name --province [--kind]
+    vaxline sites import FILE.csv | token CODE | activate CODE | deactivate CODE
+    vaxline registry import FILE.csv      population-registry extract, then reconcile persons against it
+    vaxline tokens operator | provinces token N    read-only tokens beyond one site
+    vaxline review [--site | --province] [--flag] [--out]   the review list as CSV
+    vaxline reconcile [--from --to --site] [--json]        every acknowledged dose accounted for
     vaxline keys init|rotate|list         signing keys and their signer certificates (DSC)
     vaxline verify [--dsc ...] [--clock] [--json] HC1_OR_DASH
 
-`migrate`, `serve`, `work` and `sites` use DATABASE_URL and REDIS_URL; when
+The commands that read or write the deployment use DATABASE_URL and REDIS_URL; when
 those are unset and `vaxline run` is running on its embedded services in the
 same data folder, they use those.
 """
@@ -63,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ingest-processes", type=int, default=2)
     run.add_argument("--workers", type=int, default=2)
     run.add_argument("--certifiers", type=int, default=1)
+    run.add_argument("--reviewers", type=int, default=1)
     run.set_defaults(func=cmd_run)
 
     migrate = commands.add_parser("migrate", help="apply schema migrations")
@@ -734,7 +740,7 @@ def cmd_run(args) -> int:
         if KeyStore(settings.signing_keys_dir).ensure():  # the first start, or the newest key's last year
             log.warning("created a signing key in %s (`vaxline keys list` shows it)", settings.signing_keys_dir)
         start_workers(supervisor, settings, name=f"{socket.gethostname()}-run", processes=args.workers,
-                      certifiers=args.certifiers)
+                      certifiers=args.certifiers, reviewers=args.reviewers)
         _wait_ready(args, supervisor)
         _print_banner(args, site.code, token)
         _supervise(supervisor, tick=_status_printer())
