@@ -373,3 +373,30 @@ async def test_review_list_and_its_csv_export(settings, db, monkeypatch, capsys,
     assert await asyncio.to_thread(cli.main, ["review", "--province", "1", "--out", str(out)]) == 0
     lines = out.read_text().splitlines()
     assert lines[0].startswith("site,province,record_id") and len(lines) == 2 and lines[1].startswith("REV-A,1,")
+
+
+async def test_new_persons_are_reconciled_against_the_registry_as_they_arrive(settings, db):
+    people = [dose(40), dose(41), dose(42), dose(43)]
+    await db.executemany(
+        "INSERT INTO registry (national_id, full_name, birth_date, sex) VALUES ($1, $2, $3, $4)",
+        [(people[0]["national_id"], people[0]["full_name"].upper(), dt.date.fromisoformat(people[0]["birth_date"]), "F"),
+         (people[1]["national_id"], "Someone Else", dt.date.fromisoformat(people[1]["birth_date"]), "M"),
+         (people[2]["national_id"], people[2]["full_name"], dt.date(1901, 1, 1), "F")])
+    async with running_stack(settings, reviewers=1) as stack:
+        _, token = await stack.site()
+        await post_and_settle(stack, db, token, people, 1)
+        statuses = []
+        for person in people:
+            response = await stack.client.get(f"/v1/persons/{person['national_id']}", headers=auth(token))
+            body = await response.json()
+            statuses.append((body["registry_status"], [f["flag"] for f in body["flags"]]))
+    assert statuses == [("verified", []), ("name_mismatch", ["name_mismatch"]),
+                        ("birth_date_mismatch", ["birth_date_mismatch"]), ("not_found", ["not_found"])]
+
+
+async def test_without_a_registry_persons_are_unchecked_not_flagged(settings, db):
+    async with running_stack(settings, reviewers=1) as stack:
+        _, token = await stack.site()
+        await post_and_settle(stack, db, token, [dose(44)], 1)
+        body = await (await stack.client.get(f"/v1/persons/{dose(44)['national_id']}", headers=auth(token))).json()
+    assert body["registry_status"] == "unchecked" and body["flags"] == []
