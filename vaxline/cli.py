@@ -566,8 +566,9 @@ def cmd_registry_import(args) -> int:
             for error in errors:
                 tqdm.write(f"line {line}: {error.field}: {error.reason}", file=sys.stderr)
         total.add(counts)
+        bar.set_postfix_str(f"{total.rows:,} rows, {total.rows / (time.monotonic() - started):,.0f} rows/s",
+                            refresh=False)
         bar.update(chunk.position - bar.n)
-        bar.set_postfix_str(f"{total.rows:,} rows, {total.rows / (time.monotonic() - started):,.0f} rows/s")
 
     async def run():
         conn = await asyncpg.connect(database_url)
