@@ -82,6 +82,11 @@ async def _correct(request: web.Request, site: Site, op: str, record_id: str, do
                             " may correct it")
     if owner == "withdrawn" and op == WITHDRAW:
         raise ApiError(409, f"record {record_id!r} is withdrawn already")
+    try:
+        ingest.enqueuer.check_capacity()
+    except Overloaded as e:
+        metrics.backpressure_rejections.inc()
+        raise ApiError(503, str(e), headers={"Retry-After": str(e.retry_after)})
     batch_id = await _enqueued(ingest.enqueuer.enqueue_correction(
         site_id=site.site_id, op=op, record_id=record_id, dose=dose, changed_by=f"site:{site.code}"))
     return json_response({"batch_id": batch_id, "record_id": record_id, "op": op}, status=202)
@@ -153,7 +158,7 @@ async def get_person(request: web.Request) -> web.Response:
         raise ApiError(400, "national_id must be a 12-digit CCCD, a 9-digit CMND or a passport number")
     async with ingest.pool.acquire() as conn:
         person, flagged = await review.person(conn, national_id)
-    if person is None:
+    if person is None or not person["records"]:  # a person whose every record was withdrawn or moved away
         raise ApiError(404, "no persisted doses for this person")
     body = _jsonable(person)
     body["registry_status"] = person["registry_status"] or "unchecked"

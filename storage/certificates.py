@@ -25,12 +25,13 @@ from vaxline.sequence import HistoryDose
 # read from a history that this one contains, which is what makes replacing it safe.
 _HISTORY = """
 SELECT p.national_id, p.full_name, p.birth_date, c.uvci AS current_uvci, c.fingerprint AS current_fingerprint,
-       c.view_fingerprint AS current_view_fingerprint, d.site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at
+       c.view_fingerprint AS current_view_fingerprint, d.site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at,
+       d.counted
 FROM unnest($1::text[]) AS i(national_id)
 JOIN persons p ON p.national_id = i.national_id
 LEFT JOIN certificates c ON c.national_id = p.national_id AND c.status = 'current'
 CROSS JOIN LATERAL (
-    SELECT s.code AS site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at
+    SELECT s.code AS site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at, d.counted
     FROM doses d JOIN sites s ON s.site_id = d.site_id
     WHERE d.national_id = p.national_id
       AND d.administered_at BETWEEN p.first_administered_at AND p.last_administered_at
@@ -99,7 +100,7 @@ async def people(conn: asyncpg.Connection, national_ids: list[str]) -> list[Pers
     for r in await conn.fetch(_HISTORY, national_ids):
         first.setdefault(r["national_id"], r)
         histories.setdefault(r["national_id"], []).append(HistoryDose(
-            r["site"], r["record_id"], r["vaccine"], r["lot"], r["dose_number"], r["administered_at"]))
+            r["site"], r["record_id"], r["vaccine"], r["lot"], r["dose_number"], r["administered_at"], r["counted"]))
     return [Person(nid, r["full_name"], r["birth_date"], histories[nid], r["current_uvci"],
                    r["current_fingerprint"], r["current_view_fingerprint"]) for nid, r in first.items()]
 

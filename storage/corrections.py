@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections import defaultdict
 
 import asyncpg
 
-from vaxline.entries import DOSE_FIELDS, REPLACE, Correction
+from vaxline.entries import DOSE_FIELDS, Correction
 from vaxline.sequence import VIETNAM
 
-from .doses import _COUNT, PERSON_UPSERT, STAGING_COLUMNS, BatchCount, Receipt, claim
+from .doses import PERSON_UPSERT, STAGING_COLUMNS, BatchCount, Receipt, claim
 
 _DOSE_COLUMNS = ", ".join(DOSE_FIELDS)
 _VERSION_FIELDS = tuple(f for f in DOSE_FIELDS if f != "record_id")  # the record id is the version's key
@@ -63,8 +64,8 @@ VALUES ($1, $2, $3, $4, $5, $6, $6)
 """
 
 _TALLY = {
-    column: f"INSERT INTO intake (site_id, day, {column}) VALUES ($1, $2, 1)"
-            f" ON CONFLICT (site_id, day) DO UPDATE SET {column} = intake.{column} + 1"
+    column: f"INSERT INTO intake (site_id, day, {column}) VALUES ($1, $2, $3)"
+            f" ON CONFLICT (site_id, day) DO UPDATE SET {column} = intake.{column} + EXCLUDED.{column}"
     for column in ("withdrawn", "restored", "moved_in", "moved_out")
 }
 
@@ -86,7 +87,10 @@ def _day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
 
 async def apply(conn: asyncpg.Connection, *, batch_id: str, site_id: int, version: str,
                 received_at: dt.datetime, correction: Correction) -> Applied | None:
-    """Apply one correction; None when another delivery of it was applied already."""
+    """Apply one correction; None when another delivery of it was applied already.
+
+    Locks are taken in the order a batch's transaction takes them (the record's key, its row, the
+    persons' days, statistics, tallies, persons; each sorted), so the two only wait, never deadlock."""
     async with conn.transaction():
         if not await claim(conn, [BatchCount(batch_id, site_id, 1, received_at)], kind=correction.op):
             return None
@@ -96,12 +100,12 @@ async def apply(conn: asyncpg.Connection, *, batch_id: str, site_id: int, versio
             " WHERE site_id = $1 AND record_id = $2 FOR UPDATE", site_id, correction.record_id)
         if key is None or key["version"] >= version:  # unknown record, or a newer version came first
             await _keep_version(conn, site_id, correction, version, new, batch_id, received_at, applied=False)
-            await conn.execute(_COUNT, [batch_id], [0])
+            await conn.execute(_RECEIPT, batch_id, 0, [])
             return Applied(Receipt(batch_id, site_id, 1, 0, 1), frozenset())
 
         current = None if key["withdrawn"] else await conn.fetchrow(
-            "SELECT * FROM doses WHERE site_id = $1 AND record_id = $2 AND national_id = $3 AND administered_at = $4",
-            site_id, correction.record_id, key["national_id"], key["administered_at"])
+            "SELECT * FROM doses WHERE site_id = $1 AND record_id = $2 AND national_id = $3 AND administered_at = $4"
+            " FOR UPDATE", site_id, correction.record_id, key["national_id"], key["administered_at"])
         if current is not None:
             await conn.execute(_KEEP_ORIGINAL, site_id, correction.record_id, key["national_id"],
                                key["administered_at"])
@@ -115,48 +119,84 @@ async def apply(conn: asyncpg.Connection, *, batch_id: str, site_id: int, versio
             await conn.execute("UPDATE dose_keys SET version = $3, withdrawn = true WHERE site_id = $1 AND record_id = $2",
                                site_id, correction.record_id, version)
         await _keep_version(conn, site_id, correction, version, new, batch_id, received_at, applied=True)
-        await conn.execute("UPDATE persons SET review_due = true WHERE national_id = ANY($1::text[])", list(persons))
-        await conn.execute(_COUNT, [batch_id], [1])
+        await conn.execute(_RECEIPT, batch_id, 1, sorted(persons))
     return Applied(Receipt(batch_id, site_id, 1, 1, 0), frozenset(persons))
+
+
+# The receipt of a correction: whether it applied, and whose history it changed (read again by
+# persisted_persons, so a redelivered correction still hands its persons to the certifiers).
+_RECEIPT = "UPDATE batches SET inserted = $2, duplicates = 1 - $2, persons = $3::text[] WHERE batch_id = $1"
+
+
+async def persisted_persons(conn: asyncpg.Connection, batch_ids: list[str]) -> dict[str, str]:
+    """The persons the persisted corrections among these batches changed -> the correction's batch id."""
+    rows = await conn.fetch("SELECT batch_id, persons FROM batches WHERE batch_id = ANY($1::text[])"
+                            " AND persons IS NOT NULL", batch_ids)
+    return {nid: r["batch_id"] for r in rows for nid in r["persons"]}
 
 
 async def _move(conn: asyncpg.Connection, site_id: int, correction: Correction, current: asyncpg.Record | None,
                 new: dict | None, batch_id: str, received_at: dt.datetime) -> set[str]:
     """Take the current version out (doses, statistics, its day) and put the new one in; whose history changed."""
+    stats: dict[tuple, int] = defaultdict(int)  # (day, site_id, vaccine, dose_number) -> change
+    tally: dict[tuple, int] = defaultdict(int)  # (site_id, day, column) -> change
+    old_day = vietnam_day(current["administered_at"]) if current is not None else None
+    new_day = vietnam_day(new["administered_at"]) if new is not None else None
+    held = current is not None and current["counted"]
+    keeps_day = held and new is not None and (new["national_id"], new_day) == (current["national_id"], old_day)
+    days = {(new["national_id"], new_day)} if new is not None else set()
+    if held:
+        days.add((current["national_id"], old_day))
+    if days:
+        ordered = sorted(days)
+        await conn.execute(_LOCK_DAYS, [nid for nid, _ in ordered], [day for _, day in ordered])
+
     persons: set[str] = set()
-    keeps_day = False
     if current is not None:
-        old_day = vietnam_day(current["administered_at"])
         persons.add(current["national_id"])
         await conn.execute(
             "DELETE FROM doses WHERE site_id = $1 AND record_id = $2 AND national_id = $3 AND administered_at = $4",
             site_id, correction.record_id, current["national_id"], current["administered_at"])
-        await conn.execute(_TALLY["moved_out" if new is not None else "withdrawn"], site_id, old_day)
-        if current["counted"]:
-            await conn.execute(_STATS_ADD, old_day, site_id, current["vaccine"], current["dose_number"], -1)
-            # The same person on the same day keeps the day; otherwise it passes to a duplicate, if any.
-            keeps_day = new is not None and (new["national_id"], vietnam_day(new["administered_at"])) == (
-                current["national_id"], old_day)
-            if not keeps_day:
-                await _release_day(conn, current["national_id"], old_day)
-    if new is None:
-        return persons
-    day = vietnam_day(new["administered_at"])
-    counted = keeps_day or bool(await conn.fetchval(
-        "INSERT INTO person_days (national_id, day, site_id, record_id) VALUES ($1, $2, $3, $4)"
-        " ON CONFLICT DO NOTHING RETURNING true", new["national_id"], day, site_id, correction.record_id))
-    await conn.execute(_INSERT_DOSE, site_id, *correction.dose, batch_id, received_at, counted)
-    if counted:
-        await conn.execute(_STATS_ADD, day, site_id, new["vaccine"], new["dose_number"], 1)
-    await conn.execute(_TALLY["moved_in" if current is not None else "restored"], site_id, day)
-    await conn.execute(_UPSERT_PERSON, new["national_id"], new["full_name"], new["birth_date"], new["sex"],
-                       new["phone"], new["administered_at"])
-    persons.add(new["national_id"])
+        tally[(site_id, old_day, "moved_out" if new is not None else "withdrawn")] += 1
+        if held:
+            stats[(old_day, site_id, current["vaccine"], current["dose_number"])] -= 1
+            if not keeps_day:  # the same person on the same day keeps it; otherwise it passes to a duplicate
+                if heir := await _release_day(conn, current["national_id"], old_day):
+                    stats[(old_day, heir["site_id"], heir["vaccine"], heir["dose_number"])] += 1
+    if new is not None:
+        counted = keeps_day or bool(await conn.fetchval(
+            "INSERT INTO person_days (national_id, day, site_id, record_id) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT DO NOTHING RETURNING true", new["national_id"], new_day, site_id, correction.record_id))
+        await conn.execute(_INSERT_DOSE, site_id, *correction.dose, batch_id, received_at, counted)
+        if counted:
+            stats[(new_day, site_id, new["vaccine"], new["dose_number"])] += 1
+        tally[(site_id, new_day, "moved_in" if current is not None else "restored")] += 1
+        persons.add(new["national_id"])
+    for (day, site, vaccine, dose_number), change in sorted(stats.items()):
+        if change:
+            await conn.execute(_STATS_ADD, day, site, vaccine, dose_number, change)
+    for (site, day, column), change in sorted(tally.items()):
+        await conn.execute(_TALLY[column], site, day, change)
+    for nid in sorted(persons):  # a new or changed dose makes each of them due for review
+        if new is not None and nid == new["national_id"]:
+            await conn.execute(_UPSERT_PERSON, nid, new["full_name"], new["birth_date"], new["sex"], new["phone"],
+                               new["administered_at"])
+        else:
+            await conn.execute(_DUE, nid)
     return persons
 
 
-async def _release_day(conn: asyncpg.Connection, national_id: str, day: dt.date) -> None:
-    """The counted record of this person's day is gone: the earliest-persisted duplicate takes its place."""
+_LOCK_DAYS = """
+SELECT 1 FROM person_days p JOIN unnest($1::text[], $2::date[]) AS k(national_id, day) USING (national_id, day)
+ORDER BY p.national_id, p.day FOR UPDATE OF p
+"""
+
+_DUE = "UPDATE persons SET review_due = true, review_seq = review_seq + 1 WHERE national_id = $1"
+
+
+async def _release_day(conn: asyncpg.Connection, national_id: str, day: dt.date) -> asyncpg.Record | None:
+    """The counted record of this person's day is gone: the earliest-persisted duplicate, if any, takes
+    its place (returned, for the statistics)."""
     await conn.execute("DELETE FROM person_days WHERE national_id = $1 AND day = $2", national_id, day)
     start, end = _day_bounds(day)
     heir = await conn.fetchrow(
@@ -165,13 +205,13 @@ async def _release_day(conn: asyncpg.Connection, national_id: str, day: dt.date)
         " ORDER BY persisted_at, administered_at, site_id, record_id LIMIT 1 FOR UPDATE",
         national_id, start, end)
     if heir is None:
-        return
+        return None
     await conn.execute(
         "UPDATE doses SET counted = true WHERE national_id = $1 AND administered_at = $2 AND site_id = $3"
         " AND record_id = $4", national_id, heir["administered_at"], heir["site_id"], heir["record_id"])
     await conn.execute("INSERT INTO person_days (national_id, day, site_id, record_id) VALUES ($1, $2, $3, $4)",
                        national_id, day, heir["site_id"], heir["record_id"])
-    await conn.execute(_STATS_ADD, day, heir["site_id"], heir["vaccine"], heir["dose_number"], 1)
+    return heir
 
 
 async def _keep_version(conn: asyncpg.Connection, site_id: int, correction: Correction, version: str,

@@ -39,6 +39,7 @@ PERSON_UPSERT = """ON CONFLICT (national_id) DO UPDATE SET
         first_administered_at = least(persons.first_administered_at, EXCLUDED.first_administered_at),
         last_administered_at = greatest(persons.last_administered_at, EXCLUDED.last_administered_at),
         review_due = true,
+        review_seq = persons.review_seq + 1,
         updated_at = now()"""
 
 _INSERT = f"""
@@ -52,10 +53,12 @@ WITH new_keys AS (
 ), days AS (
     -- The first record of a person on a day claims it; a second one (two sites, or the hospital and the
     -- district entering the same dose) is stored but not counted: a probable duplicate.
+    -- A day held already is locked (DO UPDATE .. WHERE false updates nothing but locks the row), so a
+    -- correction cannot hand it on meanwhile without seeing this transaction's record as a candidate.
     INSERT INTO person_days (national_id, day, site_id, record_id)
     SELECT DISTINCT ON (national_id, day) national_id, day, site_id, record_id FROM new_doses
     ORDER BY national_id, day, administered_at, site_id, record_id
-    ON CONFLICT DO NOTHING
+    ON CONFLICT (national_id, day) DO UPDATE SET day = EXCLUDED.day WHERE false
     RETURNING site_id, record_id
 ), inserted AS (
     INSERT INTO doses ({_COLUMN_LIST}, counted)
@@ -100,6 +103,12 @@ FROM unnest($1::text[], $2::int[], $3::int[], $4::timestamptz[], $5::text[])
 ORDER BY batch_id
 ON CONFLICT (batch_id) DO NOTHING
 RETURNING batch_id
+"""
+
+_RECEIVED = """
+INSERT INTO intake (site_id, day, received)
+SELECT * FROM unnest($1::int[], $2::date[], $3::int[]) ORDER BY 1, 2
+ON CONFLICT (site_id, day) DO UPDATE SET received = intake.received + EXCLUDED.received
 """
 
 _COUNT = """
@@ -164,11 +173,13 @@ async def persist(conn: asyncpg.Connection, rows: list[tuple], batches: list[Bat
             for day, count in b.days:
                 received[(b.site_id, day)] = received.get((b.site_id, day), 0) + count
         inserted: dict[str, int] = {}
+        keys = sorted(received)
         if rows:
             await conn.copy_records_to_table("dose_staging", records=rows, columns=STAGING_COLUMNS)
-            keys = sorted(received)
             inserted = {r["batch_id"]: r["inserted"] for r in await conn.fetch(
                 _INSERT, [k[0] for k in keys], [k[1] for k in keys], [received[k] for k in keys])}
+        elif keys:  # only resubmissions, whose first copies another worker's batch carried: received all the same
+            await conn.execute(_RECEIVED, [k[0] for k in keys], [k[1] for k in keys], [received[k] for k in keys])
         receipts = [Receipt(b.batch_id, b.site_id, b.accepted, inserted.get(b.batch_id, 0),
                             b.accepted - inserted.get(b.batch_id, 0)) for b in batches]
         await conn.execute(_COUNT, [r.batch_id for r in receipts], [r.inserted for r in receipts])

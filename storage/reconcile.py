@@ -37,6 +37,12 @@ SELECT site_id, day, received, inserted, withdrawn, restored, moved_in, moved_ou
 WHERE day BETWEEN $1 AND $2 AND ($3::int IS NULL OR site_id = $3)
 """
 
+# What was persisted before reconciliation began counts as accepted (ingest's count starts with it).
+_BASELINE = """
+SELECT site_id, day, accepted FROM accepted_baseline
+WHERE day BETWEEN $1 AND $2 AND ($3::int IS NULL OR site_id = $3)
+"""
+
 _PRESENT = """
 SELECT site_id, vx_day(administered_at) AS day, count(*) AS present, count(*) FILTER (WHERE counted) AS counted
 FROM doses WHERE administered_at >= $1 AND administered_at < $2 AND ($3::int IS NULL OR site_id = $3)
@@ -48,7 +54,7 @@ SELECT site_id, day, sum(doses) AS stats FROM dose_stats
 WHERE day BETWEEN $1 AND $2 AND ($3::int IS NULL OR site_id = $3) GROUP BY 1, 2
 """
 
-# A counted dose is certified when its person's current certificate lists the record; it is pending
+# A counted dose is certified when its person's current certificate lists the record as counted; it is pending
 # when no certificate was stored since the dose was (a certifier has not got to it yet, or none runs).
 _CERTIFIED = """
 SELECT d.site_id, vx_day(d.administered_at) AS day,
@@ -56,8 +62,8 @@ SELECT d.site_id, vx_day(d.administered_at) AS day,
        count(*) FILTER (WHERE NOT x.listed AND (c.uvci IS NULL OR c.certified_at < d.persisted_at)) AS pending
 FROM doses d JOIN sites s ON s.site_id = d.site_id
 LEFT JOIN certificates c ON c.national_id = d.national_id AND c.status = 'current'
-CROSS JOIN LATERAL (SELECT coalesce(c.doses @> jsonb_build_array(jsonb_build_object('site', s.code,
-                                                                                    'record_id', d.record_id)),
+CROSS JOIN LATERAL (SELECT coalesce(c.doses @> jsonb_build_array(jsonb_build_object(
+                                        'site', s.code, 'record_id', d.record_id, 'counted', true)),
                                     false) AS listed) x
 WHERE d.counted AND d.administered_at >= $1 AND d.administered_at < $2 AND ($3::int IS NULL OR d.site_id = $3)
 GROUP BY 1, 2
@@ -84,10 +90,13 @@ async def reconcile(conn: asyncpg.Connection, redis: aioredis.Redis, settings: S
                 for day, count in days.items():
                     if keep(site, day):
                         figures[(site, day)]["pending"] += count
-        for payload, in await conn.fetch("SELECT payload FROM dead_letters"):
+        # Dead letters from before reconciliation began (migration 0003) were never counted by ingest.
+        for payload, in await conn.fetch("SELECT payload FROM dead_letters WHERE counted_by_ingest"):
             for site, day, count in _doses_by_day(payload):
                 if keep(site, day):
                     figures[(site, day)]["dead_lettered"] += count
+        for r in await conn.fetch(_BASELINE, first, last, site_id):
+            figures[(r["site_id"], r["day"])]["accepted"] += r["accepted"]
         for query, args in ((_INTAKE, (first, last, site_id)), (_PRESENT, (start, end, site_id)),
                             (_STATS, (first, last, site_id)), (_CERTIFIED, (start, end, site_id))):
             for r in await conn.fetch(query, *args):

@@ -72,7 +72,7 @@ FROM outcomes
 """
 
 # vx_registry_status of person p against registry row r (NULL: none). A name written exactly as the
-# registry writes it needs no folding, and vx_fold_name costs about 20 us a call: the common case
+# registry writes it needs no folding, and vx_fold_name costs about 5 us a call: the common case
 # stays cheap.
 _STATUS = """CASE WHEN p.full_name = r.full_name AND p.birth_date = r.birth_date THEN 'verified'
      ELSE vx_registry_status(p.full_name, p.birth_date, r.full_name, r.birth_date) END"""
@@ -82,7 +82,7 @@ _STATUS = """CASE WHEN p.full_name = r.full_name AND p.birth_date = r.birth_date
 # again in SET for the few it changes). SET reads the person's current version: one changed by a
 # dose meanwhile is judged on the change.
 _RECONCILE = f"""
-UPDATE persons p SET registry_status = {_STATUS}, review_due = true
+UPDATE persons p SET registry_status = {_STATUS}, review_due = true, review_seq = p.review_seq + 1
 FROM registry r
 WHERE r.national_id = p.national_id AND p.national_id = ANY($1::text[])
   AND (r.imported_at = $2 OR p.registry_status IS DISTINCT FROM {_STATUS})
@@ -96,7 +96,7 @@ WITH due AS (
     SELECT national_id FROM persons WHERE registry_status IS NULL AND national_id > $1
     ORDER BY national_id LIMIT $2 FOR NO KEY UPDATE
 ), written AS (
-    UPDATE persons p SET registry_status = {_STATUS}, review_due = true
+    UPDATE persons p SET registry_status = {_STATUS}, review_due = true, review_seq = p.review_seq + 1
     FROM due LEFT JOIN registry r USING (national_id)
     WHERE p.national_id = due.national_id AND p.registry_status IS NULL
     RETURNING 1

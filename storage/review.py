@@ -1,10 +1,11 @@
 """The review list in Postgres: persons due for review, their flags, and listing them.
 
-A persisted or corrected dose, or a registry import, marks its person `review_due`; a reviewer takes
-due persons a chunk at a time (FOR UPDATE SKIP LOCKED: several reviewers never wait on each other),
-reads their whole history with each record's registry comparison, replaces their flags and sets their
-registry status, in one transaction. A dose persisted while a person is being reviewed waits for the
-row lock and marks them due again, so no change is ever left unreviewed.
+A persisted or corrected dose, or a registry import, marks its person `review_due` and bumps their
+`review_seq`; a reviewer takes due persons a chunk at a time, reads their whole history with each
+record's registry comparison, replaces their flags, and clears `review_due` (setting the registry
+status) only where `review_seq` is still what it read: a dose persisted meanwhile leaves the person
+due, so no change is ever left unreviewed. The reviewer holds no person's row while it works (persisting
+never waits for it); an advisory lock per person keeps two reviewers off the same one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ import asyncpg
 
 from vaxline.review import Flag, RecordedDose, flags
 
-_DUE = "SELECT national_id FROM persons WHERE review_due ORDER BY national_id LIMIT $1 FOR UPDATE SKIP LOCKED"
+# pg_try_advisory_xact_lock: one reviewer per person at a time, without blocking anyone; a person's
+# lock may be taken a little beyond the LIMIT, and is let go at the end of the transaction.
+_DUE = """
+SELECT national_id, review_seq FROM persons
+WHERE review_due AND pg_try_advisory_xact_lock(hashtextextended('vaxline.review:' || national_id, 0))
+LIMIT $1
+"""
 
 _HISTORY = """
 SELECT p.national_id,
@@ -43,15 +50,16 @@ ON CONFLICT (site_id, record_id, flag) DO UPDATE SET national_id = EXCLUDED.nati
 
 _DONE = """
 UPDATE persons p SET review_due = false, registry_status = s.status
-FROM unnest($1::text[], $2::text[]) AS s(national_id, status)
-WHERE p.national_id = s.national_id
+FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS s(national_id, status, seq) ORDER BY 1) s
+WHERE p.national_id = s.national_id AND p.review_seq = s.seq
 """
 
 
 async def review_due(conn: asyncpg.Connection, *, limit: int) -> int:
     """Review up to `limit` due persons; how many were reviewed."""
     async with conn.transaction():
-        ids = [r["national_id"] for r in await conn.fetch(_DUE, limit)]
+        due = {r["national_id"]: r["review_seq"] for r in await conn.fetch(_DUE, limit)}
+        ids = list(due)
         if not ids:
             return 0
         registry_loaded = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM registry)")
@@ -70,7 +78,7 @@ async def review_due(conn: asyncpg.Connection, *, limit: int) -> int:
             await conn.execute(_WRITE_FLAGS, [f.site_id for _, f in found], [f.record_id for _, f in found],
                                [f.flag for _, f in found], [nid for nid, _ in found],
                                [f.administered_at for _, f in found], [f.detail for _, f in found])
-        await conn.execute(_DONE, ids, [status[nid] for nid in ids])
+        await conn.execute(_DONE, ids, [status[nid] for nid in ids], [due[nid] for nid in ids])
     return len(ids)
 
 

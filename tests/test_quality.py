@@ -8,12 +8,19 @@ import datetime as dt
 import json
 import random
 
+import msgspec
+
 from storage import corrections, tokens
 from tests.conftest import wait_until
 from tests.factory import dose, national_id
 from tests.stack import running_stack
 from vaxline import cli
+from vaxline.doses import Dose
+from vaxline.entries import ENTRY_FIELD, batch_id, decode_entry, encode_correction, version_of
 from vaxline.review import RecordedDose, flags, national_id_problem
+from vaxline.sequence import HistoryDose, sequence
+from vaxline.streams import drained
+from workers import handoff
 
 VN = dt.timezone(dt.timedelta(hours=7))
 
@@ -207,9 +214,6 @@ async def test_an_older_correction_arriving_after_a_newer_one_is_kept_but_not_ap
         site_id, token = await stack.site()
         record = dose(12, lot="FIRST")
         await post_and_settle(stack, db, token, [record], 1)
-    from vaxline.doses import Dose
-    import msgspec
-
     def replacement(lot):
         fields = msgspec.convert({**record, "lot": lot}, Dose)
         return corrections.Correction("replace", record["record_id"], msgspec.structs.astuple(fields), "site:S-001")
@@ -293,6 +297,12 @@ async def test_statistics_equal_a_count_of_the_doses_after_a_random_workload_wit
         assert answer["total"] == sum(r["doses"] for r in expected)
     assert await db.fetchval("SELECT count(*) FROM person_days") == await db.fetchval(
         "SELECT count(*) FROM doses WHERE counted")
+    # Every person's day with a record has exactly one counted record, the one person_days names.
+    assert not await db.fetch(
+        "SELECT national_id, vx_day(administered_at) FROM doses GROUP BY 1, 2 HAVING count(*) FILTER (WHERE counted) <> 1")
+    assert not await db.fetch(
+        "SELECT 1 FROM person_days p LEFT JOIN doses d ON d.site_id = p.site_id AND d.record_id = p.record_id"
+        " AND d.national_id = p.national_id AND d.counted WHERE d.record_id IS NULL")
     assert report["unexplained"] == 0, [r for r in report["rows"] if r["unexplained"]]
     assert report["totals"]["resubmitted"] > 0 and report["totals"]["withdrawn"] > 0
 
@@ -400,3 +410,38 @@ async def test_without_a_registry_persons_are_unchecked_not_flagged(settings, db
         await post_and_settle(stack, db, token, [dose(44)], 1)
         body = await (await stack.client.get(f"/v1/persons/{dose(44)['national_id']}", headers=auth(token))).json()
     assert body["registry_status"] == "unchecked" and body["flags"] == []
+
+
+async def test_a_correction_applied_before_a_crash_still_reaches_the_certifiers(settings, db, redis):
+    """Its COMMIT happened, its handoff did not (the worker died in between): the redelivered entry
+    is found applied, and its persons are handed off all the same, from its receipt."""
+    async with running_stack(settings, reviewers=1) as stack:
+        site_id, token = await stack.site()
+        record = dose(50)
+        await post_and_settle(stack, db, token, [record], 1)
+        await stack.stop_workers()
+        moved_to = dose(51)["national_id"]
+        fields = msgspec.convert({**record, "national_id": moved_to, "birth_date": dose(51)["birth_date"]}, Dose)
+        shard = settings.shard_of(site_id)
+        payload = encode_correction(site_id=site_id, received_at=1.7e9, op="replace", record_id=record["record_id"],
+                                    dose=fields, changed_by="site:S-001")
+        entry_id = (await redis.xadd(settings.stream(shard), {ENTRY_FIELD: payload})).decode()
+        applied = await corrections.apply(
+            db, batch_id=batch_id(shard, entry_id), site_id=site_id, version=version_of(entry_id),
+            received_at=dt.datetime.now(dt.timezone.utc), correction=decode_entry(payload).corrections[0])
+        assert applied.persons == {record["national_id"], moved_to}
+        stack.start_worker("test-after-crash")
+        await wait_until(lambda: drained(redis, settings.stream(shard), settings.group), message="entry acknowledged")
+    handed = [set(handoff.decode(fields[ENTRY_FIELD]))
+              for _, fields in await redis.xrange(settings.certify_stream)]
+    assert {record["national_id"], moved_to} <= handed[-1]
+
+
+def test_certificates_count_the_record_that_holds_the_day():
+    def recorded(record_id, hour, counted):
+        return HistoryDose("S", record_id, "EU/1/20/1528", "L", 1, dt.datetime.fromisoformat(at("2021-08-14", hour)),
+                           counted)
+
+    # The 10:00 record was persisted first and holds the day; the 09:00 one arrived later: a duplicate.
+    numbered = sequence([recorded("EARLY", 9, False), recorded("HOLDER", 10, True)])
+    assert [(d.dose.record_id, d.counted) for d in numbered] == [("HOLDER", True), ("EARLY", False)]

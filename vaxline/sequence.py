@@ -29,6 +29,9 @@ class HistoryDose:
     lot: str
     dose_number: int
     administered_at: dt.datetime
+    # False for a probable duplicate: the record persisted first for the person's day is the one counted
+    # (storage keeps that in person_days), so certificates and statistics count the same record.
+    counted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +51,9 @@ def sequence(history: list[HistoryDose]) -> list[SequencedDose]:
     out: list[SequencedDose] = []
     counted_days: set[dt.date] = set()
     primary = 0  # the primary series of the first product
-    for dose in sorted(history, key=lambda d: (d.administered_at, d.site, d.record_id)):
+    # The day's counted record first, so it is the one numbered whatever the times of its duplicates.
+    for dose in sorted(history, key=lambda d: (d.administered_at.astimezone(VIETNAM).date(), not d.counted,
+                                               d.administered_at, d.site, d.record_id)):
         day = dose.administered_at.astimezone(VIETNAM).date()
         counted = day not in counted_days
         counted_days.add(day)

@@ -87,10 +87,13 @@ class Persister:
             todo = [d for d in batches if d.batch_id not in done]
             rows, counts = to_rows(todo)
             receipts = await dose_store.persist(conn, rows, counts) if todo else []
-            corrected: dict[str, str] = {}
             for decoded in group:
                 if decoded.batch.corrections and decoded.batch_id not in done:
-                    receipts.extend(await self._correct(conn, decoded, corrected))
+                    receipts.extend(await self._correct(conn, decoded))
+            # Every correction's persons, applied now or by an earlier delivery (the receipt keeps them):
+            # a crash or a retry between its COMMIT and the handoff cannot leave a certificate stale.
+            fixes = [d.batch_id for d in group if d.batch.corrections]
+            corrected = await corrections.persisted_persons(conn, fixes) if fixes else {}
         now = time.time()
         log.debug("group persisted", extra={"batches": len(todo), "doses": len(rows),
                                             "duration_ms": round(1000 * (time.perf_counter() - started))})
@@ -110,8 +113,8 @@ class Persister:
         return receipts, {nid: received[batch_id] for nid, batch_id in corrected.items()}
 
     @staticmethod
-    async def _correct(conn, decoded: DecodedEntry, corrected: dict[str, str]) -> list[dose_store.Receipt]:
-        """Apply the entry's correction; `corrected` gathers the persons it touched (-> batch id)."""
+    async def _correct(conn, decoded: DecodedEntry) -> list[dose_store.Receipt]:
+        """Apply the entry's correction (each in its own transaction); the receipts written."""
         received_at = dt.datetime.fromtimestamp(decoded.batch.received_at, dt.timezone.utc)
         receipts = []
         for correction in decoded.batch.corrections:
@@ -123,7 +126,6 @@ class Persister:
             metrics.corrections_applied.labels(op=correction.op, applied=str(bool(applied.receipt.inserted)).lower()
                                                ).inc()
             receipts.append(applied.receipt)
-            corrected.update(dict.fromkeys(applied.persons, decoded.batch_id))
         return receipts
 
     async def _failed(self, entry: StreamEntry, error: Exception) -> None:

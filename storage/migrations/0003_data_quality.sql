@@ -54,6 +54,9 @@ CREATE TABLE registry (
 ALTER TABLE persons ADD COLUMN registry_status text
     CHECK (registry_status IN ('verified', 'name_mismatch', 'birth_date_mismatch', 'not_found'));
 ALTER TABLE persons ADD COLUMN review_due boolean NOT NULL DEFAULT true;
+-- Bumped with every change that makes a person due: a reviewer clears review_due only if it is
+-- unchanged since it read the history, so it never holds the person's row while it works.
+ALTER TABLE persons ADD COLUMN review_seq bigint NOT NULL DEFAULT 0;
 CREATE INDEX persons_review_due ON persons (national_id) WHERE review_due;
 
 -- One counted record per person and day: the first one persisted claims the day; a second record of
@@ -153,3 +156,18 @@ CREATE TABLE review_flags (
 CREATE INDEX review_flags_person ON review_flags (national_id);
 
 ALTER TABLE batches ADD COLUMN kind text NOT NULL DEFAULT 'doses' CHECK (kind IN ('doses', 'replace', 'withdraw'));
+-- For a correction: the persons whose history it changed, so that however often its entry is
+-- delivered, their certificates are rebuilt.
+ALTER TABLE batches ADD COLUMN persons text[];
+
+-- Reconciliation starts with this migration: ingest counts what it accepts from now on (in Redis);
+-- what was persisted before is taken as accepted, and older dead letters as counted already.
+CREATE TABLE accepted_baseline (
+    site_id   integer NOT NULL,
+    day       date NOT NULL,
+    accepted  bigint NOT NULL,
+    PRIMARY KEY (site_id, day)
+);
+INSERT INTO accepted_baseline SELECT site_id, day, received FROM intake;
+ALTER TABLE dead_letters ADD COLUMN counted_by_ingest boolean NOT NULL DEFAULT false;
+ALTER TABLE dead_letters ALTER COLUMN counted_by_ingest SET DEFAULT true;
