@@ -253,8 +253,9 @@ def build_app(ingest: Ingest) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", prometheus)
-    from . import certificates, quality  # here: their routes build on this module's error contract
+    from . import certificates, citizen, quality  # here: their routes build on this module's error contract
 
     certificates.register(app, ingest.settings, ingest.redis)
     quality.register(app)
+    citizen.register(app)
     return app

@@ -87,11 +87,13 @@ class RateLimited(Exception):
 class LookupLimiter:
     """A fixed window per client address in Redis, so every ingest process counts against one limit."""
 
-    def __init__(self, redis: aioredis.Redis, settings: Settings, *, clock=time.time):
+    def __init__(self, redis: aioredis.Redis, settings: Settings, *, clock=time.time, name: str = "lookup",
+                 limit: int | None = None, window: float | None = None):
+        """Certificate lookups by default; `name`, `limit` and `window` make another limiter (correction requests)."""
         self._redis = redis
-        self._prefix = f"{settings.stream_prefix}:lookup"
-        self._limit = settings.lookup_rate_limit
-        self._window = settings.lookup_rate_window
+        self._prefix = f"{settings.stream_prefix}:{name}"
+        self._limit = limit if limit is not None else settings.lookup_rate_limit
+        self._window = window if window is not None else settings.lookup_rate_window
         self._clock = clock  # wall time: every process must agree on the window number
 
     async def admit(self, address: str) -> None:

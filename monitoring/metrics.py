@@ -86,6 +86,10 @@ corrections_applied = Counter(
     "Site corrections (replace, withdraw) by whether they applied (false: a newer version came first)",
     ["op", "applied"],
 )
+correction_requests = Counter(
+    "vaxline_correction_requests_total",
+    "Citizen correction requests: created, confirmations by outcome, decisions", ["event"],
+)
 review_persons = Counter("vaxline_review_persons_total", "Persons whose review flags and registry status were recomputed")
 review_retries = Counter("vaxline_review_retries_total", "Transient review failures retried", ["error"])
 reviewers_running = Gauge("vaxline_reviewers_running", "Reviewer processes", multiprocess_mode="livesum")

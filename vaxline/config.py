@@ -59,6 +59,16 @@ class Settings:
     review_max_persons: int = 2_000
     review_interval: float = 0.5
 
+    # Citizen correction requests: a one-time code lives otp_ttl seconds, allows otp_max_attempts
+    # guesses and otp_max_sends sends; at most correction_rate_limit new requests per client address
+    # per hour. otp_sender names the class that sends codes ("module:Class"); empty: the development
+    # sender (the log and <data_dir>/otp-outbox.jsonl).
+    otp_ttl: float = 600.0
+    otp_max_attempts: int = 5
+    otp_max_sends: int = 3
+    correction_rate_limit: int = 10
+    otp_sender: str = ""
+
     data_dir: Path = Path(".vaxline")
 
     def stream(self, shard: int) -> str:

@@ -1,0 +1,436 @@
+"""Citizen correction requests over HTTP: filed without a token, confirmed by a one-time code, decided by
+the site they are routed to, applied through the pipeline.
+
+    POST /v1/corrections                      JSON, or multipart (a `request` JSON part and up to 3 `evidence` images)
+    POST /v1/corrections/{id}/confirm         {"code"}: the request becomes `submitted`
+    POST /v1/corrections/{id}/code            a new code (the old one stops working)
+    GET  /v1/corrections/{id}?birth_date=     the citizen's view: status and message
+    GET  /v1/corrections?status=&site=|province=          a queue (site, province or operator token)
+    GET  /v1/corrections/{id}                 with a token: the whole request; /evidence/{n}, /audit
+    POST /v1/corrections/{id}/decision        approve, defer or reject, with a message (the routed site's
+                                              token, or the operator's)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from monitoring import metrics
+from storage import citizen as store
+from vaxline import otp
+from vaxline.citizen import (
+    FINAL,
+    MAX_EVIDENCE,
+    MAX_EVIDENCE_BYTES,
+    RULES,
+    Confirmation,
+    Decision,
+    RequestBody,
+    administered_at,
+    claim_problems,
+    code_hash,
+    image_type,
+    new_code,
+    new_request_id,
+)
+from vaxline.doses import Dose, check_dose, field_errors
+from vaxline.entries import REPLACE
+from vaxline.provinces import PROVINCES
+from vaxline.sequence import VIETNAM
+
+from .app import INGEST, ApiError, json_response
+from .auth import Principal
+from .certificates import LookupLimiter, RateLimited
+from .enqueue import Overloaded
+from .quality import authenticated, scope_of
+
+log = logging.getLogger(__name__)
+
+CITIZEN = web.AppKey("citizen", dict)
+_object = msgspec.json.Decoder(dict[str, Any])
+
+
+def _jsonable(value):
+    if isinstance(value, (dt.date, dt.datetime, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _decoded(raw: bytes, struct: type[msgspec.Struct]):
+    """`raw` JSON as `struct`; 400 if it is not a JSON object, 422 naming every wrong field."""
+    try:
+        return msgspec.json.decode(raw, type=struct)
+    except msgspec.ValidationError as e:
+        try:
+            fields = _object.decode(raw)
+        except msgspec.DecodeError:
+            raise ApiError(400, "malformed body: expected a JSON object") from None
+        errors = field_errors(fields, struct, RULES)
+        raise ApiError(422, "; ".join(f"{f.field}: {f.reason}" for f in errors) or _plain(e)) from None
+    except msgspec.DecodeError as e:
+        raise ApiError(400, f"malformed body: {e}") from None
+
+
+def _plain(error: Exception) -> str:
+    return str(error).replace("$.", "")
+
+
+# -- filing and confirming -------------------------------------------------------
+
+async def post_request(request: web.Request) -> web.Response:
+    ingest = request.app[INGEST]
+    state = request.app[CITIZEN]
+    raw, images = await _request_parts(request)
+    body = _decoded(raw, RequestBody)
+    if problems := claim_problems(body):
+        raise ApiError(422, "; ".join(f"{field}: {reason}" for field, reason in problems))
+    try:
+        await state["limiter"].admit(request.remote or "unknown")
+    except RateLimited as e:
+        raise ApiError(429, f"too many correction requests from this address; retry after {e.retry_after} s",
+                       headers={"Retry-After": str(e.retry_after)}) from None
+    except RedisError:
+        raise ApiError(503, "the rate limiter is unavailable; retry later", headers={"Retry-After": "5"}) from None
+    request_id, code = new_request_id(), new_code()
+    expires_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=ingest.settings.otp_ttl)
+    async with ingest.pool.acquire() as conn:
+        route = await store.route(conn, body, set(PROVINCES))
+        if route is None:
+            raise ApiError(422, "dose.province: the place is not a registered site; name its province")
+        await store.create(conn, request_id=request_id, body=body, route=route,
+                           code_hash=code_hash(request_id, code), expires_at=expires_at, evidence=images)
+    await state["sender"].send(phone=body.phone, code=code, request_id=request_id)
+    metrics.correction_requests.labels(event="created").inc()
+    log.info("correction request created", extra={"request_id": request_id, "site_id": route.site_id})
+    return json_response({"request_id": request_id, "status": "pending_otp", "code_expires_at": expires_at.isoformat(),
+                          "evidence": len(images)}, status=202)
+
+
+async def _request_parts(request: web.Request) -> tuple[bytes, list[tuple[str, bytes, bytes]]]:
+    """The request's JSON and its evidence images (type, sha256, bytes), each checked by its content."""
+    if request.content_type == "application/json":
+        if request.content_length and request.content_length > 64 * 1024:
+            raise ApiError(413, "the request is over 64 KiB; evidence images go in a multipart body")
+        return await request.read(), []
+    if request.content_type != "multipart/form-data":
+        raise ApiError(415, f"unsupported content type {request.content_type!r}; send application/json, or"
+                            " multipart/form-data with a `request` part and up to 3 `evidence` images")
+    limit = MAX_EVIDENCE * MAX_EVIDENCE_BYTES + 128 * 1024
+    if request.content_length and request.content_length > limit:
+        raise ApiError(413, f"body of {request.content_length} bytes; at most {MAX_EVIDENCE} images of"
+                            f" {MAX_EVIDENCE_BYTES // 1024 // 1024} MiB each")
+    reader = await request.multipart()
+    raw, images = None, []
+    while (part := await reader.next()) is not None:
+        if part.name == "request":
+            raw = await _read_part(part, 64 * 1024, "request")
+        elif part.name == "evidence":
+            if len(images) == MAX_EVIDENCE:
+                raise ApiError(422, f"evidence: at most {MAX_EVIDENCE} images")
+            content = await _read_part(part, MAX_EVIDENCE_BYTES, f"evidence {len(images) + 1}")
+            kind = image_type(content)
+            if kind is None:
+                raise ApiError(422, f"evidence {len(images) + 1}: must be a JPEG or PNG image (checked by its"
+                                    " content, whatever its name or declared type)")
+            images.append((kind, hashlib.sha256(content).digest(), content))
+        else:
+            raise ApiError(422, f"{part.name}: unknown part; send `request` and `evidence`")
+    if raw is None:
+        raise ApiError(422, "request: required (the JSON part)")
+    return raw, images
+
+
+async def _read_part(part, limit: int, what: str) -> bytes:
+    """A part's bytes, refused as soon as it passes `limit` (never read whole first)."""
+    chunks, size = [], 0
+    while chunk := await part.read_chunk(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"{what}: over {limit // 1024} KiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def post_confirm(request: web.Request) -> web.Response:
+    ingest = request.app[INGEST]
+    request_id = request.match_info["request_id"]
+    confirmation = _decoded(await request.read(), Confirmation)
+    async with ingest.pool.acquire() as conn:
+        outcome = await store.confirm(conn, request_id, confirmation.code,
+                                      max_attempts=ingest.settings.otp_max_attempts)
+    metrics.correction_requests.labels(event=f"confirm_{outcome or 'unknown'}").inc()
+    match outcome:
+        case None:
+            raise ApiError(404, "no such correction request")
+        case "submitted":
+            log.info("correction request submitted", extra={"request_id": request_id})
+            return json_response({"request_id": request_id, "status": "submitted"})
+        case "wrong":
+            raise ApiError(422, "code: wrong code")
+        case "locked":
+            raise ApiError(429, "too many wrong codes: ask for a new code (POST .../code)")
+        case "expired":
+            raise ApiError(410, "the code expired: ask for a new one (POST .../code)")
+        case _:
+            raise ApiError(409, "this request is confirmed already; a code works once")
+
+
+async def post_code(request: web.Request) -> web.Response:
+    ingest = request.app[INGEST]
+    request_id = request.match_info["request_id"]
+    code = new_code()
+    expires_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=ingest.settings.otp_ttl)
+    async with ingest.pool.acquire() as conn:
+        outcome = await store.resend(conn, request_id, code_hash(request_id, code), expires_at,
+                                     max_sends=ingest.settings.otp_max_sends)
+        phone = (await store.get(conn, request_id))["phone"] if outcome == "sent" else None
+    match outcome:
+        case None:
+            raise ApiError(404, "no such correction request")
+        case "used":
+            raise ApiError(409, "this request is confirmed already")
+        case "exhausted":
+            raise ApiError(429, f"at most {ingest.settings.otp_max_sends} codes per request: file it again")
+    await request.app[CITIZEN]["sender"].send(phone=phone, code=code, request_id=request_id)
+    return json_response({"request_id": request_id, "status": "pending_otp", "code_expires_at": expires_at.isoformat()},
+                         status=202)
+
+
+# -- reading -------------------------------------------------------------------
+
+async def get_request(request: web.Request) -> web.Response:
+    """With a token in scope: the whole request. Without one: the citizen's view, given the birth date
+    (an unknown id and a wrong birth date answer alike)."""
+    ingest = request.app[INGEST]
+    request_id = request.match_info["request_id"]
+    not_found = ApiError(404, "no correction request with this id and birth date")
+    if "Authorization" not in request.headers:
+        try:
+            birth_date = dt.date.fromisoformat(request.query.get("birth_date", ""))
+        except ValueError:
+            raise ApiError(400, "birth_date: give the birth date, YYYY-MM-DD, to see a request") from None
+        async with ingest.pool.acquire() as conn:
+            row = await store.get(conn, request_id)
+        if row is None or row["birth_date"] != birth_date:
+            raise not_found
+        return json_response(_jsonable({k: row[k] for k in ("request_id", "status", "kind", "message", "created_at",
+                                                            "submitted_at", "decided_at")}))
+    principal = await authenticated(request)
+    async with ingest.pool.acquire() as conn:
+        row = await _in_scope(conn, request_id, principal)
+        images = await store.evidence(conn, request_id)
+    body = _request_view(row)
+    body["evidence"] = [{"n": e["n"], "content_type": e["content_type"], "sha256": e["sha256"].hex(),
+                         "bytes": e["size"], "url": f"/v1/corrections/{request_id}/evidence/{e['n']}"} for e in images]
+    return json_response(body)
+
+
+def _request_view(row) -> dict:
+    body = _jsonable(dict(row))
+    body["claimed"] = json.loads(row["claimed"])
+    body["applied"] = json.loads(row["applied"]) if row["applied"] else None
+    return body
+
+
+async def _in_scope(conn, request_id: str, principal: Principal):
+    row = await store.get(conn, request_id)
+    if row is None:
+        raise ApiError(404, "no such correction request")
+    if principal.site is not None and row["site_id"] != principal.site.site_id:
+        raise ApiError(403, "this request is routed to another site")
+    if principal.role == "province" and row["province"] != principal.province:
+        raise ApiError(403, f"this request is outside province {principal.province}")
+    return row
+
+
+async def get_evidence(request: web.Request) -> web.Response:
+    ingest = request.app[INGEST]
+    principal = await authenticated(request)
+    request_id = request.match_info["request_id"]
+    try:
+        n = int(request.match_info["n"])
+    except ValueError:
+        raise ApiError(400, "n: must be 1, 2 or 3") from None
+    async with ingest.pool.acquire() as conn:
+        await _in_scope(conn, request_id, principal)
+        images = await store.evidence(conn, request_id, n)
+    if not images:
+        raise ApiError(404, f"no evidence image {n} on this request")
+    return web.Response(body=images[0]["content"], content_type=images[0]["content_type"],
+                        headers={"Cache-Control": "no-store", "Content-Disposition": "inline"})
+
+
+async def get_audit(request: web.Request) -> web.Response:
+    ingest = request.app[INGEST]
+    principal = await authenticated(request)
+    request_id = request.match_info["request_id"]
+    async with ingest.pool.acquire() as conn:
+        await _in_scope(conn, request_id, principal)
+        entries = await store.audit_of(conn, request_id)
+    return json_response({"request_id": request_id, "entries": _jsonable(entries)})
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    ingest = request.app[INGEST]
+    principal = await authenticated(request)
+    status = request.query.get("status")
+    if status is not None and status not in ("pending_otp", "submitted", "approved", "deferred", "rejected"):
+        raise ApiError(400, "status: must be pending_otp, submitted, approved, deferred or rejected")
+    scope = await scope_of(request, principal)
+    limit = min(int(request.query.get("limit", "1000")) if request.query.get("limit", "1").isdigit() else 1000, 10_000)
+    offset = int(request.query["offset"]) if request.query.get("offset", "").isdigit() else 0
+    async with ingest.pool.acquire() as conn:
+        rows, total = await store.listing(conn, site_id=scope.site_id, province=scope.province, status=status,
+                                          limit=limit, offset=offset)
+    return json_response({"requests": [{**_jsonable(dict(r)), "claimed": json.loads(r["claimed"])} for r in rows],
+                          "total": total, "limit": limit, "offset": offset})
+
+
+# -- deciding ------------------------------------------------------------------
+
+async def post_decision(request: web.Request) -> web.Response:
+    ingest = request.app[INGEST]
+    principal = await authenticated(request)
+    if principal.site is None and not principal.is_operator:
+        raise ApiError(403, "a province token is read-only: the site the request is routed to decides it")
+    request_id = request.match_info["request_id"]
+    decision = _decoded(await request.read(), Decision)
+    actor = f"site:{principal.site.code}" if principal.site else "operator"
+    status = {"approve": "approved", "defer": "deferred", "reject": "rejected"}[decision.decision]
+    async with ingest.pool.acquire() as conn:
+        async with conn.transaction():
+            row = await store.get(conn, request_id, lock=True)
+            if row is None:
+                raise ApiError(404, "no such correction request")
+            if principal.site is not None and row["site_id"] != principal.site.site_id:
+                raise ApiError(403, "this request is routed to another site: only that site decides it")
+            if row["status"] == "pending_otp":
+                raise ApiError(409, "this request is not confirmed yet")
+            if row["status"] in FINAL:
+                raise ApiError(409, f"this request is {row['status']} already")
+            applied = await _approve(request, conn, row, decision, actor) if status == "approved" else None
+            await store.decide(conn, request_id, status=status, message=decision.message, actor=actor,
+                               applied=applied, before_status=row["status"])
+            row = await store.get(conn, request_id)
+    metrics.correction_requests.labels(event=status).inc()
+    log.info("correction request decided", extra={"request_id": request_id, "decision": status})
+    return json_response(_request_view(row))
+
+
+async def _approve(request: web.Request, conn, row, decision: Decision, actor: str) -> list[dict]:
+    """Put the approved change through the pipeline; what was enqueued, with each record before and after."""
+    claimed = json.loads(row["claimed"])
+    override = decision.dose
+    changed_by = f"{actor} (correction request {row['request_id']})"
+    enqueuer = request.app[INGEST].enqueuer
+    if row["kind"] == "wrong_personal_details":
+        records = await store.person_records(conn, row["national_id"])
+        changes = []
+        for record in records:
+            fields = _dose_fields(record) | {"full_name": row["full_name"], "birth_date": row["birth_date"]}
+            if fields != _dose_fields(record):
+                changes.append(await _replace(enqueuer, record, fields, changed_by))
+        if not changes:
+            raise ApiError(422, "the person has no persisted record that differs from the requested details")
+        return changes
+    site_id, site_code = await _deciding_site(conn, row, decision)
+    date = (override and override.date) or dt.date.fromisoformat(claimed["date"])
+    if row["kind"] == "missing_dose":
+        fields = {"record_id": row["request_id"], "national_id": row["national_id"], "full_name": row["full_name"],
+                  "birth_date": row["birth_date"], "phone": row["phone"],
+                  "vaccine": (override and override.vaccine) or claimed.get("vaccine"),
+                  "lot": (override and override.lot) or claimed.get("lot"),
+                  "dose_number": (override and override.dose_number) or claimed.get("dose_number"),
+                  "administered_at": administered_at(date, override and override.time)}
+        dose = _valid_dose(fields)
+        batch_id = await _enqueued(enqueuer.enqueue(site_id=site_id, doses=[dose]))
+        return [{"op": "insert", "site_id": site_id, "site": site_code, "record_id": dose.record_id,
+                 "batch_id": batch_id, "before": None, "after": _jsonable(fields)}]
+    record_id = decision.record_id or claimed.get("record_id")
+    if record_id is None:
+        raise ApiError(422, "record_id: name the site's record to fix")
+    record = await store.record(conn, site_id, record_id)
+    if record is None or record["national_id"] != row["national_id"]:
+        raise ApiError(422, f"record_id: {record_id!r} is not a current record of this person at site {site_code}")
+    fields = _dose_fields(record)
+    when = record["administered_at"].astimezone(VIETNAM)
+    fields.update({key: value for key, value in (
+        ("vaccine", (override and override.vaccine) or claimed.get("vaccine")),
+        ("lot", (override and override.lot) or claimed.get("lot")),
+        ("dose_number", (override and override.dose_number) or claimed.get("dose_number")),
+        ("administered_at", administered_at(date, (override and override.time) or when.time())),
+    ) if value is not None})
+    return [await _replace(enqueuer, record, fields, changed_by)]
+
+
+async def _deciding_site(conn, row, decision: Decision) -> tuple[int, str]:
+    """The routed site; for a request in a province's queue, the site the operator names (in that province)."""
+    if row["site_id"] is not None:
+        return row["site_id"], await conn.fetchval("SELECT code FROM sites WHERE site_id = $1", row["site_id"])
+    if decision.site is None:
+        raise ApiError(422, "site: this request is in its province's queue; name the site the dose belongs to")
+    site = await conn.fetchrow("SELECT site_id, province FROM sites WHERE code = $1", decision.site)
+    if site is None or site["province"] != row["province"]:
+        raise ApiError(422, f"site: {decision.site!r} is not a registered site of province {row['province']}")
+    return site["site_id"], decision.site
+
+
+def _dose_fields(record) -> dict:
+    return {name: record[name] for name in ("record_id", "national_id", "full_name", "birth_date", "sex", "phone",
+                                            "vaccine", "lot", "dose_number", "administered_at")}
+
+
+def _valid_dose(fields: dict) -> Dose:
+    try:
+        dose = msgspec.convert(fields, Dose)
+    except msgspec.ValidationError:
+        errors = field_errors(fields)
+        raise ApiError(422, "; ".join(f"dose.{e.field}: {e.reason}" for e in errors) or "invalid dose") from None
+    if errors := check_dose(dose, dt.datetime.now(dt.timezone.utc)):
+        raise ApiError(422, "; ".join(f"dose.{e.field}: {e.reason}" for e in errors))
+    return dose
+
+
+async def _replace(enqueuer, record, fields: dict, changed_by: str) -> dict:
+    dose = _valid_dose(fields)
+    batch_id = await _enqueued(enqueuer.enqueue_correction(site_id=record["site_id"], op=REPLACE,
+                                                           record_id=record["record_id"], dose=dose,
+                                                           changed_by=changed_by))
+    return {"op": "replace", "site_id": record["site_id"], "site": record["site"], "record_id": record["record_id"],
+            "batch_id": batch_id, "before": _jsonable(_dose_fields(record)), "after": _jsonable(fields)}
+
+
+async def _enqueued(enqueue) -> str:
+    try:
+        return await enqueue
+    except Overloaded as e:
+        raise ApiError(503, str(e), headers={"Retry-After": str(e.retry_after)}) from None
+
+
+def register(app: web.Application) -> None:
+    ingest = app[INGEST]
+    app[CITIZEN] = {
+        "limiter": LookupLimiter(ingest.redis, ingest.settings, name="corrections",
+                                 limit=ingest.settings.correction_rate_limit, window=3600.0),
+        "sender": otp.sender(ingest.settings),
+    }
+    app.router.add_post("/v1/corrections", post_request)
+    app.router.add_get("/v1/corrections", get_queue)
+    app.router.add_post("/v1/corrections/{request_id}/confirm", post_confirm)
+    app.router.add_post("/v1/corrections/{request_id}/code", post_code)
+    app.router.add_post("/v1/corrections/{request_id}/decision", post_decision)
+    app.router.add_get("/v1/corrections/{request_id}", get_request)
+    app.router.add_get("/v1/corrections/{request_id}/evidence/{n}", get_evidence)
+    app.router.add_get("/v1/corrections/{request_id}/audit", get_audit)

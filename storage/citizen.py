@@ -1,0 +1,204 @@
+"""Citizen correction requests in Postgres: the requests, their evidence, and the append-only audit log.
+
+Every change of a request is written with its audit entry in the same transaction. The one-time code is
+stored only as a hash, checked under the request's row lock (so two guesses cannot both pass the attempt
+limit), and cleared once used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+
+import asyncpg
+import msgspec
+
+from vaxline.citizen import RequestBody, code_matches
+
+_COLUMNS = ("request_id, status, kind, national_id, full_name, birth_date, phone, claimed, note, site_id, province,"
+            " message, decided_by, decided_at, applied, created_at, submitted_at, updated_at")
+
+
+def _json(value) -> str | None:
+    return None if value is None else msgspec.json.encode(value).decode()
+
+
+async def audit(conn: asyncpg.Connection, actor: str, action: str, *, request_id: str | None = None,
+                site_id: int | None = None, record_id: str | None = None, before=None, after=None) -> None:
+    await conn.execute(
+        "INSERT INTO audit_log (actor, action, request_id, site_id, record_id, before, after)"
+        " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)",
+        actor, action, request_id, site_id, record_id, _json(before), _json(after))
+
+
+async def audit_of(conn: asyncpg.Connection, request_id: str) -> list[dict]:
+    rows = await conn.fetch("SELECT entry_id, at, actor, action, site_id, record_id, before, after FROM audit_log"
+                            " WHERE request_id = $1 ORDER BY entry_id", request_id)
+    return [{**dict(r), "before": json.loads(r["before"]) if r["before"] else None,
+             "after": json.loads(r["after"]) if r["after"] else None} for r in rows]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Route:
+    site_id: int | None  # None: the province's queue
+    province: int
+
+
+async def route(conn: asyncpg.Connection, body: RequestBody, provinces: set[int]) -> Route | None:
+    """Where a request goes. A registered site it names: that site. A place it names that is not a
+    registered site (a mobile team, a typo): the province's queue (the province it gives, else its
+    CCCD's, else that of the person's latest record). No place named (personal details): the site of
+    the person's latest record. None: nowhere known."""
+    claimed = body.dose
+    if claimed is not None and claimed.site is not None:
+        site = await conn.fetchrow("SELECT site_id, province FROM sites WHERE code = $1", claimed.site)
+        if site is not None:
+            return Route(site["site_id"], site["province"])
+    latest = await conn.fetchrow(
+        "SELECT d.site_id, s.province FROM doses d JOIN sites s USING (site_id) WHERE d.national_id = $1"
+        " ORDER BY d.administered_at DESC LIMIT 1", body.national_id)
+    names_place = claimed is not None and (claimed.site is not None or claimed.place is not None)
+    if not names_place and latest is not None:
+        return Route(latest["site_id"], latest["province"])
+    for province in (claimed.province if claimed else None,
+                     int(body.national_id[:3]) if len(body.national_id) == 12 else None,
+                     latest["province"] if latest else None):
+        if province in provinces:
+            return Route(None, province)
+    return None
+
+
+async def create(conn: asyncpg.Connection, *, request_id: str, body: RequestBody, route: Route, code_hash: bytes,
+                 expires_at: dt.datetime, evidence: list[tuple[str, bytes, bytes]]) -> None:
+    """A new request awaiting its code; evidence is (content type, sha256, bytes)."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO correction_requests (request_id, status, kind, national_id, full_name, birth_date, phone,"
+            " claimed, note, site_id, province, otp_hash, otp_expires_at)"
+            " VALUES ($1, 'pending_otp', $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12)",
+            request_id, body.kind, body.national_id, body.full_name, body.birth_date, body.phone,
+            _json(body.dose or {}), body.note, route.site_id, route.province, code_hash, expires_at)
+        for n, (content_type, digest, content) in enumerate(evidence, start=1):
+            await conn.execute("INSERT INTO correction_evidence (request_id, n, content_type, sha256, content)"
+                               " VALUES ($1, $2, $3, $4, $5)", request_id, n, content_type, digest, content)
+        await audit(conn, "citizen", "created", request_id=request_id, site_id=route.site_id,
+                    after={"status": "pending_otp", "kind": body.kind, "claimed": body.dose,
+                           "routed_to": {"site_id": route.site_id, "province": route.province},
+                           "evidence": [{"n": n, "type": t, "sha256": d.hex()}
+                                        for n, (t, d, _) in enumerate(evidence, start=1)]})
+
+
+async def confirm(conn: asyncpg.Connection, request_id: str, code: str, *, max_attempts: int) -> str | None:
+    """Check a code: 'submitted', 'wrong', 'locked' (too many wrong codes), 'expired', 'used' (confirmed
+    already), or None for an unknown request."""
+    async with conn.transaction():
+        row = await conn.fetchrow("SELECT status, otp_hash, otp_expires_at, otp_attempts FROM correction_requests"
+                                  " WHERE request_id = $1 FOR UPDATE", request_id)
+        if row is None:
+            return None
+        if row["status"] != "pending_otp":
+            return "used"
+        if row["otp_attempts"] >= max_attempts:
+            return "locked"
+        if row["otp_expires_at"] is None or row["otp_expires_at"] <= dt.datetime.now(dt.timezone.utc):
+            return "expired"
+        if not code_matches(request_id, code, row["otp_hash"]):
+            await conn.execute("UPDATE correction_requests SET otp_attempts = otp_attempts + 1, updated_at = now()"
+                               " WHERE request_id = $1", request_id)
+            await audit(conn, "citizen", "wrong_code", request_id=request_id,
+                        after={"attempts": row["otp_attempts"] + 1})
+            return "locked" if row["otp_attempts"] + 1 >= max_attempts else "wrong"
+        await conn.execute(
+            "UPDATE correction_requests SET status = 'submitted', otp_hash = NULL, otp_expires_at = NULL,"
+            " submitted_at = now(), updated_at = now() WHERE request_id = $1", request_id)
+        await audit(conn, "citizen", "confirmed", request_id=request_id, before={"status": "pending_otp"},
+                    after={"status": "submitted"})
+        return "submitted"
+
+
+async def resend(conn: asyncpg.Connection, request_id: str, code_hash: bytes, expires_at: dt.datetime, *,
+                 max_sends: int) -> str | None:
+    """A new code replaces the old (attempts start again): 'sent', 'used', 'exhausted' or None (unknown)."""
+    async with conn.transaction():
+        row = await conn.fetchrow("SELECT status, otp_sends FROM correction_requests WHERE request_id = $1"
+                                  " FOR UPDATE", request_id)
+        if row is None:
+            return None
+        if row["status"] != "pending_otp":
+            return "used"
+        if row["otp_sends"] >= max_sends:
+            return "exhausted"
+        await conn.execute(
+            "UPDATE correction_requests SET otp_hash = $2, otp_expires_at = $3, otp_attempts = 0,"
+            " otp_sends = otp_sends + 1, updated_at = now() WHERE request_id = $1", request_id, code_hash, expires_at)
+        await audit(conn, "citizen", "code_resent", request_id=request_id, after={"sends": row["otp_sends"] + 1})
+        return "sent"
+
+
+async def get(conn: asyncpg.Connection, request_id: str, *, lock: bool = False) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {_COLUMNS} FROM correction_requests WHERE request_id = $1"
+                               + (" FOR UPDATE" if lock else ""), request_id)
+
+
+async def evidence(conn: asyncpg.Connection, request_id: str, n: int | None = None) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT n, content_type, sha256, length(content) AS size" + (", content" if n is not None else "")
+        + " FROM correction_evidence WHERE request_id = $1" + (" AND n = $2" if n is not None else "")
+        + " ORDER BY n", request_id, *([n] if n is not None else []))
+
+
+async def listing(conn: asyncpg.Connection, *, site_id: int | None, province: int | None, status: str | None,
+                  limit: int, offset: int) -> tuple[list[asyncpg.Record], int]:
+    """A queue: a site's requests, a province's (its sites' and its own queue), or all; oldest first."""
+    where, args = [], []
+    for column, value in (("r.site_id", site_id), ("r.province", province), ("r.status", status)):
+        if value is not None:
+            args.append(value)
+            where.append(f"{column} = ${len(args)}")
+    if status is None:
+        where.append("r.status <> 'pending_otp'")  # unconfirmed requests are nobody's work yet
+    condition = " AND ".join(where) or "true"
+    total = await conn.fetchval(f"SELECT count(*) FROM correction_requests r WHERE {condition}", *args)
+    rows = await conn.fetch(
+        f"SELECT r.request_id, r.status, r.kind, r.national_id, r.full_name, r.birth_date, r.claimed, r.note,"
+        f" s.code AS site, r.province, r.message, r.decided_by, r.decided_at, r.submitted_at"
+        f" FROM correction_requests r LEFT JOIN sites s USING (site_id) WHERE {condition}"
+        f" ORDER BY r.submitted_at NULLS LAST, r.request_id LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
+        *args, limit, offset)
+    return rows, total
+
+
+async def decide(conn: asyncpg.Connection, request_id: str, *, status: str, message: str, actor: str,
+                 applied: list[dict] | None, before_status: str) -> None:
+    """Record a decision and its audit entries, inside the caller's transaction (the request row locked)."""
+    await conn.execute(
+        "UPDATE correction_requests SET status = $2, message = $3, decided_by = $4, decided_at = now(),"
+        " applied = $5::jsonb, updated_at = now() WHERE request_id = $1",
+        request_id, status, message, actor, _json(applied))
+    await audit(conn, actor, f"decision:{status}", request_id=request_id, before={"status": before_status},
+                after={"status": status, "message": message})
+    for change in applied or []:
+        await audit(conn, actor, f"applied:{change['op']}", request_id=request_id, site_id=change["site_id"],
+                    record_id=change["record_id"], before=change.get("before"), after=change.get("after"))
+
+
+async def person_records(conn: asyncpg.Connection, national_id: str, *, site_id: int | None = None
+                         ) -> list[asyncpg.Record]:
+    """The person's current records (of one site, if given), oldest first, with each record's site code."""
+    return await conn.fetch(
+        "SELECT d.site_id, s.code AS site, d.record_id, d.national_id, d.full_name, d.birth_date, d.sex, d.phone,"
+        " d.vaccine, d.lot, d.dose_number, d.administered_at FROM doses d JOIN sites s USING (site_id)"
+        " WHERE d.national_id = $1 AND ($2::int IS NULL OR d.site_id = $2) ORDER BY d.administered_at, d.record_id",
+        national_id, site_id)
+
+
+async def record(conn: asyncpg.Connection, site_id: int, record_id: str) -> asyncpg.Record | None:
+    """A site's current record (not withdrawn), by its record id."""
+    return await conn.fetchrow(
+        "SELECT d.site_id, s.code AS site, d.record_id, d.national_id, d.full_name, d.birth_date, d.sex, d.phone,"
+        " d.vaccine, d.lot, d.dose_number, d.administered_at"
+        " FROM dose_keys k JOIN doses d ON d.site_id = k.site_id AND d.record_id = k.record_id"
+        "  AND d.national_id = k.national_id AND d.administered_at = k.administered_at"
+        " JOIN sites s ON s.site_id = d.site_id"
+        " WHERE k.site_id = $1 AND k.record_id = $2 AND NOT k.withdrawn", site_id, record_id)
