@@ -10,6 +10,7 @@
     vaxline tokens operator | provinces token N    read-only tokens beyond one site
     vaxline review [--site | --province] [--flag] [--out]   the review list as CSV
     vaxline reconcile [--from --to --site] [--json]        every acknowledged dose accounted for
+    vaxline corrections [--site | --province] [--status] [--out]   citizen correction requests as CSV
     vaxline keys init|rotate|list         signing keys and their signer certificates (DSC)
     vaxline verify [--dsc ...] [--clock] [--json] HC1_OR_DASH
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from monitoring.logs import configure
 
     configure(logging.WARNING if args.command in ("sites", "status", "keys", "verify", "tokens", "provinces",
-                                                  "review", "reconcile", "registry") else None)
+                                                  "review", "reconcile", "registry", "corrections") else None)
     try:
         return args.func(args) or 0
     except ConfigError as e:
@@ -156,6 +157,15 @@ def _parser() -> argparse.ArgumentParser:
     review.add_argument("--flag", help="one kind of flag only (probable_duplicate, name_mismatch, ...)")
     review.add_argument("--out", type=Path, metavar="FILE.csv", help="write here instead of standard output")
     review.set_defaults(func=cmd_review)
+
+    corrections = commands.add_parser("corrections", help="citizen correction requests, as CSV (oldest first)")
+    corrections_scope = corrections.add_mutually_exclusive_group()
+    corrections_scope.add_argument("--site", metavar="CODE", help="the requests routed to one site")
+    corrections_scope.add_argument("--province", type=int, metavar="N", help="one province's requests")
+    corrections.add_argument("--status", choices=["pending_otp", "submitted", "approved", "deferred", "rejected"],
+                             help="default: every confirmed request")
+    corrections.add_argument("--out", type=Path, metavar="FILE.csv", help="write here instead of standard output")
+    corrections.set_defaults(func=cmd_corrections)
 
     reconcile = commands.add_parser(
         "reconcile", help="account for every acknowledged dose per site and day; exit 1 if any is unexplained")
@@ -655,22 +665,56 @@ async def _review_rows(conn, args) -> list[dict]:
 
 
 def cmd_review(args) -> int:
-    import csv
-
     from storage.review import REVIEW_COLUMNS
 
     rows = asyncio.run(_with_database(settings_for(args), _review_rows, args))
-    out = args.out.open("w", newline="", encoding="utf-8") if args.out else sys.stdout
-    try:
-        writer = csv.DictWriter(out, fieldnames=REVIEW_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    finally:
-        if args.out:
-            out.close()
+    _write_csv(args.out, REVIEW_COLUMNS, rows)
     if args.out:
         print(f"{len(rows)} flagged records written to {args.out}", file=sys.stderr)
     return 0
+
+
+CORRECTION_COLUMNS = ("request_id", "status", "kind", "site", "province", "national_id", "full_name", "birth_date",
+                      "claimed", "note", "message", "decided_by", "decided_at", "submitted_at")
+
+
+async def _correction_rows(conn, args) -> list[dict]:
+    from storage import citizen
+
+    site_id = None
+    if args.site is not None:
+        site_id = await conn.fetchval("SELECT site_id FROM sites WHERE code = $1", args.site)
+        if site_id is None:
+            raise ConfigError(f"no site {args.site!r}")
+    rows, offset = [], 0
+    while True:
+        page, _ = await citizen.listing(conn, site_id=site_id, province=args.province, status=args.status,
+                                        limit=10_000, offset=offset)
+        rows.extend(dict(r) for r in page)
+        if len(page) < 10_000:
+            return rows
+        offset += len(page)
+
+
+def cmd_corrections(args) -> int:
+    rows = asyncio.run(_with_database(settings_for(args), _correction_rows, args))
+    _write_csv(args.out, CORRECTION_COLUMNS, rows)
+    if args.out:
+        print(f"{len(rows)} correction requests written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _write_csv(path: Path | None, columns, rows: list[dict]) -> None:
+    import csv
+
+    out = path.open("w", newline="", encoding="utf-8") if path else sys.stdout
+    try:
+        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    finally:
+        if path:
+            out.close()
 
 
 async def _reconcile(conn, settings: Settings, args) -> dict:
