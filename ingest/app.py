@@ -32,6 +32,7 @@ from vaxline.doses import (
 )
 from vaxline.entries import ENTRY_FIELD, decode_entry, parse_batch_id
 
+from . import deadlines
 from .auth import SiteAuth
 from .enqueue import Enqueuer, Overloaded
 
@@ -99,6 +100,9 @@ async def error_bodies(request: web.Request, handler):
             raise
         headers = {k: v for k, v in e.headers.items() if k.lower() in ("retry-after", "allow")}
         response = json_response({"error": _reason(e)}, e.status, headers)
+    except asyncpg.DataError as e:  # a value Postgres refuses (class 22, e.g. a NUL character): the client's error
+        log.warning("%s %s: a value was refused: %s", request.method, route, type(e).__name__)
+        response = json_response({"error": "a value in the request cannot be stored or looked up"}, 400)
     except UNAVAILABLE as e:  # Postgres or Redis unreachable or refusing: the client should retry
         log.warning("%s %s: backing service failed: %s", request.method, route, type(e).__name__)
         response = json_response({"error": "a backing service is unavailable; retry later"}, 503,
@@ -163,6 +167,8 @@ async def get_batch(request: web.Request) -> web.Response:
     site = await authenticated_site(request)
     batch_id = request.match_info["batch_id"]
     not_found = ApiError(404, f"no batch {batch_id!r} for this site")
+    if parse_batch_id(batch_id) is None:  # not an id a batch can have: not found, without asking Postgres
+        raise not_found
     async with ingest.pool.acquire() as conn:
         receipt = await dose_store.receipt(conn, batch_id)
         if receipt is None:
@@ -202,8 +208,9 @@ async def _queued_entry(ingest: Ingest, batch_id: str):
 
 async def get_person_doses(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
-    if await ingest.auth.principal(request.headers.get("Authorization")) is None:
-        raise ApiError(401, "missing or unknown bearer token", headers={"WWW-Authenticate": "Bearer"})
+    from .quality import person_reader  # the same rule as GET /v1/persons/{national_id}
+
+    await person_reader(request)
     national_id = request.match_info["national_id"]
     if not _national_id.match(national_id):
         raise ApiError(400, "national_id must be a 12-digit CCCD, a 9-digit CMND or a passport number")
@@ -228,7 +235,7 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as e:  # any failure means not ready; the reason is reported
         checks["postgres"] = f"unreachable: {type(e).__name__}"
     try:
-        await ingest.redis.ping()
+        await asyncio.wait_for(ingest.redis.ping(), 2)  # a partitioned Redis would hold it for the socket timeout
         checks["redis"] = "ok"
     except Exception as e:
         checks["redis"] = f"unreachable: {type(e).__name__}"
@@ -247,13 +254,16 @@ async def prometheus(request: web.Request) -> web.Response:
 def build_app(ingest: Ingest) -> web.Application:
     app = web.Application(middlewares=[error_bodies], client_max_size=ingest.settings.max_body_bytes)
     app[INGEST] = ingest
+    deadlines.install(app, timeout=ingest.settings.client_timeout, min_rate=ingest.settings.client_min_rate)
     app.router.add_post("/v1/doses", post_doses)
     app.router.add_get("/v1/batches/{batch_id}", get_batch)
     app.router.add_get("/v1/persons/{national_id}/doses", get_person_doses)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", prometheus)
-    from . import certificates, citizen, quality  # here: their routes build on this module's error contract
+    from . import certificates, citizen, openapi, quality  # here: their routes build on this module's error contract
+
+    app.router.add_get("/openapi.json", openapi.get_openapi)
 
     certificates.register(app, ingest.settings, ingest.redis)
     quality.register(app)

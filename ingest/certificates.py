@@ -22,6 +22,7 @@ import dataclasses
 import datetime as dt
 import io
 import math
+import re
 import time
 from typing import Annotated, Any
 
@@ -49,6 +50,7 @@ NOT_FOUND = "no current certificate for this national ID and birth date"
 REVOCATION_ALGORITHM = "SHA-256, first 16 bytes of the UVCI"
 REVOCATIONS_PAGE = 100_000  # one answer's bound: the whole list of a national deployment is millions
 NO_STORE = {"Cache-Control": "no-store"}  # personal data: no cache on the way may keep it
+_uvci = re.compile(r"URN:UVCI:01:VN:[A-Z2-7]{32}")  # vaxline.dcc.issue.new_uvci
 
 
 class LookupRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -162,8 +164,11 @@ def register(app: web.Application, settings: Settings, redis: aioredis.Redis) ->
 
 async def get_certificate(request: web.Request) -> web.Response:
     fmt = requested_format(request.query.get("format"), request.headers.get("Accept"))
+    uvci = request.match_info["uvci"]
+    if not _uvci.fullmatch(uvci):  # not one of ours: not found, without asking Postgres (which refuses a NUL)
+        raise ApiError(404, "no certificate with this UVCI")
     async with request.app[INGEST].pool.acquire() as conn:
-        record = await store.by_uvci(conn, request.match_info["uvci"])
+        record = await store.by_uvci(conn, uvci)
     if record is None:
         raise ApiError(404, "no certificate with this UVCI")
     if fmt == "json":
@@ -305,7 +310,7 @@ async def post_verify(request: web.Request) -> web.Response:
     trust = request.app[CERTIFICATES].trusted.current().trust
     verdict = verify(body.hc1, trust)
     uvci = verdict.uvci
-    if uvci is not None:
+    if uvci is not None and _uvci.fullmatch(uvci):  # only our UVCIs can be in our revocations
         async with request.app[INGEST].pool.acquire() as conn:
             revoked = await store.is_revoked(conn, uvci)
         if revoked:  # rare: judge again with the revocation known, so every stage is reported in one verdict
@@ -350,4 +355,8 @@ def parse_rfc3339(text: str) -> dt.datetime:
             at = None
     if at is None or at.tzinfo is None:
         raise ApiError(400, "since must be an RFC 3339 date-time with a UTC offset, e.g. 2021-10-01T00:00:00Z")
+    try:
+        at.astimezone(dt.timezone.utc)  # 0001-01-01T00:00+01:00 is no time in UTC, nor in Postgres
+    except OverflowError:
+        raise ApiError(400, "since is out of range: years 1 to 9999 in UTC") from None
     return at

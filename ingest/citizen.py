@@ -17,10 +17,12 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from redis.exceptions import RedisError
 
 from monitoring import metrics
@@ -51,10 +53,12 @@ from .auth import Principal
 from .certificates import LookupLimiter, RateLimited
 from .enqueue import Overloaded
 from .quality import authenticated, scope_of
+from .schemas import REQUEST_ID_PATTERN
 
 log = logging.getLogger(__name__)
 
 CITIZEN = web.AppKey("citizen", dict)
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 _object = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -71,7 +75,7 @@ def _jsonable(value):
 def _decoded(raw: bytes, struct: type[msgspec.Struct]):
     """`raw` JSON as `struct`; 400 if it is not a JSON object, 422 naming every wrong field."""
     try:
-        return msgspec.json.decode(raw, type=struct)
+        body = msgspec.json.decode(raw, type=struct)
     except msgspec.ValidationError as e:
         try:
             fields = _object.decode(raw)
@@ -81,6 +85,28 @@ def _decoded(raw: bytes, struct: type[msgspec.Struct]):
         raise ApiError(422, "; ".join(f"{f.field}: {f.reason}" for f in errors) or _plain(e)) from None
     except msgspec.DecodeError as e:
         raise ApiError(400, f"malformed body: {e}") from None
+    if fields := _with_nul(body):
+        raise ApiError(422, "; ".join(f"{field}: must not contain NUL characters" for field in fields))
+    return body
+
+
+def _request_id(request: web.Request, not_found: str | None = None) -> str:
+    """The path's request id; 404 at once for one that cannot be (new_request_id's shape), which also keeps
+    what Postgres refuses (a NUL character) from reaching it."""
+    request_id = request.match_info["request_id"]
+    if not _REQUEST_ID.fullmatch(request_id):
+        raise ApiError(404, not_found or "no such correction request")
+    return request_id
+
+
+def _with_nul(value, name: str = "") -> list[str]:
+    """The fields of a decoded body whose text holds a NUL character, which Postgres cannot store."""
+    if isinstance(value, str):
+        return [name] if "\x00" in value else []
+    if isinstance(value, msgspec.Struct):
+        return [found for field in value.__struct_fields__
+                for found in _with_nul(getattr(value, field), f"{name}.{field}" if name else field)]
+    return []
 
 
 def _plain(error: Exception) -> str:
@@ -92,7 +118,10 @@ def _plain(error: Exception) -> str:
 async def post_request(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
     state = request.app[CITIZEN]
-    raw, images = await _request_parts(request)
+    try:
+        raw, images = await _request_parts(request)
+    except (ValueError, HttpProcessingError) as e:  # aiohttp's multipart parser, on a body that is not multipart
+        raise ApiError(400, f"malformed multipart body: {getattr(e, 'message', None) or e}") from None
     body = _decoded(raw, RequestBody)
     if problems := claim_problems(body):
         raise ApiError(422, "; ".join(f"{field}: {reason}" for field, reason in problems))
@@ -165,7 +194,7 @@ async def _read_part(part, limit: int, what: str) -> bytes:
 
 async def post_confirm(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
-    request_id = request.match_info["request_id"]
+    request_id = _request_id(request)
     confirmation = _decoded(await request.read(), Confirmation)
     async with ingest.pool.acquire() as conn:
         outcome = await store.confirm(conn, request_id, confirmation.code,
@@ -189,7 +218,7 @@ async def post_confirm(request: web.Request) -> web.Response:
 
 async def post_code(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
-    request_id = request.match_info["request_id"]
+    request_id = _request_id(request)
     code = new_code()
     expires_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=ingest.settings.otp_ttl)
     async with ingest.pool.acquire() as conn:
@@ -214,8 +243,9 @@ async def get_request(request: web.Request) -> web.Response:
     """With a token in scope: the whole request. Without one: the citizen's view, given the birth date
     (an unknown id and a wrong birth date answer alike)."""
     ingest = request.app[INGEST]
-    request_id = request.match_info["request_id"]
-    not_found = ApiError(404, "no correction request with this id and birth date")
+    unknown = "no correction request with this id and birth date"
+    request_id = _request_id(request, unknown if "Authorization" not in request.headers else None)
+    not_found = ApiError(404, unknown)
     if "Authorization" not in request.headers:
         try:
             birth_date = dt.date.fromisoformat(request.query.get("birth_date", ""))
@@ -258,11 +288,13 @@ async def _in_scope(conn, request_id: str, principal: Principal):
 async def get_evidence(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
     principal = await authenticated(request)
-    request_id = request.match_info["request_id"]
+    request_id = _request_id(request)
     try:
         n = int(request.match_info["n"])
     except ValueError:
-        raise ApiError(400, "n: must be 1, 2 or 3") from None
+        n = None
+    if n not in range(1, MAX_EVIDENCE + 1):  # also what int4 could not take
+        raise ApiError(400, "n: must be 1, 2 or 3")
     async with ingest.pool.acquire() as conn:
         await _in_scope(conn, request_id, principal)
         images = await store.evidence(conn, request_id, n)
@@ -275,7 +307,7 @@ async def get_evidence(request: web.Request) -> web.Response:
 async def get_audit(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
     principal = await authenticated(request)
-    request_id = request.match_info["request_id"]
+    request_id = _request_id(request)
     async with ingest.pool.acquire() as conn:
         await _in_scope(conn, request_id, principal)
         entries = await store.audit_of(conn, request_id)
@@ -289,13 +321,24 @@ async def get_queue(request: web.Request) -> web.Response:
     if status is not None and status not in ("pending_otp", "submitted", "approved", "deferred", "rejected"):
         raise ApiError(400, "status: must be pending_otp, submitted, approved, deferred or rejected")
     scope = await scope_of(request, principal)
-    limit = min(int(request.query.get("limit", "1000")) if request.query.get("limit", "1").isdigit() else 1000, 10_000)
-    offset = int(request.query["offset"]) if request.query.get("offset", "").isdigit() else 0
+    limit = min(_page_param(request.query, "limit", 1000), 10_000)
+    offset = _page_param(request.query, "offset", 0)
     async with ingest.pool.acquire() as conn:
         rows, total = await store.listing(conn, site_id=scope.site_id, province=scope.province, status=status,
                                           limit=limit, offset=offset)
     return json_response({"requests": [{**_jsonable(dict(r)), "claimed": json.loads(r["claimed"])} for r in rows],
                           "total": total, "limit": limit, "offset": offset})
+
+
+def _page_param(query, name: str, default: int) -> int:
+    """limit or offset: the default when absent or not a whole number (ASCII digits: int() refuses "²"); 400
+    past what Postgres takes."""
+    value = query.get(name, "")
+    if not (value.isascii() and value.isdigit()):
+        return default
+    if len(value.lstrip("0")) > 10 or int(value) > 2**31 - 1:
+        raise ApiError(400, f"{name}: at most {2**31 - 1}")
+    return int(value)
 
 
 # -- deciding ------------------------------------------------------------------
@@ -305,7 +348,7 @@ async def post_decision(request: web.Request) -> web.Response:
     principal = await authenticated(request)
     if principal.site is None and not principal.is_operator:
         raise ApiError(403, "a province token is read-only: the site the request is routed to decides it")
-    request_id = request.match_info["request_id"]
+    request_id = _request_id(request)
     decision = _decoded(await request.read(), Decision)
     actor = f"site:{principal.site.code}" if principal.site else "operator"
     status = {"approve": "approved", "defer": "deferred", "reject": "rejected"}[decision.decision]

@@ -67,7 +67,16 @@ async def put_dose(request: web.Request) -> web.Response:
 
 async def delete_dose(request: web.Request) -> web.Response:
     site = await site_principal(request)
-    return await _correct(request, site, WITHDRAW, request.match_info["record_id"], None)
+    return await _correct(request, site, WITHDRAW, _record_id(request), None)
+
+
+def _record_id(request: web.Request) -> str:
+    """The path's record id; one no dose can have (1-64 printable characters) is not found without asking
+    Postgres, which would refuse a NUL character."""
+    record_id = request.match_info["record_id"]
+    if not (0 < len(record_id) <= 64 and record_id.isprintable()):
+        raise ApiError(404, f"no persisted record {record_id!r} for this site")
+    return record_id
 
 
 async def _correct(request: web.Request, site: Site, op: str, record_id: str, dose: Dose | None) -> web.Response:
@@ -129,7 +138,7 @@ def _corrected_dose(fields: dict[str, Any], record_id: str, now: dt.datetime) ->
 async def get_dose(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
     site = await site_principal(request)
-    record_id = request.match_info["record_id"]
+    record_id = _record_id(request)
     async with ingest.pool.acquire() as conn:
         owner = await corrections.record_owner(conn, site.site_id, record_id)
         if owner == "other":
@@ -150,9 +159,19 @@ def _jsonable(record) -> dict:
 
 # -- persons ------------------------------------------------------------------
 
+async def person_reader(request: web.Request) -> Principal:
+    """A site (a desk needs a person's earlier doses, wherever they were given) or the operator; a province
+    token reads statistics, review lists and correction queues, never a person's history across provinces."""
+    principal = await authenticated(request)
+    if principal.role == "province":
+        raise ApiError(403, "a province token reads its province's statistics, review list and correction queue,"
+                            " not a person's history")
+    return principal
+
+
 async def get_person(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
-    await authenticated(request)
+    await person_reader(request)
     national_id = request.match_info["national_id"]
     if not _national_id.match(national_id):
         raise ApiError(400, "national_id must be a 12-digit CCCD, a 9-digit CMND or a passport number")
@@ -177,12 +196,13 @@ class Scope:
 async def scope_of(request: web.Request, principal: Principal) -> Scope:
     """The site and province a query may cover, from its `site` and `province` parameters and the token."""
     query = request.query
-    province = _int_param(query, "province")
+    province = _int_param(query, "province", 999)  # official codes have at most three digits
     code = query.get("site")
     site = None
     if code is not None:
-        async with request.app[INGEST].pool.acquire() as conn:
-            site = await conn.fetchrow("SELECT site_id, code, province FROM sites WHERE code = $1", code)
+        if code.isprintable():  # no site has another code (and Postgres refuses a NUL)
+            async with request.app[INGEST].pool.acquire() as conn:
+                site = await conn.fetchrow("SELECT site_id, code, province FROM sites WHERE code = $1", code)
         if site is None and principal.is_operator:
             raise ApiError(404, f"no site {code!r}")
     if principal.site is not None:
@@ -197,12 +217,15 @@ async def scope_of(request: web.Request, principal: Principal) -> Scope:
     return Scope(site["site_id"] if site else None, province)
 
 
-def _int_param(query, name: str) -> int | None:
+def _int_param(query, name: str, maximum: int = 2**31 - 1) -> int | None:
     value = query.get(name)
     if value is None:
         return None
-    if not value.isdigit():
+    # ASCII digits only (str.isdigit() also takes "²", which int() refuses), and within what Postgres takes.
+    if not (value.isascii() and value.isdigit()):
         raise ApiError(400, f"{name}: must be a whole number")
+    if len(value.lstrip("0")) > len(str(maximum)) or int(value) > maximum:
+        raise ApiError(400, f"{name}: at most {maximum}")
     return int(value)
 
 

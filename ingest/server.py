@@ -23,6 +23,7 @@ from vaxline.streams import connect_redis
 
 from .app import INGEST, Ingest, build_app
 from .auth import SiteAuth
+from .deadlines import CLIENT_DEADLINES, ClientSite
 from .enqueue import Enqueuer
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ async def serve(settings: Settings, *, host: str, port: int, stop: asyncio.Event
         runner = web.AppRunner(app, keepalive_timeout=settings.keepalive_timeout, access_log=None,
                                shutdown_timeout=10)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_port=True, backlog=4096)
+        site = ClientSite(runner, host, port, deadlines=app[CLIENT_DEADLINES], backlog=4096)  # SO_REUSEPORT
         await site.start()
         log.info("ingest listening on %s:%d", host, port)
         counter = asyncio.create_task(_count_connections(runner, app[INGEST].pool))

@@ -21,6 +21,9 @@ backpressure_rejections = Counter("vaxline_backpressure_rejections_total", "Requ
 open_connections = Gauge(
     "vaxline_open_connections", "Open client connections", multiprocess_mode="livesum"
 )
+client_timeouts = Counter(
+    "vaxline_client_timeouts_total", "Requests cut off because their headers or body arrived too slowly", ["phase"]
+)
 
 # Stream (read by every worker's housekeeping and by ingest's backpressure poller; the newest reading wins)
 stream_backlog = Gauge(

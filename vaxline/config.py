@@ -29,6 +29,11 @@ class Settings:
     max_backlog_entries: int = 50_000
     max_redis_memory_bytes: int = 2 * 1024**3
     keepalive_timeout: float = 300.0  # longer than a desk's think time
+    # A request in progress must not stall: its headers are due client_timeout seconds after the connection
+    # opened or its first byte, its body client_timeout seconds after the headers plus 1 s per client_min_rate
+    # bytes (ingest.deadlines). An idle keep-alive connection is not a request in progress.
+    client_timeout: float = 20.0
+    client_min_rate: int = 8192
 
     # Workers: gather up to this many doses or this long, then one transaction.
     gather_max_doses: int = 10_000

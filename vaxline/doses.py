@@ -20,10 +20,17 @@ from .valuesets import VACCINE_PRODUCTS
 NATIONAL_ID_PATTERN = r"^(?:[0-9]{12}|[0-9]{9}|[A-Z][0-9]{7,8})$"
 PHONE_PATTERN = r"^\+?[0-9]{8,15}$"
 
+
+def _whole(pattern: str) -> msgspec.Meta:
+    """msgspec searches with Python's re, whose `$` also matches before a final newline ("001099012345\\n" was a
+    national ID): `\\Z` is the end of the string. (ingest.openapi writes it `$`, which means that in JSON Schema.)"""
+    return msgspec.Meta(pattern=pattern.removesuffix("$") + r"\Z")
+
+
 RecordId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-NationalId = Annotated[str, msgspec.Meta(pattern=NATIONAL_ID_PATTERN)]
+NationalId = Annotated[str, _whole(NATIONAL_ID_PATTERN)]
 FullName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-Phone = Annotated[str, msgspec.Meta(pattern=PHONE_PATTERN)]
+Phone = Annotated[str, _whole(PHONE_PATTERN)]
 Lot = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 DoseNumber = Annotated[int, msgspec.Meta(ge=1, le=9)]
 AwareDatetime = Annotated[dt.datetime, msgspec.Meta(tz=True)]
