@@ -128,7 +128,7 @@ class Enqueuer:
         appendonly, appendfsync = config.get("appendonly"), config.get("appendfsync")
         if appendonly != "yes" or appendfsync != "always":
             log.warning("Redis runs with appendonly=%s appendfsync=%s: acknowledged batches can be lost if the Redis"
-                        " host crashes (about 1 s with everysec; everything since the last save without AOF)."
+                        " host crashes (1-2 s with everysec; everything since the last save without AOF)."
                         " vaxline's default is appendonly yes, appendfsync always.", appendonly, appendfsync)
 
     async def _refresh(self) -> None:
