@@ -10,6 +10,7 @@
     vaxline tokens operator | provinces token N    read-only tokens beyond one site
     vaxline review [--site | --province] [--flag] [--out]   the review list as CSV
     vaxline reconcile [--from --to --site] [--json]        every acknowledged dose accounted for
+    vaxline import FILE --site CODE [--resume] [--no-wait] | --template OUT.xlsx   back-entry from CSV/XLSX
     vaxline corrections [--site | --province] [--status] [--out]   citizen correction requests as CSV
     vaxline keys init|rotate|list         signing keys and their signer certificates (DSC)
     vaxline verify [--dsc ...] [--clock] [--json] HC1_OR_DASH
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from monitoring.logs import configure
 
     configure(logging.WARNING if args.command in ("sites", "status", "keys", "verify", "tokens", "provinces",
-                                                  "review", "reconcile", "registry", "corrections") else None)
+                                                  "review", "reconcile", "registry", "corrections", "import") else None)
     try:
         return args.func(args) or 0
     except ConfigError as e:
@@ -182,6 +183,26 @@ def _parser() -> argparse.ArgumentParser:
     registry_import.add_argument("file", type=Path, metavar="FILE.csv",
                                  help="header national_id,full_name,birth_date,sex")
     registry_import.set_defaults(func=cmd_registry_import)
+
+    back_entry = commands.add_parser(
+        "import", help="back-entry: import a site's doses from a CSV or XLSX file through the validation and"
+        " stream of POST /v1/doses; exit 1 if rows were rejected (see FILE.errors.csv/.xlsx)")
+    back_entry.add_argument("file", nargs="?", type=Path, metavar="FILE", help="CSV or XLSX, the template's columns")
+    back_entry.add_argument("--site", metavar="CODE", help="the site that gave these doses (direct import)")
+    back_entry.add_argument("--url", help="import over HTTP instead: POST /v1/doses of ingest at URL"
+                            " (e.g. http://127.0.0.1:8080), with --token")
+    back_entry.add_argument("--token", default=os.environ.get("VAXLINE_SITE_TOKEN"),
+                            help="with --url: the site's bearer token (default $VAXLINE_SITE_TOKEN)")
+    back_entry.add_argument("--resume", action="store_true",
+                            help="go on after the last row an interrupted import of this file had sent")
+    back_entry.add_argument("--no-wait", dest="wait", action="store_false",
+                            help="do not wait for the receipts (new and duplicate counts)")
+    back_entry.add_argument("--wait-timeout", type=float, default=30.0, metavar="SECONDS",
+                            help="stop waiting for receipts once none came for this long (default 30)")
+    back_entry.add_argument("--template", type=Path, metavar="OUT.xlsx",
+                            help="write the back-entry template (XLSX; CSV for a .csv name) and exit")
+    back_entry.add_argument("--batch-size", type=int, default=1000, help=argparse.SUPPRESS)
+    back_entry.set_defaults(func=cmd_import)
     return parser
 
 
@@ -601,6 +622,48 @@ def cmd_registry_import(args) -> int:
           f" {total.rejected} rejected; {sum(statuses.values())} persons reconciled: "
           + ", ".join(f"{status} {count}" for status, count in statuses.items()))
     return 1 if total.rejected else 0
+
+
+# -- import (back-entry) ----------------------------------------------------
+
+def cmd_import(args) -> int:
+    """Import a site's back-entry file (ingest/backentry.py). Exit 0 when every row was accepted, 1 when
+    some were rejected (the others are imported; the rejected ones are in FILE.errors.*), 2 on a usage
+    error: unknown site, unreadable file, unknown or missing columns."""
+    from tqdm import tqdm
+
+    from ingest import backentry
+
+    if args.template:
+        backentry.write_template(args.template)
+        print(f"template written to {args.template}")
+        return 0
+    problem = ("FILE is needed (or --template OUT.xlsx)" if args.file is None
+               else "--site CODE is needed (or --url URL --token TOKEN)" if not args.url and not args.site
+               else "--url needs --token (or VAXLINE_SITE_TOKEN)" if args.url and not args.token
+               else "--batch-size must be 1-1000" if not 1 <= args.batch_size <= 1000 else None)
+    if problem:
+        print(f"vaxline import: {problem}", file=sys.stderr)
+        return 2
+
+    def waiting(reason: str, seconds: float) -> None:
+        tqdm.write(f"vaxline import: {reason}; retrying in {seconds:g} s", file=sys.stderr)
+
+    sender = (backentry.HttpSender(args.url, args.token, on_wait=waiting) if args.url
+              else backentry.StreamSender(settings_for(args), args.site, on_wait=waiting))
+
+    async def run():
+        async with sender:
+            return await backentry.import_file(args.file, sender, resume=args.resume, wait=args.wait,
+                                               wait_timeout=args.wait_timeout, batch_doses=args.batch_size)
+
+    try:
+        summary = asyncio.run(run())
+    except backentry.UsageError as e:
+        print(f"vaxline import: {args.file}: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(summary.lines()))
+    return 1 if summary.rejected or summary.failed else 0
 
 
 # -- tokens, review, reconcile ----------------------------------------------
