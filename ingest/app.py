@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 import time
 from typing import Any
 
@@ -25,7 +24,6 @@ from monitoring import exposition, metrics
 from storage import doses as dose_store
 from vaxline.config import Settings
 from vaxline.doses import (
-    NATIONAL_ID_PATTERN,
     BatchTooLarge,
     BatchValidator,
     MalformedBatch,
@@ -40,7 +38,6 @@ log = logging.getLogger(__name__)
 
 UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
 BODY_FORMATS = {"application/json": "json", "application/msgpack": "msgpack", "application/x-msgpack": "msgpack"}
-_national_id = re.compile(NATIONAL_ID_PATTERN)
 _json = msgspec.json.Encoder()
 
 
@@ -206,21 +203,6 @@ async def _queued_entry(ingest: Ingest, batch_id: str):
         return None
 
 
-async def get_person_doses(request: web.Request) -> web.Response:
-    ingest = request.app[INGEST]
-    from .quality import person_reader  # the same rule as GET /v1/persons/{national_id}
-
-    await person_reader(request)
-    national_id = request.match_info["national_id"]
-    if not _national_id.match(national_id):
-        raise ApiError(400, "national_id must be a 12-digit CCCD, a 9-digit CMND or a passport number")
-    async with ingest.pool.acquire() as conn:
-        rows = await dose_store.person_doses(conn, national_id)
-    if not rows:
-        raise ApiError(404, "no persisted doses for this person")
-    return json_response({"national_id": national_id, "doses": [dict(r) for r in rows]})
-
-
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
@@ -257,7 +239,6 @@ def build_app(ingest: Ingest) -> web.Application:
     deadlines.install(app, timeout=ingest.settings.client_timeout, min_rate=ingest.settings.client_min_rate)
     app.router.add_post("/v1/doses", post_doses)
     app.router.add_get("/v1/batches/{batch_id}", get_batch)
-    app.router.add_get("/v1/persons/{national_id}/doses", get_person_doses)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", prometheus)

@@ -8,7 +8,7 @@ silently narrowed answer.
     PUT    /v1/doses/{record_id}   replace a persisted record of the token's site  -> 202, via the stream
     DELETE /v1/doses/{record_id}   withdraw it                                      -> 202, via the stream
     GET    /v1/doses/{record_id}   the record and its versions
-    GET    /v1/persons/{national_id}
+    GET    /v1/persons/{national_id}[/doses]   a person (registry status, flags) and their doses
     GET    /v1/stats?from=&to=&province=&site=&group_by=
     GET    /v1/review?site=|province=&flag=&limit=&offset=
     GET    /v1/reconciliation?from=&to=&site=        (operator)
@@ -28,6 +28,7 @@ from aiohttp import web
 
 from monitoring import metrics
 from storage import corrections, reconcile, review, stats
+from storage import doses as dose_store
 from storage.sites import Site
 from vaxline.doses import NATIONAL_ID_PATTERN, Dose, check_dose, field_errors
 from vaxline.entries import REPLACE, WITHDRAW
@@ -159,22 +160,33 @@ def _jsonable(record) -> dict:
 
 # -- persons ------------------------------------------------------------------
 
-async def person_reader(request: web.Request) -> Principal:
-    """A site (a desk needs a person's earlier doses, wherever they were given) or the operator; a province
-    token reads statistics, review lists and correction queues, never a person's history across provinces."""
+async def person_asked(request: web.Request) -> str:
+    """The national ID a person route names, for a site (a desk needs a person's earlier doses, wherever they
+    were given) or the operator; a province token reads statistics, review lists and correction queues,
+    never a person's history across provinces."""
     principal = await authenticated(request)
     if principal.role == "province":
         raise ApiError(403, "a province token reads its province's statistics, review list and correction queue,"
                             " not a person's history")
-    return principal
+    national_id = request.match_info["national_id"]
+    if not _national_id.match(national_id):
+        raise ApiError(400, "national_id must be a 12-digit CCCD, a 9-digit CMND or a passport number")
+    return national_id
+
+
+async def get_person_doses(request: web.Request) -> web.Response:
+    ingest = request.app[INGEST]
+    national_id = await person_asked(request)
+    async with ingest.pool.acquire() as conn:
+        rows = await dose_store.person_doses(conn, national_id)
+    if not rows:
+        raise ApiError(404, "no persisted doses for this person")
+    return json_response({"national_id": national_id, "doses": [dict(r) for r in rows]})
 
 
 async def get_person(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
-    await person_reader(request)
-    national_id = request.match_info["national_id"]
-    if not _national_id.match(national_id):
-        raise ApiError(400, "national_id must be a 12-digit CCCD, a 9-digit CMND or a passport number")
+    national_id = await person_asked(request)
     async with ingest.pool.acquire() as conn:
         person, flagged = await review.person(conn, national_id)
     if person is None or not person["records"]:  # a person whose every record was withdrawn or moved away
@@ -317,6 +329,7 @@ def register(app: web.Application) -> None:
     app.router.add_put("/v1/doses/{record_id}", put_dose)
     app.router.add_delete("/v1/doses/{record_id}", delete_dose)
     app.router.add_get("/v1/doses/{record_id}", get_dose)
+    app.router.add_get("/v1/persons/{national_id}/doses", get_person_doses)
     app.router.add_get("/v1/persons/{national_id}", get_person)
     app.router.add_get("/v1/stats", get_stats)
     app.router.add_get("/v1/review", get_review)

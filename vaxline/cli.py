@@ -713,18 +713,32 @@ def cmd_provinces_token(args) -> int:
 async def _review_rows(conn, args) -> list[dict]:
     from storage import review
 
-    site_id = None
-    if args.site is not None:
-        site_id = await conn.fetchval("SELECT site_id FROM sites WHERE code = $1", args.site)
-        if site_id is None:
-            raise ConfigError(f"no site {args.site!r}")
-    rows, offset = [], 0
+    site_id = await _site_id(conn, args.site)
+    return await _every_page(lambda offset: review.review_list(
+        conn, review.ReviewQuery(site_id, args.province, args.flag, _PAGE, offset)))
+
+
+_PAGE = 10_000
+
+
+async def _site_id(conn, code: str | None) -> int | None:
+    """The site id of a --site code (None without one); a usage error for an unknown code."""
+    if code is None:
+        return None
+    site_id = await conn.fetchval("SELECT site_id FROM sites WHERE code = $1", code)
+    if site_id is None:
+        raise ConfigError(f"no site {code!r}")
+    return site_id
+
+
+async def _every_page(page_at) -> list[dict]:
+    """Every row of a listing read _PAGE rows at a time: `page_at(offset)` answers (rows, total)."""
+    rows: list[dict] = []
     while True:
-        page, _ = await review.review_list(conn, review.ReviewQuery(site_id, args.province, args.flag, 10_000, offset))
+        page, _ = await page_at(len(rows))
         rows.extend(dict(r) for r in page)
-        if len(page) < 10_000:
+        if len(page) < _PAGE:
             return rows
-        offset += len(page)
 
 
 def cmd_review(args) -> int:
@@ -744,19 +758,9 @@ CORRECTION_COLUMNS = ("request_id", "status", "kind", "site", "province", "natio
 async def _correction_rows(conn, args) -> list[dict]:
     from storage import citizen
 
-    site_id = None
-    if args.site is not None:
-        site_id = await conn.fetchval("SELECT site_id FROM sites WHERE code = $1", args.site)
-        if site_id is None:
-            raise ConfigError(f"no site {args.site!r}")
-    rows, offset = [], 0
-    while True:
-        page, _ = await citizen.listing(conn, site_id=site_id, province=args.province, status=args.status,
-                                        limit=10_000, offset=offset)
-        rows.extend(dict(r) for r in page)
-        if len(page) < 10_000:
-            return rows
-        offset += len(page)
+    site_id = await _site_id(conn, args.site)
+    return await _every_page(lambda offset: citizen.listing(conn, site_id=site_id, province=args.province,
+                                                            status=args.status, limit=_PAGE, offset=offset))
 
 
 def cmd_corrections(args) -> int:
@@ -787,11 +791,7 @@ async def _reconcile(conn, settings: Settings, args) -> dict:
 
     from .streams import connect_redis
 
-    site_id = None
-    if args.site is not None:
-        site_id = await conn.fetchval("SELECT site_id FROM sites WHERE code = $1", args.site)
-        if site_id is None:
-            raise ConfigError(f"no site {args.site!r}")
+    site_id = await _site_id(conn, args.site)
     redis = connect_redis(settings)
     try:
         return await reconcile(conn, redis, settings, first=args.first or dt.date(2021, 1, 1),
