@@ -1,6 +1,6 @@
 """Back-entry import: a site's CSV or XLSX file, streamed, into the same stream as POST /v1/doses.
 
-    FILE --read one row at a time (csv; openpyxl read-only)--> rows
+    FILE --read one row at a time (csv; the sheet's XML streamed through expat)--> rows
       --vaxline.backentry (pure)--> doses; rejected rows --> the error report beside FILE
       --batches of up to 1,000--> the stream: Enqueuer.enqueue, as ingest does (XADD and the accepted
                                   count in one MULTI; Overloaded: wait Retry-After, retry),
@@ -14,7 +14,7 @@ a batch acknowledged but not yet recorded when the import was killed is sent aga
 counts those doses as duplicates (records are keyed by site and record id: a re-import changes
 nothing). Memory stays flat whatever the file's size: a few batches in hand, rows read one at a time.
 An XLSX file needs more: its shared-strings table, which the format makes every reader hold whole
-(held compactly here), and openpyxl's read-only parser keeps about 100 bytes a row. No national ID,
+(held compactly here). No national ID,
 name or phone number reaches a log line or the progress bar: they carry counts, row numbers and
 field names; the error report file carries the site's own rejected rows.
 """
@@ -197,8 +197,8 @@ def open_csv(path: Path) -> tuple[Sheet, ColumnMap]:
 
 
 def open_xlsx(path: Path) -> tuple[Sheet, ColumnMap]:
-    """openpyxl in read-only mode: the sheet's XML is parsed as it is read, one row at a time. The
-    first worksheet whose first non-empty row is a dose header is read (a workbook may keep notes or
+    """The workbook's parts (sheets, styles, epoch) read by openpyxl in read-only mode, the sheet's XML
+    parsed as it is read, one row at a time (sheet_rows). The first worksheet whose first non-empty row is a dose header is read (a workbook may keep notes or
     the template's instructions on other sheets)."""
     warnings.filterwarnings("ignore", module="openpyxl")  # "no default style", "extension not supported"
     try:
@@ -211,8 +211,7 @@ def open_xlsx(path: Path) -> tuple[Sheet, ColumnMap]:
     first_problem = None
     for worksheet in book.worksheets:
         declared = worksheet.max_row if (worksheet.max_row or 0) > 1 else None
-        worksheet.reset_dimensions()  # a stale declared size would cut reading short
-        cells = worksheet.iter_rows(values_only=True)
+        cells = sheet_rows(book, worksheet)
         rows = enumerate(cells, start=1)
         try:
             columns = _header(rows)
@@ -228,10 +227,206 @@ def open_xlsx(path: Path) -> tuple[Sheet, ColumnMap]:
                 yield number, values
 
         fraction = (lambda: min(1.0, reached[0] / declared)) if declared else (lambda: None)
-        failure = (ParseError, zipfile.BadZipFile, zlib.error, EOFError, IndexError)
+        failure = (ParseError, ExpatError, zipfile.BadZipFile, zlib.error, EOFError, IndexError)
         return Sheet("xlsx", data(), fraction, book.close, failure, title=worksheet.title), columns
     book.close()
     raise UsageError(first_problem or "the workbook has no worksheet")
+
+
+_MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+_DATES_REMEMBERED = 20_000  # serial -> date cells kept (few distinct dates in a file; memory stays flat)
+
+
+def sheet_rows(book, worksheet) -> Iterator[Sequence[Any]]:
+    """A read-only worksheet's rows as openpyxl's `iter_rows(values_only=True)` gives them (with its
+    dimensions reset): a tuple of values per row (None for a missing cell, up to the row's last cell),
+    `[]` for each row missing between two present ones, `()` for a row element without cells; the same
+    values (shared and inline strings, numbers, booleans, date cells as datetime/date/time/timedelta,
+    by the workbook's styles and epoch). The workbook's parts (sheets, styles, epoch, shared strings)
+    are openpyxl's reading; only the sheet's XML is parsed here: with expat, streamed, one chunk at a
+    time, completed rows handed on as they are parsed (openpyxl's parser costs ~75 us a row)."""
+    from openpyxl.utils.datetime import from_excel, from_ISO8601
+    from xml.parsers import expat
+
+    strings = worksheet._shared_strings
+    epoch = book.epoch
+    date_formats, timedelta_formats = book._date_formats, book._timedelta_formats
+    styles: dict[str, tuple[bool, bool]] = {}  # the s attribute's text -> (a date format, a timedelta one)
+    dates: dict[tuple[str, bool], Any] = {}
+    letters_to_column: dict[str, int] = {}
+    done: list[tuple[int, list[tuple[int, Any]]]] = []  # completed rows: (number, [(column, value)])
+    # The parse state (plain locals of the handlers' closure: the handlers run ~60 times a row).
+    row_number = column = depth = 0
+    cells: list[tuple[int, Any]] = []
+    in_row = False
+    attributes: Any = None  # the open cell's (None: no cell open)
+    value: str | None = None  # its <v> text
+    collecting = False  # in the open cell's first <v>, or in the text of its <is>
+    inline: list[str] | None = None  # the open cell's <is> texts: runs (<r><t>)
+    plain: str | None = None  # its <is><t>
+    inline_depth = run_depth = 0  # the depths of the open <is> and <r> (0: none)
+
+    def column_of(reference: str) -> int:
+        letters = reference.rstrip("0123456789")
+        number = letters_to_column.get(letters)
+        if number is None:
+            from openpyxl.utils.cell import coordinate_to_tuple
+            number = coordinate_to_tuple(reference)[1]  # a bad reference raises as openpyxl does
+            if len(letters_to_column) < 20_000:
+                letters_to_column[letters] = number
+        return number
+
+    # Element names as the sheet writes them: the prefix its root binds to the main namespace (expat's
+    # namespace processing costs a quarter of the parse); none bound there: no element is read, as openpyxl.
+    _CELL = _VALUE = _ROW = _INLINE = _TEXT = _RUN = None
+
+    def root(name: str, attrs: dict) -> None:
+        nonlocal _CELL, _VALUE, _ROW, _INLINE, _TEXT, _RUN
+        prefix = next((key[6:] + ":" for key, uri in attrs.items()
+                       if uri == _MAIN and (key == "xmlns" or key.startswith("xmlns:"))), None)
+        if prefix is not None:
+            _ROW, _CELL, _VALUE, _INLINE, _TEXT, _RUN = (prefix.lstrip(":") + tag
+                                                         for tag in ("row", "c", "v", "is", "t", "r"))
+        parser.StartElementHandler = start
+        start(name, attrs)
+
+    def start(name: str, attrs: dict) -> None:
+        nonlocal depth, attributes, value, collecting, inline, plain, inline_depth, run_depth
+        nonlocal row_number, column, in_row
+        if inline_depth:
+            depth += 1
+            if name == _TEXT and (depth == inline_depth + 1 or (run_depth and depth == run_depth + 1)):
+                value, collecting = "", True
+            elif name == _RUN and depth == inline_depth + 1:
+                run_depth = depth
+        elif name == _CELL:
+            if in_row and attributes is None:
+                attributes, value = attrs, None
+        elif name == _VALUE:
+            if attributes is not None and value is None:
+                value, collecting = "", True
+        elif name == _ROW:
+            number = attrs.get("r")
+            if number is None:
+                row_number += 1
+            else:
+                try:
+                    row_number = int(number)
+                except ValueError:
+                    as_float = float(number)
+                    if not as_float.is_integer():
+                        raise ValueError(f"{number} is not a valid row number") from None
+                    row_number = int(as_float)
+            in_row, column = True, 0
+            cells.clear()
+        elif name == _INLINE and attributes is not None and inline is None:
+            depth = inline_depth = 1  # depths count from the <is> (only kept inside it)
+            inline, plain = [], None
+
+    def end(name: str) -> None:
+        nonlocal depth, attributes, value, collecting, inline, plain, inline_depth, run_depth, column, in_row
+        if inline_depth:
+            depth -= 1
+            if depth + 1 == inline_depth:  # </is>
+                inline_depth = 0
+            elif name == _TEXT and collecting:
+                collecting = False
+                if depth + 1 == inline_depth + 1:
+                    plain = value  # the plain text (the last <t>, as openpyxl keeps it)
+                else:
+                    inline.append(value)
+                value = None
+            elif depth + 1 == run_depth:
+                run_depth = 0
+        elif name == _CELL:
+            if attributes is None:
+                return
+            reference = attributes.get("r")
+            if reference:
+                column = column_of(reference)
+            else:
+                column += 1
+            kind = attributes.get("t", "n")
+            if kind == "inlineStr":
+                if inline is None:
+                    cells.append((column, None))
+                else:
+                    cells.append((column, "".join(inline if plain is None else [plain, *inline])))
+            elif not value:
+                cells.append((column, None))
+            elif kind == "n":
+                number = float(value) if "." in value or "E" in value or "e" in value else int(value)
+                style = attributes.get("s")
+                if style:
+                    formats = styles.get(style)
+                    if formats is None:
+                        formats = styles[style] = (int(style) in date_formats, int(style) in timedelta_formats)
+                    if formats[0]:
+                        key = (value, formats[1])
+                        moment = dates.get(key)
+                        if moment is None:
+                            try:
+                                moment = from_excel(number, epoch, timedelta=formats[1])
+                            except (OverflowError, ValueError):
+                                moment = "#VALUE!"  # as openpyxl reads a date cell out of the range of dates
+                            if len(dates) < _DATES_REMEMBERED:
+                                dates[key] = moment
+                        number = moment
+                cells.append((column, number))
+            elif kind == "s":
+                cells.append((column, strings[int(value)]))
+            elif kind == "b":
+                cells.append((column, bool(int(value))))
+            elif kind == "d":
+                cells.append((column, from_ISO8601(value)))
+            else:  # "str" (a formula's text), "e" (an error) and others: the text
+                cells.append((column, value))
+            attributes = inline = None
+            collecting = False
+        elif name == _VALUE:
+            collecting = False
+        elif name == _ROW:
+            if in_row:
+                done.append((row_number, cells.copy()))
+                in_row = False
+
+    def data(chunk: str) -> None:
+        nonlocal value
+        if collecting:
+            value += chunk
+
+    parser = expat.ParserCreate()
+    parser.buffer_text = True
+    parser.StartElementHandler, parser.EndElementHandler, parser.CharacterDataHandler = root, end, data
+    counter = 1
+    with book._archive.open(worksheet._worksheet_path) as source:
+        while True:
+            chunk = source.read(1 << 16)
+            parser.Parse(chunk, not chunk)
+            for number, row in done:
+                while counter < number:  # rows missing from the XML
+                    counter += 1
+                    yield []
+                if counter <= number:  # a row out of order (or repeated) is read past, as openpyxl does
+                    counter += 1
+                    yield _row_values(row)
+            done.clear()
+            if not chunk:
+                break
+
+
+def _row_values(cells: list[tuple[int, Any]]) -> tuple[Any, ...]:
+    """A row's values by column, as openpyxl's `_get_row`: as wide as its last cell's column."""
+    if not cells:
+        return ()
+    width = cells[-1][0]
+    if width == len(cells) and all(column == index for index, (column, _) in enumerate(cells, start=1)):
+        return tuple(value for _, value in cells)
+    values = [None] * width
+    for column, value in cells:
+        if 1 <= column <= width:
+            values[column - 1] = value
+    return tuple(values)
 
 
 class _CompactReader(ExcelReader):

@@ -455,3 +455,91 @@ async def test_memory_does_not_grow_with_the_file(settings, db, tmp_path):
         peaks[rows] = int(re.search(r"peak_kib (\d+)", log)[1]) / 1024
         print(f"{rows} rows: {time.monotonic() - started:.1f} s, peak {peaks[rows]:.0f} MiB")
     assert peaks[200_000] < peaks[40_000] + 10, peaks  # five times the rows, the same memory
+
+
+def test_the_xlsx_reader_gives_the_rows_openpyxl_gives(tmp_path):
+    """The streaming sheet reader and openpyxl's read-only reader: the same rows, values and types."""
+    import zipfile
+
+    from openpyxl.cell.rich_text import CellRichText, TextBlock
+    from openpyxl.cell.text import InlineFont
+
+    from ingest.backentry import _CompactReader, sheet_rows
+
+    book = Workbook()
+    sheet = book.active
+    sheet.title = "Dữ liệu"
+    sheet.append(["Mã bản ghi", "Ngày sinh", "Giờ tiêm", "Ngày tiêm", "Mũi số", "x", "Số lô"])
+    sheet.append(["BV-1", dt.date(1990, 4, 2), dt.time(9, 30), dt.datetime(2021, 8, 15, 10, 45), 1, True, 2.5])
+    sheet.append(["BV-2", dt.datetime(2021, 8, 14), dt.time(0, 0, 1), dt.datetime(1900, 1, 3, 6), -3, False, 1e20])
+    sheet.append(["BV-3", None, "giữa", None, 7])  # empty cells in the middle
+    sheet["A6"] = "after a missing row"
+    sheet["D6"] = dt.timedelta(hours=30)
+    sheet["D6"].number_format = "[h]:mm:ss"
+    sheet["A7"] = CellRichText([TextBlock(InlineFont(b=True), "Nguyễn "), "Thị"])  # an inline string
+    sheet["B7"] = 44422.5
+    sheet["B7"].number_format = 'dd/mm/yyyy" ngày" hh:mm'
+    sheet["C7"] = 44422.5
+    sheet["C7"].number_format = '"d"0.00'  # "d" in quotes: not a date
+    sheet["E7"] = "=1+1"
+    sheet["F7"] = 3.0
+    sheet["F7"].number_format = "[Red]0.00"
+    sheet.append([])
+    path = tmp_path / "kinds.xlsx"
+    book.save(path)
+    # Cells as other writers write them: no r attributes, inline strings with runs and phonetic text,
+    # a formula's text result, ISO dates, errors, a row without cells, a row out of order.
+    extra = ('<row r="10"><c t="inlineStr"><is><t>plain</t></is></c><c t="inlineStr"><is><r><t>a &amp; </t></r>'
+             '<r><rPr><b/></rPr><t xml:space="preserve">b </t></r><rPh sb="0" eb="1"><t>ph</t></rPh></is></c>'
+             '<c t="inlineStr"><is><t/></is></c><c t="inlineStr"/><c t="str"><f>A1</f><v>Mã</v></c>'
+             '<c t="d"><v>2021-08-14T09:30:00</v></c><c t="e"><v>#DIV/0!</v></c><c t="s"><v></v></c></row>'
+             '<row><c r="C11" s="1"><v>0.25</v></c><c><v>5</v></c><c r="B11"><v>6</v></c></row>'
+             '<row r="12"/><row spans="1:2"><c><v>1E3</v></c></row><row r="9"><c><v>9</v></c></row>')
+    with zipfile.ZipFile(path) as source:
+        parts = {name: source.read(name) for name in source.namelist()}
+    parts["xl/worksheets/sheet1.xml"] = parts["xl/worksheets/sheet1.xml"].replace(
+        b"</sheetData>", extra.encode() + b"</sheetData>")
+    with zipfile.ZipFile(path, "w") as target:
+        for name, content in parts.items():
+            target.writestr(name, content)
+
+    def read_both():
+        reader = _CompactReader(path, read_only=True, data_only=True)
+        reader.read()
+        worksheet = reader.wb.worksheets[0]
+        worksheet.reset_dimensions()
+        theirs = list(worksheet.iter_rows(values_only=True))
+        ours = list(sheet_rows(reader.wb, worksheet))
+        reader.wb.close()
+        return theirs, ours
+
+    theirs, ours = read_both()
+    assert len(ours) == len(theirs) == 13
+    for number, (mine, expected) in enumerate(zip(ours, theirs), start=1):
+        assert mine == expected, number
+        assert type(mine) is type(expected), number
+        assert [type(v) for v in mine] == [type(v) for v in expected], number
+    assert ours[1][1:4] == (dt.datetime(1990, 4, 2), dt.time(9, 30), dt.datetime(2021, 8, 15, 10, 45))
+    assert ours[6][0] == "Nguyễn Thị" and ours[9][:4] == ("plain", "a & b ", "", None)
+    assert ours[4] == [] and ours[11] == ()
+
+    # The 1904 date system.
+    with zipfile.ZipFile(path) as source:
+        parts = {name: source.read(name) for name in source.namelist()}
+    parts["xl/workbook.xml"] = parts["xl/workbook.xml"].replace(b"<workbookPr />", b"<workbookPr date1904=\"1\" />")
+    assert b"date1904" in parts["xl/workbook.xml"]
+    with zipfile.ZipFile(path, "w") as target:
+        for name, content in parts.items():
+            target.writestr(name, content)
+    theirs, ours = read_both()
+    assert ours == theirs and ours[1][1] == dt.datetime(1994, 4, 3)
+
+    # A sheet whose elements carry a namespace prefix (as some writers write them).
+    main = b"http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+    parts["xl/worksheets/sheet1.xml"] = re.sub(rb"<(/?)([a-zA-Z])", rb"<\1x:\2", parts["xl/worksheets/sheet1.xml"]
+                                               ).replace(b'xmlns="' + main, b'xmlns:x="' + main)
+    with zipfile.ZipFile(path, "w") as target:
+        for name, content in parts.items():
+            target.writestr(name, content)
+    theirs, ours = read_both()
+    assert ours == theirs and len(ours) == 13 and ours[9][1] == "a & b "
