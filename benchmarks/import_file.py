@@ -294,7 +294,7 @@ def main() -> None:
             print(f"  XLSX, {args.xlsx_rows:,} rows ({size:.0f} MiB, shared strings as Excel writes them;"
                   f" written in {written:.1f} s):")
             print(f"    reading and validating alone:  {xlsx_alone:6.1f} s  {args.xlsx_rows / xlsx_alone:>9,.0f} rows/s"
-                  " (openpyxl read-only)")
+                  " (expat stream)")
             print(f"    import (waits):                {xlsx:6.1f} s  {args.xlsx_rows / xlsx:>9,.0f} rows/s"
                   f"  peak {xlsx_peak:.0f} MiB")
             print(f"                                   {xlsx_summary}")
