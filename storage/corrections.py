@@ -181,7 +181,9 @@ async def _move(conn: asyncpg.Connection, site_id: int, correction: Correction, 
         if new is not None and nid == new["national_id"]:
             await conn.execute(_UPSERT_PERSON, nid, new["full_name"], new["birth_date"], new["sex"], new["phone"],
                                new["administered_at"])
-        else:
+        # A correction can move the newest record earlier or take it away: details and range are read
+        # again from what remains (a person left with no record keeps them, and is only made due).
+        if await conn.fetchval(_RECOMPUTE_PERSON, nid) is None:
             await conn.execute(_DUE, nid)
     return persons
 
@@ -192,6 +194,17 @@ ORDER BY p.national_id, p.day FOR UPDATE OF p
 """
 
 _DUE = "UPDATE persons SET review_due = true, review_seq = review_seq + 1 WHERE national_id = $1"
+
+_RECOMPUTE_PERSON = """
+UPDATE persons p SET full_name = d.full_name, birth_date = d.birth_date, sex = coalesce(d.sex, p.sex),
+    phone = coalesce(d.phone, p.phone), first_administered_at = r.first, last_administered_at = r.last,
+    review_due = true, review_seq = p.review_seq + 1, updated_at = now()
+FROM (SELECT min(administered_at) AS first, max(administered_at) AS last FROM doses WHERE national_id = $1) r,
+     LATERAL (SELECT full_name, birth_date, sex, phone FROM doses WHERE national_id = $1
+              ORDER BY administered_at DESC, persisted_at DESC LIMIT 1) d
+WHERE p.national_id = $1
+RETURNING true
+"""
 
 
 async def _release_day(conn: asyncpg.Connection, national_id: str, day: dt.date) -> asyncpg.Record | None:

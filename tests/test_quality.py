@@ -445,3 +445,23 @@ def test_certificates_count_the_record_that_holds_the_day():
     # The 10:00 record was persisted first and holds the day; the 09:00 one arrived later: a duplicate.
     numbered = sequence([recorded("EARLY", 9, False), recorded("HOLDER", 10, True)])
     assert [(d.dose.record_id, d.counted) for d in numbered] == [("HOLDER", True), ("EARLY", False)]
+
+
+async def test_a_correction_that_moves_the_newest_record_earlier_still_renames_the_person(settings, db):
+    """The person's details come from their newest record; a correction re-reads them from what remains."""
+    async with running_stack(settings, reviewers=1, certifiers=1) as stack:
+        _, token = await stack.site()
+        record = dose(70, full_name="Tran Van Hung", administered_at=at("2021-08-20"))
+        await post_and_settle(stack, db, token, [record], 1)
+        fixed = {**record, "full_name": "Trần Văn Hùng", "administered_at": at("2021-08-10")}
+        assert (await correct(stack, token, record["record_id"], fixed)).status == 202
+        await settled(db, batches=2)
+
+        async def renamed():
+            return await db.fetchval("SELECT full_name FROM certificates WHERE national_id = $1 AND status = 'current'",
+                                     record["national_id"]) == "Trần Văn Hùng"
+        await wait_until(renamed, message="the certificate renamed")
+    person = await db.fetchrow("SELECT full_name, first_administered_at, last_administered_at FROM persons")
+    assert person["full_name"] == "Trần Văn Hùng"
+    assert person["first_administered_at"] == person["last_administered_at"] == dt.datetime.fromisoformat(
+        at("2021-08-10"))
