@@ -92,6 +92,9 @@ async def error_bodies(request: web.Request, handler):
         response = await handler(request)
     except ApiError as e:
         response = json_response({"error": str(e)}, e.status, e.headers)
+    except Overloaded as e:  # past the backlog bound, or Redis cannot take an entry: any route that enqueues
+        metrics.backpressure_rejections.inc()
+        response = json_response({"error": str(e)}, 503, {"Retry-After": str(e.retry_after)})
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -126,11 +129,7 @@ async def post_doses(request: web.Request) -> web.Response:
         raise ApiError(415, f"unsupported content type {request.content_type!r}; send application/json or application/msgpack")
     if request.content_length is not None and request.content_length > ingest.settings.max_body_bytes:
         raise ApiError(413, f"body of {request.content_length} bytes; the limit is {ingest.settings.max_body_bytes}")
-    try:
-        ingest.enqueuer.check_capacity()
-    except Overloaded as e:
-        metrics.backpressure_rejections.inc()
-        raise ApiError(503, str(e), headers={"Retry-After": str(e.retry_after)})
+    ingest.enqueuer.check_capacity()  # Overloaded: 503 with Retry-After (error_bodies), before the body is read
 
     body = await request.read()  # bounded by client_max_size: aiohttp answers 413 past it
     try:
@@ -145,11 +144,7 @@ async def post_doses(request: web.Request) -> web.Response:
 
     batch_id = None
     if accepted:
-        try:
-            batch_id = await ingest.enqueuer.enqueue(site_id=site.site_id, doses=accepted, rejected=len(rejected))
-        except Overloaded as e:
-            metrics.backpressure_rejections.inc()
-            raise ApiError(503, str(e), headers={"Retry-After": str(e.retry_after)})
+        batch_id = await ingest.enqueuer.enqueue(site_id=site.site_id, doses=accepted, rejected=len(rejected))
         metrics.doses_accepted.inc(len(accepted))
         metrics.batches_accepted.inc()
         log.info("batch accepted", extra={"batch_id": batch_id, "site_id": site.site_id, "accepted": len(accepted),

@@ -51,7 +51,6 @@ from vaxline.sequence import VIETNAM
 from .app import INGEST, ApiError, json_response
 from .auth import Principal
 from .certificates import LookupLimiter, RateLimited
-from .enqueue import Overloaded
 from .quality import authenticated, scope_of
 from .schemas import REQUEST_ID_PATTERN
 
@@ -398,7 +397,7 @@ async def _approve(request: web.Request, conn, row, decision: Decision, actor: s
                   "dose_number": (override and override.dose_number) or claimed.get("dose_number"),
                   "administered_at": administered_at(date, override and override.time)}
         dose = _valid_dose(fields)
-        batch_id = await _enqueued(enqueuer.enqueue(site_id=site_id, doses=[dose]))
+        batch_id = await enqueuer.enqueue(site_id=site_id, doses=[dose])
         return [{"op": "insert", "site_id": site_id, "site": site_code, "record_id": dose.record_id,
                  "batch_id": batch_id, "before": None, "after": _jsonable(fields)}]
     record_id = decision.record_id or claimed.get("record_id")
@@ -448,18 +447,10 @@ def _valid_dose(fields: dict) -> Dose:
 
 async def _replace(enqueuer, record, fields: dict, changed_by: str) -> dict:
     dose = _valid_dose(fields)
-    batch_id = await _enqueued(enqueuer.enqueue_correction(site_id=record["site_id"], op=REPLACE,
-                                                           record_id=record["record_id"], dose=dose,
-                                                           changed_by=changed_by))
+    batch_id = await enqueuer.enqueue_correction(site_id=record["site_id"], op=REPLACE,
+                                                 record_id=record["record_id"], dose=dose, changed_by=changed_by)
     return {"op": "replace", "site_id": record["site_id"], "site": record["site"], "record_id": record["record_id"],
             "batch_id": batch_id, "before": _jsonable(_dose_fields(record)), "after": _jsonable(fields)}
-
-
-async def _enqueued(enqueue) -> str:
-    try:
-        return await enqueue
-    except Overloaded as e:
-        raise ApiError(503, str(e), headers={"Retry-After": str(e.retry_after)}) from None
 
 
 def register(app: web.Application) -> None:

@@ -26,7 +26,6 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from monitoring import metrics
 from storage import corrections, reconcile, review, stats
 from storage import doses as dose_store
 from storage.sites import Site
@@ -36,7 +35,6 @@ from vaxline.review import FLAGS
 
 from .app import BODY_FORMATS, INGEST, ApiError, json_response
 from .auth import Principal
-from .enqueue import Overloaded
 
 _national_id = re.compile(NATIONAL_ID_PATTERN)
 _mappings = {"json": msgspec.json.Decoder(dict[str, Any]), "msgpack": msgspec.msgpack.Decoder(dict[str, Any])}
@@ -92,22 +90,10 @@ async def _correct(request: web.Request, site: Site, op: str, record_id: str, do
                             " may correct it")
     if owner == "withdrawn" and op == WITHDRAW:
         raise ApiError(409, f"record {record_id!r} is withdrawn already")
-    try:
-        ingest.enqueuer.check_capacity()
-    except Overloaded as e:
-        metrics.backpressure_rejections.inc()
-        raise ApiError(503, str(e), headers={"Retry-After": str(e.retry_after)})
-    batch_id = await _enqueued(ingest.enqueuer.enqueue_correction(
-        site_id=site.site_id, op=op, record_id=record_id, dose=dose, changed_by=f"site:{site.code}"))
+    ingest.enqueuer.check_capacity()  # Overloaded: 503 with Retry-After, as for POST /v1/doses (app.error_bodies)
+    batch_id = await ingest.enqueuer.enqueue_correction(
+        site_id=site.site_id, op=op, record_id=record_id, dose=dose, changed_by=f"site:{site.code}")
     return json_response({"batch_id": batch_id, "record_id": record_id, "op": op}, status=202)
-
-
-async def _enqueued(enqueue) -> str:
-    try:
-        return await enqueue
-    except Overloaded as e:
-        metrics.backpressure_rejections.inc()
-        raise ApiError(503, str(e), headers={"Retry-After": str(e.retry_after)})
 
 
 async def _body_fields(request: web.Request) -> dict[str, Any]:

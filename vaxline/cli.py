@@ -230,16 +230,21 @@ def settings_for(args) -> Settings:
 
 # -- migrate, sites ---------------------------------------------------------
 
-async def _migrate(settings: Settings) -> list[str]:
+async def _with_database(settings: Settings, operation, *args):
+    """`operation(conn, *args)` on a connection of its own to the deployment's database."""
     import asyncpg
-
-    from storage.migrate import migrate
 
     conn = await asyncpg.connect(settings.database_url)
     try:
-        return await migrate(conn)
+        return await operation(conn, *args)
     finally:
         await conn.close()
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    from storage.migrate import migrate
+
+    return await _with_database(settings, migrate)
 
 
 def cmd_migrate(args) -> int:
@@ -249,15 +254,9 @@ def cmd_migrate(args) -> int:
 
 
 async def _add_site(settings: Settings, **site) -> tuple:
-    import asyncpg
-
     from storage.sites import add_site
 
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        return await add_site(conn, **site)
-    finally:
-        await conn.close()
+    return await _with_database(settings, lambda conn: add_site(conn, **site))
 
 
 def cmd_sites_add(args) -> int:
@@ -272,17 +271,6 @@ def cmd_sites_add(args) -> int:
     print(f"site {site.code} (id {site.site_id}, province {site.province}) registered; its bearer token:")
     print(token)
     return 0
-
-
-async def _on_registry(settings: Settings, operation, *args):
-    """`operation(conn, *args)` of storage.sites on a connection of its own."""
-    import asyncpg
-
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        return await operation(conn, *args)
-    finally:
-        await conn.close()
 
 
 async def _import_sites(conn, lines):
@@ -302,7 +290,7 @@ def cmd_sites_import(args) -> int:
     settings = settings_for(args)
     try:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8-sig")
-        registry, counts = asyncio.run(_on_registry(settings, _import_sites, io.StringIO(text, newline="")))
+        registry, counts = asyncio.run(_with_database(settings, _import_sites, io.StringIO(text, newline="")))
     except UnicodeDecodeError as e:
         raise ConfigError(f"{args.file}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except (OSError, SiteFileError) as e:
@@ -317,7 +305,7 @@ def cmd_sites_import(args) -> int:
 def cmd_sites_token(args) -> int:
     from storage.sites import rotate_token
 
-    issued = asyncio.run(_on_registry(settings_for(args), rotate_token, args.code))
+    issued = asyncio.run(_with_database(settings_for(args), rotate_token, args.code))
     if issued is None:
         print(f"vaxline sites token: no site with code {args.code!r}", file=sys.stderr)
         return 1
@@ -334,7 +322,7 @@ def cmd_sites_token(args) -> int:
 def cmd_sites_active(args) -> int:
     from storage.sites import set_active
 
-    changed = asyncio.run(_on_registry(settings_for(args), set_active, args.code, args.active))
+    changed = asyncio.run(_with_database(settings_for(args), set_active, args.code, args.active))
     if changed is None:
         print(f"vaxline sites {args.sites_command}: no site with code {args.code!r}", file=sys.stderr)
         return 1
@@ -675,16 +663,6 @@ def _date(text: str):
         return dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
-
-
-async def _with_database(settings: Settings, operation, *args):
-    import asyncpg
-
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        return await operation(conn, *args)
-    finally:
-        await conn.close()
 
 
 def cmd_tokens_operator(args) -> int:
