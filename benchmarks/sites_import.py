@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from benchmarks.e2e import _admin
 from storage.migrate import migrate
 from storage.sites import import_sites, registered_codes
 from vaxline import embedded
@@ -86,14 +87,6 @@ async def copy_reference(database_url: str, path: Path) -> float:
     finally:
         await conn.close()
     return elapsed
-
-
-async def _admin(database_url: str, sql: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def _migrate(database_url: str) -> None:
