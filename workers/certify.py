@@ -27,6 +27,7 @@ import msgspec
 
 from monitoring import metrics
 from storage import certificates as store
+from storage import ACQUIRE_TIMEOUT
 from storage.errors import POISON
 from vaxline.config import Settings
 from vaxline.dcc.issue import Signer, expiry, new_uvci
@@ -82,7 +83,7 @@ class Certifier:
         while todo:
             started = time.perf_counter()
             signer = self.signer()
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 people = await store.people(conn, list(todo))
                 # Persons with no dose left (withdrawn, or moved to another person): no certificate either.
                 found = {p.national_id for p in people}
@@ -108,7 +109,7 @@ class Certifier:
                     views.append(change)
                 else:
                     new.append(change)
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 written, revoked = await store.issue(conn, new, kid=signer.key.kid, issued_at=issued_at,
                                                      expires_at=expires_at)
                 updated = await store.update_views(conn, views) if views else set()

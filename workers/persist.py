@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 
 from monitoring import metrics
 from storage import corrections
+from storage import ACQUIRE_TIMEOUT
 from storage import doses as dose_store
 from storage.errors import POISON
 from vaxline.config import Settings
@@ -82,7 +83,7 @@ class Persister:
         (receipts written, persons whose records a correction changed -> its 202 time)."""
         started = time.perf_counter()
         batches = [d for d in group if not d.batch.corrections]
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             done = await dose_store.persisted_batches(conn, [d.batch_id for d in group])
             todo = [d for d in batches if d.batch_id not in done]
             rows, counts = to_rows(todo)
@@ -151,7 +152,7 @@ class Persister:
         await self._reader.ack([entry])
 
     async def _store_dead_letter(self, entry: StreamEntry, stream: str, reason: str, deliveries: int) -> bool:
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             return await dose_store.dead_letter(conn, shard=entry.shard, stream=stream, entry_id=entry.entry_id,
                                                 deliveries=deliveries, error=reason, payload=entry.payload or b"")
 

@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from monitoring import metrics
 from storage import partitions
+from storage import ACQUIRE_TIMEOUT
 from storage.doses import prepare_connection
 from vaxline.config import Settings
 from vaxline.streams import connect_redis, ensure_groups
@@ -170,7 +171,7 @@ async def _housekeeping(redis: aioredis.Redis, pool: asyncpg.Pool, settings: Set
                 metrics.stream_lag.labels(shard=str(shard)).set(state.lag)
             metrics.pg_pool_in_use.labels(role="worker").set(pool.get_size() - pool.get_idle_size())
             if time.monotonic() >= next_partitions:
-                async with pool.acquire() as conn:
+                async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                     await partitions.maintain(conn)
                 next_partitions = time.monotonic() + 3600
         except Exception as e:  # housekeeping retries on its next round, whatever failed

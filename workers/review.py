@@ -18,6 +18,7 @@ import asyncpg
 
 from monitoring import metrics
 from storage import review as store
+from storage import ACQUIRE_TIMEOUT
 from vaxline.config import Settings
 
 from .persist import retrying
@@ -43,7 +44,7 @@ async def _drain(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event) ->
 
 
 async def _review(pool: asyncpg.Pool, limit: int) -> int:
-    async with pool.acquire() as conn:
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
         return await store.review_due(conn, limit=limit)
 
 
@@ -51,7 +52,7 @@ async def _housekeeping(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Ev
     """Report how many persons wait for review, every few seconds, until `stop`."""
     while not stop.is_set():
         try:
-            async with pool.acquire() as conn:
+            async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
                 metrics.review_backlog.set(await store.due_count(conn))
         except Exception as e:  # retried on the next round
             log.warning("review housekeeping failed: %s", type(e).__name__)
