@@ -53,8 +53,11 @@ async def serve(settings: Settings, *, host: str, port: int, stop: asyncio.Event
         runner = web.AppRunner(app, keepalive_timeout=settings.keepalive_timeout, access_log=None,
                                shutdown_timeout=10)
         await runner.setup()
-        site = ClientSite(runner, host, port, deadlines=app[CLIENT_DEADLINES], backlog=4096)  # SO_REUSEPORT
-        await site.start()
+        # Several addresses (a comma-separated host) give clients several destinations, each with its own
+        # range of ephemeral ports: one loopback (address, port) runs out at 28,232 connections.
+        for address in host.split(","):
+            site = ClientSite(runner, address, port, deadlines=app[CLIENT_DEADLINES], backlog=4096)  # SO_REUSEPORT
+            await site.start()
         log.info("ingest listening on %s:%d", host, port)
         counter = asyncio.create_task(_count_connections(runner, app[INGEST].pool))
         try:

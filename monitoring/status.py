@@ -30,12 +30,14 @@ class Snapshot:
     totals: dict[str, float]  # sample name -> sum over labels and endpoints
     by_shard: dict[str, dict[str, float]]  # gauge name -> shard -> value
     freshness: dict[str, dict[float, float]]  # stage -> le -> cumulative count
+    latency: dict[str, dict[float, float]] = dataclasses.field(default_factory=dict)  # route -> le -> count
 
     @classmethod
     def from_families(cls, families: Iterable, at: float | None = None) -> "Snapshot":
         totals: dict[str, float] = defaultdict(float)
         by_shard: dict[str, dict[str, float]] = defaultdict(dict)
         freshness: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+        latency: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
         for family in families:
             for sample in family.samples:
                 totals[sample.name] += sample.value
@@ -44,7 +46,10 @@ class Snapshot:
                     by_shard[sample.name][shard] = max(by_shard[sample.name].get(shard, 0.0), sample.value)
                 if sample.name == "vaxline_freshness_seconds_bucket":
                     freshness[sample.labels["stage"]][float(sample.labels["le"])] += sample.value
-        return cls(at or time.monotonic(), dict(totals), dict(by_shard), {k: dict(v) for k, v in freshness.items()})
+                elif sample.name == "vaxline_http_request_duration_seconds_bucket":
+                    latency[sample.labels["route"]][float(sample.labels["le"])] += sample.value
+        return cls(at or time.monotonic(), dict(totals), dict(by_shard), {k: dict(v) for k, v in freshness.items()},
+                   {k: dict(v) for k, v in latency.items()})
 
     def value(self, name: str) -> float:
         return self.totals.get(name, 0.0)

@@ -14,6 +14,7 @@
     vaxline corrections [--site | --province] [--status] [--out]   citizen correction requests as CSV
     vaxline keys init|rotate|list         signing keys and their signer certificates (DSC)
     vaxline verify [--dsc ...] [--clock] [--json] HC1_OR_DASH
+    vaxline loadtest sessions|day|overload [...]   Locust capacity proof: thresholds, reconciliation, report
 
 The commands that read or write the deployment use DATABASE_URL and REDIS_URL; when
 those are unset and `vaxline run` is running on its embedded services in the
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from monitoring.logs import configure
 
     configure(logging.WARNING if args.command in ("sites", "status", "keys", "verify", "tokens", "provinces",
-                                                  "review", "reconcile", "registry", "corrections", "import") else None)
+                                                  "review", "reconcile", "registry", "corrections", "import", "loadtest") else None)
     try:
         return args.func(args) or 0
     except ConfigError as e:
@@ -203,6 +204,10 @@ def _parser() -> argparse.ArgumentParser:
                             help="write the back-entry template (XLSX; CSV for a .csv name) and exit")
     back_entry.add_argument("--batch-size", type=int, default=1000, help=argparse.SUPPRESS)
     back_entry.set_defaults(func=cmd_import)
+
+    from loadtests.runner import add_arguments as loadtest_arguments
+
+    loadtest_arguments(commands)
     return parser
 
 

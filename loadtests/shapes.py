@@ -1,0 +1,90 @@
+"""Load shapes: how many users run when, and the phases a report marks.
+
+Each shape writes its phases (JSON lines: phase name, epoch) to --vx-phases,
+so the runner can read the server's metrics over exactly the hold or the day,
+and resets Locust's statistics when the measured phase begins: a ramp of
+tens of thousands of connections is not what the percentiles are about.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from locust import LoadTestShape
+
+log = logging.getLogger(__name__)
+
+
+class PhasedShape(LoadTestShape):
+    abstract = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.phase, self.since = "", time.time()
+
+    @property
+    def options(self):
+        return self.runner.environment.parsed_options
+
+    def fixed_users(self) -> int:
+        return self.options.vx_citizens + self.options.vx_clerks
+
+    def enter(self, phase: str, *, at: float | None = None, reset: bool = False) -> None:
+        self.phase, self.since = phase, at or time.time()
+        log.info("load shape: %s", phase)
+        if reset:
+            self.runner.stats.reset_all()
+        if self.options.vx_phases:
+            with Path(self.options.vx_phases).open("a") as out:
+                out.write(json.dumps({"phase": phase, "at": self.since, "users": self.runner.user_count}) + "\n")
+
+
+class SessionsShape(PhasedShape):
+    """Ramp gently to --vx-desks desk sessions (beside the fixed citizens and clerks), hold them
+    --vx-hold seconds, ramp down."""
+
+    def tick(self):
+        o = self.options
+        target = o.vx_desks + self.fixed_users()
+        if not self.phase:
+            self.enter("ramp")
+        if self.phase == "ramp":
+            # The hold begins once Locust runs every user (each has opened its session in on_start), or,
+            # should spawning fall behind, after twice the planned ramp: the report then shows it.
+            planned = target / o.vx_spawn_rate
+            if self.runner.user_count >= target or time.time() - self.since > 2 * planned + 60:
+                self.enter("hold start", reset=True)
+            return target, o.vx_spawn_rate
+        if self.phase == "hold start":
+            if time.time() - self.since >= o.vx_hold:
+                self.enter("hold end")
+            return target, o.vx_spawn_rate
+        if self.runner.user_count > 0 and time.time() - self.since < target / (4 * o.vx_spawn_rate) + 60:
+            return 0, 4 * o.vx_spawn_rate
+        return None
+
+
+class PacedShape(PhasedShape):
+    """--vx-doses doses within --vx-within seconds from --vx-start-at, at the pace the suite chose
+    (users.pace): the desks and clerks run throughout and take their doses from a budget that follows
+    it; then a grace period for the last posts, and the end."""
+
+    GRACE = 30.0
+
+    def tick(self):
+        o = self.options
+        target = o.vx_desks + self.fixed_users()
+        if not self.phase:
+            self.enter("ramp")
+            self.start_at = o.vx_start_at or time.time()
+        now = time.time()
+        if self.phase == "ramp" and now >= self.start_at:
+            self.enter("day start", at=self.start_at, reset=True)
+        if self.phase == "day start" and now >= self.start_at + o.vx_within:
+            self.enter("day end", at=self.start_at + o.vx_within)
+        if self.phase == "day end" and now >= self.since + self.GRACE:
+            return None
+        return target, o.vx_spawn_rate

@@ -1,0 +1,441 @@
+"""Locust users of vaxline: vaccination desks, citizens, back-entry clerks.
+
+Imported by the suites (`sessions.py`, `day.py`, `overload.py`), which add a
+load shape each. Every option is a Locust command-line option (also settable
+as LOCUST_VX_... in the environment and in the web UI), so `locust -f
+loadtests/sessions.py` runs the same users that `vaxline loadtest` drives.
+
+What a user checks is what its person would: a desk's 202 must say every dose
+was accepted and carry a batch id; a citizen's lookup must find the
+certificate of someone vaccinated a while ago and must not find one for a
+wrong birth date. A desk whose post is refused with 503 waits the
+`Retry-After` and posts the same records again, so nothing it was told is
+accepted, nor anything it still holds, is lost. Each process appends the
+batches that got their 202 to `<acks>/acks-<pid>.tsv` (site code, record-id
+prefix, first sequence number, count): the reconciliation reads them back.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import datetime as dt
+import itertools
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import gevent
+from locust import FastHttpUser, between, events, task
+
+from . import people
+
+DOSES = "POST /v1/doses"
+LOOKUP_AFTER = 10.0  # a citizen looks up a certificate at least this long after the 202 (its SLO is 2 s)
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser) -> None:
+    group = parser.add_argument_group("vaxline")
+    group.add_argument("--vx-sites", default="", env_var="LOCUST_VX_SITES",
+                       help="JSON file of the sites to post as: [{\"code\", \"token\"}] (vaxline loadtest prepare)")
+    group.add_argument("--vx-destinations", default="", env_var="LOCUST_VX_DESTINATIONS",
+                       help="comma-separated base URLs the users spread over (default: --host)")
+    group.add_argument("--vx-acks", default="", env_var="LOCUST_VX_ACKS",
+                       help="folder to record every acknowledged batch in, for the reconciliation")
+    group.add_argument("--vx-phases", default="", env_var="LOCUST_VX_PHASES",
+                       help="file the shape appends its phases to (JSON lines)")
+    group.add_argument("--vx-seed", type=int, default=0, env_var="LOCUST_VX_SEED")
+    group.add_argument("--vx-desks", type=int, default=100, env_var="LOCUST_VX_DESKS", help="SiteDesk users")
+    group.add_argument("--vx-citizens", type=int, default=10, env_var="LOCUST_VX_CITIZENS", help="CitizenLookup users")
+    group.add_argument("--vx-clerks", type=int, default=2, env_var="LOCUST_VX_CLERKS", help="BackEntry users")
+    group.add_argument("--vx-spawn-rate", type=float, default=50, env_var="LOCUST_VX_SPAWN_RATE")
+    group.add_argument("--vx-hold", type=float, default=600, env_var="LOCUST_VX_HOLD", help="sessions: seconds held")
+    group.add_argument("--vx-think", default="120,270", env_var="LOCUST_VX_THINK",
+                       help="sessions: a desk's seconds between posts, min,max (below the server's keep-alive)")
+    group.add_argument("--vx-doses", type=int, default=100_000, env_var="LOCUST_VX_DOSES",
+                       help="day/overload: doses to post in all")
+    group.add_argument("--vx-within", type=float, default=600, env_var="LOCUST_VX_WITHIN",
+                       help="day/overload: seconds to post them in")
+    group.add_argument("--vx-backentry-share", type=float, default=0.5, env_var="LOCUST_VX_BACKENTRY_SHARE",
+                       help="day/overload: share of the doses back-entered in 1,000-dose batches")
+    group.add_argument("--vx-start-at", type=float, default=0, env_var="LOCUST_VX_START_AT",
+                       help="day/overload: epoch at which the day begins (default: when a process's first user asks)")
+    group.add_argument("--vx-processes", type=int, default=1, env_var="LOCUST_VX_PROCESSES",
+                       help="day/overload: Locust worker processes sharing the doses")
+    group.add_argument("--vx-expect-503", action="store_true", env_var="LOCUST_VX_EXPECT_503",
+                       help="overload: a 503 with Retry-After is the expected answer, not a failure")
+
+
+# -- the day's pace -------------------------------------------------------------
+
+def day_profile(x: float) -> float:
+    """Relative dose rate at fraction x of a vaccination day: a morning and a (lower) afternoon peak."""
+    return 0.45 + math.exp(-((x - 0.27) / 0.1) ** 2 / 2) + 0.75 * math.exp(-((x - 0.7) / 0.11) ** 2 / 2)
+
+
+def flat_profile(x: float) -> float:
+    return 1.0
+
+
+class Pace:
+    """The cumulative share of a run's doses due by each moment: F(0) = 0, F(within) = 1."""
+
+    STEPS = 600
+
+    def __init__(self, profile, within: float) -> None:
+        self.within = within
+        rates = [profile((i + 0.5) / self.STEPS) for i in range(self.STEPS)]
+        total = sum(rates)
+        self.cumulative = [0.0, *itertools.accumulate(r / total for r in rates)]
+
+    def due(self, elapsed: float) -> float:
+        if elapsed <= 0:
+            return 0.0
+        if elapsed >= self.within:
+            return 1.0
+        position = elapsed / self.within * self.STEPS
+        i = int(position)
+        return self.cumulative[i] + (self.cumulative[i + 1] - self.cumulative[i]) * (position - i)
+
+    def when(self, share: float) -> float:
+        """The elapsed seconds at which `share` of the doses is due."""
+        if share <= 0:
+            return 0.0
+        if share >= 1:
+            return self.within
+        i = max(0, bisect.bisect_left(self.cumulative, share) - 1)
+        step = self.cumulative[i + 1] - self.cumulative[i]
+        return (i + (share - self.cumulative[i]) / max(step, 1e-12)) * self.within / self.STEPS
+
+    def peak_ratio(self) -> float:
+        steps = [b - a for a, b in itertools.pairwise(self.cumulative)]
+        return max(steps) * self.STEPS
+
+
+class Budget:
+    """The doses one process may post by now, following the pace; users take from it."""
+
+    def __init__(self, doses: int, pace: Pace, start_at: float) -> None:
+        self.doses, self.pace, self.start_at, self.taken = doses, pace, start_at, 0
+
+    def released(self) -> int:
+        return int(self.doses * self.pace.due(time.time() - self.start_at))
+
+    def take(self, wanted: int) -> int:
+        n = max(0, min(wanted, self.released() - self.taken))
+        self.taken += n
+        return n
+
+    def wait(self, wanted: int) -> float:
+        """Seconds until `wanted` more doses (or the last ones) are released; 0 when they are."""
+        goal = min(self.taken + wanted, self.doses)
+        if goal <= self.released():
+            return 0.0
+        if self.taken >= self.doses:
+            return 5.0  # the day is done: stay connected, idle
+        return max(0.0, self.start_at + self.pace.when(goal / self.doses) - time.time())
+
+
+def share_of(total: int, parts: int, index: int) -> int:
+    return total // parts + (1 if index < total % parts else 0)
+
+
+# -- per-process state ----------------------------------------------------------
+
+class Process:
+    """What the users of one Locust process share: sites, destinations, vaccinated people, acks, budgets."""
+
+    def __init__(self, environment) -> None:
+        options = environment.parsed_options
+        self.options = options
+        runner = environment.runner
+        self.index = getattr(runner, "worker_index", 0) if runner is not None else 0
+        self.rng = random.Random((options.vx_seed, self.index, os.getpid()).__hash__())
+        self.tag = f"L{options.vx_seed % 1000:03d}{self.index:02d}{os.getpid() % 100000:05d}"
+        self.sites = json.loads(Path(options.vx_sites).read_text()) if options.vx_sites else []
+        if not self.sites:
+            raise RuntimeError("no sites: pass --vx-sites FILE (vaxline loadtest prepare writes one)")
+        self.destinations = [d for d in options.vx_destinations.split(",") if d] or [environment.host]
+        self.vaccinated: collections.deque = collections.deque(maxlen=200_000)  # (acked_at, Person)
+        self.second_due: collections.deque = collections.deque(maxlen=200_000)  # Person with an earlier first dose
+        self.users = itertools.count()
+        self._acks = self._failures = None
+        if options.vx_acks:
+            Path(options.vx_acks).mkdir(parents=True, exist_ok=True)
+            self._acks = open(Path(options.vx_acks) / f"acks-{os.getpid()}.tsv", "a", buffering=1 << 16)
+        self.budgets: dict[str, Budget] = {}
+        self.ids = people.NationalIds(self.index * 7 + os.getpid() % 7)
+
+    def acknowledged(self, site: str, prefix: str, first: int, count: int) -> None:
+        if self._acks:
+            self._acks.write(f"{site}\t{prefix}\t{first}\t{count}\n")
+
+    def failed(self, what: str) -> None:
+        """A failed request, whenever it happens (Locust's own statistics restart at the measured phase)."""
+        if self._failures is None and self.options.vx_acks:
+            self._failures = open(Path(self.options.vx_acks) / f"failures-{os.getpid()}.tsv", "a", buffering=1)
+        if self._failures:
+            self._failures.write(f"{time.time():.3f}\t{' '.join(what.split())[:300]}\n")
+
+    def flush(self) -> None:
+        if self._acks:
+            self._acks.flush()
+
+    def budget(self, kind: str, share: float) -> Budget | None:
+        """This process's budget of the run's doses for a kind of user (desk or clerk), made once; None
+        when the suite has no pace (sessions: desks post at their own think time)."""
+        profile = PACE["profile"]
+        if profile is None:
+            return None
+        if kind not in self.budgets:
+            o = self.options
+            doses = share_of(round(o.vx_doses * share), max(1, o.vx_processes), self.index)
+            self.budgets[kind] = Budget(doses, Pace(profile, o.vx_within), o.vx_start_at or time.time())
+        return self.budgets[kind]
+
+
+_process: Process | None = None
+
+
+def process(environment) -> Process:
+    global _process
+    if _process is None:
+        _process = Process(environment)
+    return _process
+
+
+@events.request.add_listener
+def _record_failure(request_type, name, exception=None, **_) -> None:
+    if exception is not None and _process is not None:
+        _process.failed(f"{request_type} {name}: {exception}")
+
+
+@events.test_stop.add_listener
+def _flush(environment, **_) -> None:
+    if _process is not None:
+        _process.flush()
+
+
+@events.quitting.add_listener
+def _close(environment, **_) -> None:
+    if _process is not None:
+        _process.flush()
+
+
+# -- users ------------------------------------------------------------------------
+
+class PostingUser(FastHttpUser):
+    """A user that posts dose batches as one site over one keep-alive connection."""
+
+    abstract = True
+    concurrency = 1  # one connection: a desk's session
+    network_timeout = 60.0
+    connection_timeout = 30.0
+
+    def __init__(self, environment) -> None:
+        self.shared = process(environment)
+        n = next(self.shared.users)
+        # A desk's connection goes to one destination; spreading them keeps each (address, port) under the
+        # 28,232 loopback ports the kernel has per destination.
+        self.host = self.shared.destinations[n % len(self.shared.destinations)]
+        super().__init__(environment)
+        site = self.shared.sites[(n * 7919 + self.shared.index) % len(self.shared.sites)]
+        self.site, self.token = site["code"], site["token"]
+        self.prefix, self.sequence = f"{self.shared.tag}-{n:05d}-", 0
+        self.rng = random.Random(self.shared.rng.random())
+        self.headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+
+    def post(self, doses: list[dict], persons: list[people.Person]) -> None:
+        """Post one batch until it gets its 202 (retrying after a 503's Retry-After), then record it."""
+        first = self.sequence - len(doses) + 1
+        body = json.dumps({"doses": doses}, ensure_ascii=False).encode()
+        name = DOSES
+        while True:
+            with self.client.post("/v1/doses", data=body, headers=self.headers, name=name,
+                                  catch_response=True) as response:
+                if response.status_code == 503 and response.headers.get("Retry-After"):
+                    retry_after = float(response.headers["Retry-After"])
+                    if self.shared.options.vx_expect_503:
+                        response.request_meta["name"] = f"{DOSES} (503 Retry-After)"
+                        response.success()
+                    else:
+                        response.failure(f"503, Retry-After {retry_after:g}")
+                    name = f"{DOSES} (retry)"
+                    gevent.sleep(retry_after * self.rng.uniform(0.5, 1.0))
+                    continue
+                if response.status_code != 202:
+                    response.failure(f"{response.status_code}: {response.text[:200]}")
+                    return
+                answer = response.json()
+                if answer.get("accepted") != len(doses) or answer.get("rejected") or not answer.get("batch_id"):
+                    response.failure(f"not every dose accepted: {str(answer.get('rejected'))[:200]}")
+                    for i in range(len(doses)):
+                        if not any(r.get("index") == i for r in answer.get("rejected") or []):
+                            self.shared.acknowledged(self.site, self.prefix, first + i, 1)
+                else:
+                    self.shared.acknowledged(self.site, self.prefix, first, len(doses))
+                break
+        now = time.time()
+        self.shared.vaccinated.extend((now, p) for p in persons)
+        if self.rng.random() < 0.05:
+            self.client.get(f"/v1/batches/{answer['batch_id']}", headers=self.headers, name="/v1/batches/[id]")
+
+    def next_record(self) -> str:
+        self.sequence += 1
+        return f"{self.prefix}{self.sequence:06d}"
+
+
+class SiteDesk(PostingUser):
+    """A vaccination desk: small batches as people are vaccinated, a post every few minutes."""
+
+    weight = 100
+
+    def __init__(self, environment) -> None:
+        super().__init__(environment)
+        self.household: list[people.Person] = []
+        lo, hi = (float(v) for v in self.shared.options.vx_think.split(","))
+        self.think = (lo, hi)
+        self.first_wait: float | None = self.rng.uniform(0, hi)  # desks do not all post in the same second
+
+    def on_start(self) -> None:
+        # Opening the desk's app: the session's connection exists from here on, not from the first post.
+        self.client.get("/healthz", name="open session")
+
+    def paced_budget(self) -> Budget | None:
+        return self.shared.budget("desk", 1 - self.shared.options.vx_backentry_share)
+
+    def wait_time(self) -> float:
+        budget = self.paced_budget()
+        if budget is not None:
+            return budget.wait(1) + self.rng.uniform(0, 0.05)
+        if self.first_wait is not None:
+            wait, self.first_wait = self.first_wait, None
+            return wait
+        return self.rng.uniform(*self.think)
+
+    @task
+    def vaccinate(self) -> None:
+        budget = self.paced_budget()
+        # A busy day's desks post fuller batches than a desk at its ordinary pace.
+        wanted = people.desk_batch_size(self.rng) if budget is None else budget.take(self.rng.randint(1, 10))
+        if not wanted:
+            return
+        now = dt.datetime.now(people.VIETNAM) - dt.timedelta(seconds=30)
+        today = now.date()
+        doses, persons = [], []
+        for _ in range(wanted):
+            person = self._next_person(today)
+            doses.append(people.dose(self.rng, person, self.next_record(), now))
+            persons.append(person)
+        self.post(doses, persons)
+
+    def _next_person(self, today: dt.date) -> people.Person:
+        """Someone back for their second dose now and then; otherwise the next of a household."""
+        due = self.shared.second_due
+        if due and self.rng.random() < 0.3 and people.due_for_second_dose(due[0], today):
+            return due.popleft()
+        if not self.household:
+            self.household = people.household(self.rng, today, self.shared.ids)
+        return self.household.pop()
+
+
+class BackEntry(PostingUser):
+    """A clerk back-entering paper records of the 2021 campaign, 1,000 doses a batch."""
+
+    fixed_count = 0  # set by the suite from --vx-clerks
+
+    def paced_budget(self) -> Budget | None:
+        return self.shared.budget("clerk", self.shared.options.vx_backentry_share)
+
+    def wait_time(self) -> float:
+        budget = self.paced_budget()
+        return self.rng.uniform(20, 40) if budget is None else budget.wait(1000)
+
+    @task
+    def back_enter(self) -> None:
+        budget = self.paced_budget()
+        wanted = 1000 if budget is None else budget.take(1000)
+        doses, persons = [], []
+        while len(doses) < wanted:
+            for person in people.household(self.rng, people.BACK_ENTRY_FROM, self.shared.ids)[: wanted - len(doses)]:
+                doses.append(people.dose(self.rng, person, self.next_record(), people.back_entry_time(self.rng)))
+                persons.append(person)
+        if doses:
+            self.post(doses, persons)
+            self.shared.second_due.extend(persons)
+
+
+class CitizenLookup(FastHttpUser):
+    """A citizen looking up their certificate, sometimes with a mistyped birth date, and downloading its QR."""
+
+    fixed_count = 0  # set by the suite from --vx-citizens
+    wait_time = between(3, 10)
+    concurrency = 1
+    network_timeout = 60.0
+
+    def __init__(self, environment) -> None:
+        self.shared = process(environment)
+        n = next(self.shared.users)
+        self.host = self.shared.destinations[n % len(self.shared.destinations)]
+        super().__init__(environment)
+        self.rng = random.Random(self.shared.rng.random())
+
+    @task
+    def look_up(self) -> None:
+        person = self._someone_vaccinated_a_while_ago()
+        if person is None:
+            return
+        wrong = self.rng.random() < 0.15
+        body = {"national_id": person.national_id,
+                "birth_date": people.wrong_birth_date(self.rng, person) if wrong else person.birth_date.isoformat()}
+        name = "/v1/certificates/lookup (wrong birth date)" if wrong else "/v1/certificates/lookup"
+        with self.client.post("/v1/certificates/lookup", json=body, name=name, catch_response=True) as response:
+            if wrong:
+                if response.status_code == 404:
+                    response.success()
+                else:
+                    response.failure(f"a wrong birth date answered {response.status_code}")
+                return
+            if response.status_code != 200 or not response.json().get("hc1", "").startswith("HC1:"):
+                response.failure(f"no certificate {LOOKUP_AFTER:.0f} s after the 202: {response.status_code}")
+                return
+            uvci = response.json()["uvci"]
+        if self.rng.random() < 0.3:
+            self.client.get(f"/v1/certificates/{uvci}?format=png", name="/v1/certificates/[uvci]?format=png")
+
+    def _someone_vaccinated_a_while_ago(self) -> people.Person | None:
+        """A random person acknowledged at least LOOKUP_AFTER ago (the deque is in acknowledgement order)."""
+        vaccinated, cutoff = self.shared.vaccinated, time.time() - LOOKUP_AFTER
+        if not vaccinated:
+            return None
+        i = self.rng.randrange(len(vaccinated))
+        while i and vaccinated[i][0] > cutoff:
+            i //= 2
+        acked_at, person = vaccinated[i]
+        return person if acked_at <= cutoff else None
+
+
+# The suite sets the pace of its run: none (desks at their own think time), "day" or "flat".
+PACES = {"day": day_profile, "flat": flat_profile}
+PACE = {"profile": None}
+
+
+def pace(name: str | None) -> None:
+    PACE["profile"] = PACES[name] if name else None
+
+
+@events.init.add_listener
+def _user_counts(environment, **_) -> None:
+    """Citizens and clerks come in fixed numbers; none at all when the count is 0."""
+    options = environment.parsed_options
+    if options is None:
+        return
+    for user_class, count in ((CitizenLookup, options.vx_citizens), (BackEntry, options.vx_clerks)):
+        user_class.fixed_count = count
+        if count == 0 and user_class in environment.user_classes:
+            environment.user_classes.remove(user_class)
+            environment.user_classes_by_name.pop(user_class.__name__, None)
