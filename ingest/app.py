@@ -161,10 +161,14 @@ async def get_batch(request: web.Request) -> web.Response:
     not_found = ApiError(404, f"no batch {batch_id!r} for this site")
     if parse_batch_id(batch_id) is None:  # not an id a batch can have: not found, without asking Postgres
         raise not_found
-    async with ingest.pool.acquire() as conn:
-        receipt = await dose_store.receipt(conn, batch_id)
-        if receipt is None:
-            dead = await dose_store.dead_letter_of(conn, batch_id)
+    receipt, dead = await _settled(ingest, batch_id)
+    queued = None
+    if receipt is None and dead is None:
+        queued = await _queued_entry(ingest, batch_id)
+        if queued is None:
+            # Gone from the stream since Postgres was asked: a worker committed it meanwhile (the stream is
+            # trimmed only below acknowledged entries, and those are acknowledged after their COMMIT).
+            receipt, dead = await _settled(ingest, batch_id)
     if receipt is not None:
         if receipt["site_id"] != site.site_id:
             raise not_found
@@ -176,12 +180,18 @@ async def get_batch(request: web.Request) -> web.Response:
         if dead["site_id"] != site.site_id:
             raise not_found
         return json_response({"batch_id": batch_id, "status": "failed", "error": dead["error"]})
-    queued = await _queued_entry(ingest, batch_id)
     if queued is None or queued.site_id != site.site_id:
         raise not_found
     return json_response({
         "batch_id": batch_id, "status": "queued", "accepted": len(queued.doses), "inserted": 0, "duplicates": 0,
     })
+
+
+async def _settled(ingest: Ingest, batch_id: str):
+    """The batch's receipt or dead letter in Postgres, (None, None) while it is still in the stream."""
+    async with ingest.pool.acquire() as conn:
+        receipt = await dose_store.receipt(conn, batch_id)
+        return receipt, (await dose_store.dead_letter_of(conn, batch_id) if receipt is None else None)
 
 
 async def _queued_entry(ingest: Ingest, batch_id: str):

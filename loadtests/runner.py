@@ -340,6 +340,15 @@ def failures(work: Path) -> list[str]:
     return lines
 
 
+def client_counts(work: Path) -> dict[str, int]:
+    """Doses the Locust processes started posting and had acknowledged, summed."""
+    totals = {"started": 0, "acknowledged": 0}
+    for path in (work / "acks").glob("counts-*.json"):
+        for key, value in json.loads(path.read_text()).items():
+            totals[key] += value
+    return totals
+
+
 def read_phases(work: Path) -> dict[str, float]:
     path = work / "phases.jsonl"
     if not path.exists():
@@ -392,6 +401,7 @@ def run(plan: Plan, out: Path) -> int:
         peaks = {name: rss_mib(pid, "VmHWM") for name, pid in stack.ingest_pids().items()}
         stack.supervisor.stop()
         checked, unexplained = asyncio.run(reconcile(stack.settings, work / "acks"))
+        checked["abandoned_by_clients"] = max(0, client_counts(work)["started"] - checked["acknowledged"])
         summary = summarize(plan, started, t0, sampler.samples, read_phases(work), read_locust_stats(folder),
                             failures(work), checked, unexplained, peaks, locust_exit, drained)
         summary["locust_html"] = "locust.html"
@@ -472,8 +482,10 @@ def summarize(plan: Plan, started: dt.datetime, t0: float, samples: list[Sample]
     locust_failures = int(total_row.get("Failure Count", 0) or 0)
     thresholds.append(threshold("failed requests (whole run)", "0", f"{len(failed):,}", not failed and not locust_failures))
     client_p99 = float(doses_row.get("99%", "nan") or "nan") / 1000
-    thresholds.append(threshold("ingest p99, Locust (POST /v1/doses)", f"<= {plan.ingest_p99_limit * 1000:.0f} ms",
-                                f"{client_p99 * 1000:.0f} ms", client_p99 <= plan.ingest_p99_limit))
+    overload = plan.shape == "overload"  # past capacity, latency is not the promise; bounded memory and no loss are
+    if not overload:
+        thresholds.append(threshold("ingest p99, Locust (POST /v1/doses)", f"<= {plan.ingest_p99_limit * 1000:.0f} ms",
+                                    f"{client_p99 * 1000:.0f} ms", client_p99 <= plan.ingest_p99_limit))
     if measured and samples:
         before, after = at_or_after(samples, measured[0]), at_or_before(samples, measured[1])
         b, a = before.snapshot, after.snapshot
@@ -481,10 +493,11 @@ def summarize(plan: Plan, started: dt.datetime, t0: float, samples: list[Sample]
         requests, ingest_share = share_within(b.latency, a.latency, "/v1/doses", plan.ingest_p99_limit)
         certified, certified_share = share_within(b.freshness, a.freshness, "certified", plan.certified_p99_limit)
         certified_p99 = quantile_between(b.freshness, a.freshness, "certified")
-        thresholds.append(threshold(
-            "202 -> certificate p99 (server)", f"<= {plan.certified_p99_limit:g} s",
-            f"{certified_p99:.2f} s ({certified_share:.2%} within)" if certified_p99 is not None else "no certificates",
-            certified and certified_share >= 0.99))
+        if not overload:
+            thresholds.append(threshold(
+                "202 -> certificate p99 (server)", f"<= {plan.certified_p99_limit:g} s",
+                f"{certified_p99:.2f} s ({certified_share:.2%} within)" if certified_p99 is not None
+                else "no certificates", certified and certified_share >= 0.99))
         figures.update({
             "measured window (s)": round(seconds),
             "requests/s (server, all routes)": round((a.value("vaxline_http_requests_total")
@@ -506,7 +519,7 @@ def summarize(plan: Plan, started: dt.datetime, t0: float, samples: list[Sample]
         if plan.shape == "sessions":
             thresholds.append(threshold("sessions held (server's open connections, min over the hold)",
                                         f">= {plan.desks:,}", f"{held:,.0f}", held >= plan.desks))
-        if plan.paced:
+        if plan.shape == "day":
             deadline = at_or_before(samples, phases["day end"] + 60)
             persisted = deadline.snapshot.persisted()
             thresholds.append(threshold(f"doses persisted within {plan.within:g} s (+60 s)", f">= {plan.doses:,}",
@@ -520,13 +533,16 @@ def summarize(plan: Plan, started: dt.datetime, t0: float, samples: list[Sample]
     heaviest = max(peaks.values(), default=0.0)
     thresholds.append(threshold("ingest memory per process (peak)", f"< {plan.ingest_memory_limit_mib:g} MiB",
                                 f"{heaviest:.0f} MiB", 0 < heaviest < plan.ingest_memory_limit_mib))
-    if plan.paced:
+    if plan.shape == "day":
         thresholds.append(threshold("doses acknowledged", f"= {plan.doses:,}", f"{checked['acknowledged']:,}",
                                     checked["acknowledged"] == plan.doses))
+    thresholds.append(threshold("doses a client started posting and never got a 202 for", "0",
+                                f"{checked['abandoned_by_clients']:,}", checked["abandoned_by_clients"] == 0))
     thresholds.append(threshold("reconciliation gap (acknowledged, not stored once and certified)", "0",
                                 f"{checked['gap']:,}", checked["gap"] == 0))
     thresholds.append(threshold("vaxline reconcile: unexplained", "0", f"{unexplained:,}", unexplained == 0))
-    thresholds.append(threshold("Locust exited cleanly", "0", str(locust_exit), locust_exit in (0, 1)))
+    thresholds.append(threshold("Locust exited cleanly", "0, or 1 for failed requests", str(locust_exit),
+                                locust_exit in (0, 1)))
     figures.update({
         "Locust requests (measured phase)": int(total_row.get("Request Count", 0) or 0),
         "Locust requests/s": round(float(total_row.get("Requests/s", 0) or 0), 1),
@@ -588,7 +604,9 @@ SHAPE_DEFAULTS = {
     # A busy day's desks post every few seconds: a thousand of them carry the desks' share of the day.
     "day": dict(desks=1_000, citizens=20, clerks=8, spawn_rate=100, doses=5_000_000, within=1_800, ingest=2,
                 destinations=2, locust_processes=2, sites=500),
-    "overload": dict(desks=200, citizens=10, clerks=16, spawn_rate=100, within=180, ingest=2, destinations=2,
+    # Certificates trail the doses past capacity (by design: doses are never refused for them), so no
+    # citizens here: a lookup 10 s after the 202 would fail for a reason the run means to cause.
+    "overload": dict(desks=200, citizens=0, clerks=16, spawn_rate=100, within=180, ingest=2, destinations=2,
                      locust_processes=2, sites=200, backentry_share=0.9, max_backlog_entries=50),
 }
 

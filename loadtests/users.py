@@ -111,33 +111,21 @@ class Pace:
         step = self.cumulative[i + 1] - self.cumulative[i]
         return (i + (share - self.cumulative[i]) / max(step, 1e-12)) * self.within / self.STEPS
 
-    def peak_ratio(self) -> float:
-        steps = [b - a for a, b in itertools.pairwise(self.cumulative)]
-        return max(steps) * self.STEPS
-
 
 class Budget:
-    """The doses one process may post by now, following the pace; users take from it."""
+    """One process's doses of the run, handed out as reservations along the pace: a user reserves its next
+    batch and learns when it is due, so the process posts at the pace whatever its users' batch sizes."""
 
     def __init__(self, doses: int, pace: Pace, start_at: float) -> None:
-        self.doses, self.pace, self.start_at, self.taken = doses, pace, start_at, 0
+        self.doses, self.pace, self.start_at, self.reserved = doses, pace, start_at, 0
 
-    def released(self) -> int:
-        return int(self.doses * self.pace.due(time.time() - self.start_at))
-
-    def take(self, wanted: int) -> int:
-        n = max(0, min(wanted, self.released() - self.taken))
-        self.taken += n
-        return n
-
-    def wait(self, wanted: int) -> float:
-        """Seconds until `wanted` more doses (or the last ones) are released; 0 when they are."""
-        goal = min(self.taken + wanted, self.doses)
-        if goal <= self.released():
-            return 0.0
-        if self.taken >= self.doses:
-            return 5.0  # the day is done: stay connected, idle
-        return max(0.0, self.start_at + self.pace.when(goal / self.doses) - time.time())
+    def reserve(self, wanted: int) -> tuple[int, float] | None:
+        """(doses reserved, epoch at which they are due), or None once the day's doses are all handed out."""
+        n = min(wanted, self.doses - self.reserved)
+        if n <= 0:
+            return None
+        self.reserved += n
+        return n, self.start_at + self.pace.when(self.reserved / self.doses)
 
 
 def share_of(total: int, parts: int, index: int) -> int:
@@ -164,6 +152,7 @@ class Process:
         self.second_due: collections.deque = collections.deque(maxlen=200_000)  # Person with an earlier first dose
         self.users = itertools.count()
         self._acks = self._failures = None
+        self.started = self.acked = 0  # doses
         if options.vx_acks:
             Path(options.vx_acks).mkdir(parents=True, exist_ok=True)
             self._acks = open(Path(options.vx_acks) / f"acks-{os.getpid()}.tsv", "a", buffering=1 << 16)
@@ -182,8 +171,12 @@ class Process:
             self._failures.write(f"{time.time():.3f}\t{' '.join(what.split())[:300]}\n")
 
     def flush(self) -> None:
+        """Acknowledgements to disk, and how many doses were posted and acknowledged (a batch started and
+        never acknowledged was abandoned by its client: a stop that came before its 202)."""
         if self._acks:
             self._acks.flush()
+            counts = {"started": self.started, "acknowledged": self.acked}
+            (Path(self.options.vx_acks) / f"counts-{os.getpid()}.json").write_text(json.dumps(counts))
 
     def budget(self, kind: str, share: float) -> Budget | None:
         """This process's budget of the run's doses for a kind of user (desk or clerk), made once; None
@@ -248,11 +241,40 @@ class PostingUser(FastHttpUser):
         self.prefix, self.sequence = f"{self.shared.tag}-{n:05d}-", 0
         self.rng = random.Random(self.shared.rng.random())
         self.headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        self.reservation: tuple[int, float] | None = None
+
+    def paced_budget(self) -> Budget | None:
+        return None
+
+    def batch_size(self) -> int:
+        raise NotImplementedError
+
+    def next_batch(self) -> int:
+        """How many doses to post now; 0 when this user is pacing (its reservation is made or not yet due)."""
+        budget = self.paced_budget()
+        if budget is None:
+            return self.batch_size()
+        if self.reservation is None:
+            self.reservation = budget.reserve(self.batch_size())
+            return 0
+        if self.reservation[1] > time.time():
+            return 0
+        (n, _), self.reservation = self.reservation, None
+        return n
+
+    def paced_wait(self) -> float | None:
+        """Seconds to the reserved batch (5 s idling once the day is handed out); None when not paced."""
+        if self.paced_budget() is None:
+            return None
+        if self.reservation is None:
+            return 0.0 if self.paced_budget().reserved < self.paced_budget().doses else 5.0
+        return max(0.0, self.reservation[1] - time.time())
 
     def post(self, doses: list[dict], persons: list[people.Person]) -> None:
         """Post one batch until it gets its 202 (retrying after a 503's Retry-After), then record it."""
         first = self.sequence - len(doses) + 1
         body = json.dumps({"doses": doses}, ensure_ascii=False).encode()
+        self.shared.started += len(doses)
         name = DOSES
         while True:
             with self.client.post("/v1/doses", data=body, headers=self.headers, name=name,
@@ -271,6 +293,7 @@ class PostingUser(FastHttpUser):
                     response.failure(f"{response.status_code}: {response.text[:200]}")
                     return
                 answer = response.json()
+                self.shared.acked += answer.get("accepted", 0)
                 if answer.get("accepted") != len(doses) or answer.get("rejected") or not answer.get("batch_id"):
                     response.failure(f"not every dose accepted: {str(answer.get('rejected'))[:200]}")
                     for i in range(len(doses)):
@@ -308,10 +331,14 @@ class SiteDesk(PostingUser):
     def paced_budget(self) -> Budget | None:
         return self.shared.budget("desk", 1 - self.shared.options.vx_backentry_share)
 
+    def batch_size(self) -> int:
+        # A busy day's desks (paced) post fuller batches than a desk at its ordinary pace.
+        return self.rng.randint(1, 10) if self.paced_budget() else people.desk_batch_size(self.rng)
+
     def wait_time(self) -> float:
-        budget = self.paced_budget()
-        if budget is not None:
-            return budget.wait(1) + self.rng.uniform(0, 0.05)
+        paced = self.paced_wait()
+        if paced is not None:
+            return paced
         if self.first_wait is not None:
             wait, self.first_wait = self.first_wait, None
             return wait
@@ -319,9 +346,7 @@ class SiteDesk(PostingUser):
 
     @task
     def vaccinate(self) -> None:
-        budget = self.paced_budget()
-        # A busy day's desks post fuller batches than a desk at its ordinary pace.
-        wanted = people.desk_batch_size(self.rng) if budget is None else budget.take(self.rng.randint(1, 10))
+        wanted = self.next_batch()
         if not wanted:
             return
         now = dt.datetime.now(people.VIETNAM) - dt.timedelta(seconds=30)
@@ -351,14 +376,16 @@ class BackEntry(PostingUser):
     def paced_budget(self) -> Budget | None:
         return self.shared.budget("clerk", self.shared.options.vx_backentry_share)
 
+    def batch_size(self) -> int:
+        return 1000
+
     def wait_time(self) -> float:
-        budget = self.paced_budget()
-        return self.rng.uniform(20, 40) if budget is None else budget.wait(1000)
+        paced = self.paced_wait()
+        return self.rng.uniform(20, 40) if paced is None else paced
 
     @task
     def back_enter(self) -> None:
-        budget = self.paced_budget()
-        wanted = 1000 if budget is None else budget.take(1000)
+        wanted = self.next_batch()
         doses, persons = [], []
         while len(doses) < wanted:
             for person in people.household(self.rng, people.BACK_ENTRY_FROM, self.shared.ids)[: wanted - len(doses)]:

@@ -113,9 +113,19 @@ async def ensure_groups(redis: aioredis.Redis, settings: Settings) -> None:
                 raise
 
 
+REDIS_POOL_SIZE = 256  # connections per process
+REDIS_POOL_WAIT = 5.0  # seconds a command may wait for one before it fails (ingest: a 503)
+
+
 def connect_redis(settings: Settings) -> aioredis.Redis:
     """Explicit timeouts: a half-open connection must fail, not hang an XADD or XREADGROUP
-    (reads block for at most a fraction of a second, well under the socket timeout)."""
+    (reads block for at most a fraction of a second, well under the socket timeout).
+
+    The pool blocks when all its connections are in use: redis-py's default pool raises at once past
+    100, which turned a burst of desks posting together (each 202 waits for its XADD's fsync) into
+    503s. Waiting a little is the better answer; past REDIS_POOL_WAIT the command fails as before."""
     tcp = {} if settings.redis_url.startswith("unix:") else {"socket_keepalive": True}
-    return aioredis.Redis.from_url(settings.redis_url, health_check_interval=10, socket_timeout=10,
-                                   socket_connect_timeout=5, **tcp)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT, health_check_interval=10,
+        socket_timeout=10, socket_connect_timeout=5, **tcp)
+    return aioredis.Redis.from_pool(pool)
