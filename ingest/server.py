@@ -55,7 +55,7 @@ async def serve(settings: Settings, *, host: str, port: int, stop: asyncio.Event
         await runner.setup()
         # Several addresses (a comma-separated host) give clients several destinations, each with its own
         # range of ephemeral ports: one loopback (address, port) runs out at 28,232 connections.
-        for address in host.split(","):
+        for address in (a.strip() for a in host.split(",")):
             site = ClientSite(runner, address, port, deadlines=app[CLIENT_DEADLINES], backlog=4096)  # SO_REUSEPORT
             await site.start()
         log.info("ingest listening on %s:%d", host, port)

@@ -32,7 +32,7 @@ async def check(conn: asyncpg.Connection, folder: Path) -> dict[str, int]:
     await conn.copy_records_to_table("acked_batches", records=read_acks(folder))
     await conn.execute("""
         CREATE TEMP TABLE acked AS
-        SELECT s.site_id, a.prefix || lpad(n::text, 6, '0') AS record_id
+        SELECT s.site_id, a.prefix || lpad(n::text, greatest(6, length(n::text)), '0') AS record_id
         FROM acked_batches a JOIN sites s ON s.code = a.site, generate_series(a.first, a.first + a.count - 1) n""")
     await conn.execute("CREATE INDEX ON acked (site_id, record_id)")
     await conn.execute("ANALYZE acked")
@@ -49,9 +49,9 @@ async def check(conn: asyncpg.Connection, folder: Path) -> dict[str, int]:
           (SELECT count(*) FROM acked) AS acknowledged,
           (SELECT count(*) FROM (SELECT DISTINCT site_id, record_id FROM acked) d) AS distinct_acknowledged,
           (SELECT count(*) FROM acked a WHERE NOT EXISTS
-             (SELECT 1 FROM dose_keys k WHERE k.site_id = a.site_id AND k.record_id = a.record_id)) AS missing,
-          (SELECT count(*) FROM (SELECT 1 FROM doses d JOIN acked a USING (site_id, record_id)
-             GROUP BY site_id, record_id HAVING count(*) > 1) t) AS stored_twice,
+             (SELECT 1 FROM doses d WHERE d.site_id = a.site_id AND d.record_id = a.record_id)) AS missing,
+          (SELECT count(*) FROM (SELECT 1 FROM doses GROUP BY site_id, record_id HAVING count(*) > 1) t)
+             AS stored_twice,
           (SELECT count(*) FROM acked a JOIN doses d USING (site_id, record_id) WHERE NOT EXISTS
              (SELECT 1 FROM certified c WHERE c.site_id = a.site_id AND c.record_id = a.record_id
                 AND c.national_id = d.national_id)) AS not_certified,

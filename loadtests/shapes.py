@@ -70,9 +70,15 @@ class SessionsShape(PhasedShape):
 class PacedShape(PhasedShape):
     """--vx-doses doses within --vx-within seconds from --vx-start-at, at the pace the suite chose
     (users.pace): the desks and clerks run throughout and take their doses from a budget that follows
-    it; then a grace period for the last posts, and the end."""
+    it. The run ends once no dose has been posted for QUIET seconds after the day (every user has posted
+    its share, retries included), or LONGEST after it at the latest."""
 
-    GRACE = 30.0
+    QUIET = 10.0
+    LONGEST = 900.0
+
+    def posts(self) -> int:
+        return sum(entry.num_requests for (name, _), entry in self.runner.stats.entries.items()
+                   if name.startswith("POST /v1/doses"))
 
     def tick(self):
         o = self.options
@@ -85,6 +91,10 @@ class PacedShape(PhasedShape):
             self.enter("day start", at=self.start_at, reset=True)
         if self.phase == "day start" and now >= self.start_at + o.vx_within:
             self.enter("day end", at=self.start_at + o.vx_within)
-        if self.phase == "day end" and now >= self.since + self.GRACE:
-            return None
+        if self.phase == "day end":
+            posts = self.posts()
+            if posts != getattr(self, "_posts", None):
+                self._posts, self._quiet_since = posts, now
+            if now - self._quiet_since >= self.QUIET or now - self.since >= self.LONGEST:
+                return None
         return target, o.vx_spawn_rate

@@ -29,11 +29,17 @@ import time
 from pathlib import Path
 
 import gevent
+import locust.runners
 from locust import FastHttpUser, between, events, task
 
 from . import people
 
 DOSES = "POST /v1/doses"
+# Locust's master takes a worker for lost after 3 s without a heartbeat and gives its users to the others,
+# while the "lost" worker keeps running them: on two cores saturated on purpose, 42,000 sessions became
+# 70,000. A worker that is merely busy is given a minute.
+locust.runners.HEARTBEAT_LIVENESS = 60
+RETRY_FOR = 120.0  # seconds a desk keeps trying one batch
 LOOKUP_AFTER = 10.0  # a citizen looks up a certificate at least this long after the 202 (its SLO is 2 s)
 
 
@@ -64,8 +70,6 @@ def _options(parser) -> None:
                        help="day/overload: share of the doses back-entered in 1,000-dose batches")
     group.add_argument("--vx-start-at", type=float, default=0, env_var="LOCUST_VX_START_AT",
                        help="day/overload: epoch at which the day begins (default: when a process's first user asks)")
-    group.add_argument("--vx-processes", type=int, default=1, env_var="LOCUST_VX_PROCESSES",
-                       help="day/overload: Locust worker processes sharing the doses")
     group.add_argument("--vx-expect-503", action="store_true", env_var="LOCUST_VX_EXPECT_503",
                        help="overload: a 503 with Retry-After is the expected answer, not a failure")
 
@@ -142,8 +146,10 @@ class Process:
         self.options = options
         runner = environment.runner
         self.index = getattr(runner, "worker_index", 0) if runner is not None else 0
-        self.rng = random.Random((options.vx_seed, self.index, os.getpid()).__hash__())
-        self.tag = f"L{options.vx_seed % 1000:03d}{self.index:02d}{os.getpid() % 100000:05d}"
+        self.processes = _processes(options)
+        self.rng = random.Random(options.vx_seed * 1000 + self.index)
+        # Record ids are per site: the tag keeps two runs (seeds) and two processes apart.
+        self.tag = f"L{options.vx_seed % 1000:03d}{self.index:02d}"
         self.sites = json.loads(Path(options.vx_sites).read_text()) if options.vx_sites else []
         if not self.sites:
             raise RuntimeError("no sites: pass --vx-sites FILE (vaxline loadtest prepare writes one)")
@@ -157,7 +163,7 @@ class Process:
             Path(options.vx_acks).mkdir(parents=True, exist_ok=True)
             self._acks = open(Path(options.vx_acks) / f"acks-{os.getpid()}.tsv", "a", buffering=1 << 16)
         self.budgets: dict[str, Budget] = {}
-        self.ids = people.NationalIds(self.index * 7 + os.getpid() % 7)
+        self.ids = people.NationalIds(self.index)
 
     def acknowledged(self, site: str, prefix: str, first: int, count: int) -> None:
         if self._acks:
@@ -178,7 +184,7 @@ class Process:
             counts = {"started": self.started, "acknowledged": self.acked}
             (Path(self.options.vx_acks) / f"counts-{os.getpid()}.json").write_text(json.dumps(counts))
 
-    def budget(self, kind: str, share: float) -> Budget | None:
+    def budget(self, kind: str) -> Budget | None:
         """This process's budget of the run's doses for a kind of user (desk or clerk), made once; None
         when the suite has no pace (sessions: desks post at their own think time)."""
         profile = PACE["profile"]
@@ -186,9 +192,18 @@ class Process:
             return None
         if kind not in self.budgets:
             o = self.options
-            doses = share_of(round(o.vx_doses * share), max(1, o.vx_processes), self.index)
+            # Locust gives each worker process an equal number of each kind of user (the runner makes the
+            # counts multiples of the processes), so each process takes an equal part of that kind's doses.
+            clerk_doses = round(o.vx_doses * o.vx_backentry_share) if o.vx_clerks else 0
+            doses = share_of(clerk_doses if kind == "clerk" else o.vx_doses - clerk_doses, self.processes, self.index)
             self.budgets[kind] = Budget(doses, Pace(profile, o.vx_within), o.vx_start_at or time.time())
         return self.budgets[kind]
+
+
+def _processes(options) -> int:
+    """How many Locust processes share the run: --processes (-1: one per core), or this one alone."""
+    count = getattr(options, "processes", None) or 1
+    return (os.cpu_count() or 1) if count == -1 else max(1, count)
 
 
 _process: Process | None = None
@@ -270,42 +285,58 @@ class PostingUser(FastHttpUser):
             return 0.0 if self.paced_budget().reserved < self.paced_budget().doses else 5.0
         return max(0.0, self.reservation[1] - time.time())
 
-    def post(self, doses: list[dict], persons: list[people.Person]) -> None:
-        """Post one batch until it gets its 202 (retrying after a 503's Retry-After), then record it."""
+    def post(self, doses: list[dict], persons: list[people.Person]) -> bool:
+        """Post one batch until it gets its 202, then record it; whether it did.
+
+        A 503 is waited out for its Retry-After, a lost connection or a 5xx for a few seconds, and the
+        same records are posted again (at worst they are stored as duplicates of themselves), for up to
+        RETRY_FOR: a desk does not throw away what it has entered. Each failed attempt is a failure."""
         first = self.sequence - len(doses) + 1
         body = json.dumps({"doses": doses}, ensure_ascii=False).encode()
         self.shared.started += len(doses)
-        name = DOSES
+        name, deadline = DOSES, time.monotonic() + RETRY_FOR
         while True:
-            with self.client.post("/v1/doses", data=body, headers=self.headers, name=name,
-                                  catch_response=True) as response:
-                if response.status_code == 503 and response.headers.get("Retry-After"):
-                    retry_after = float(response.headers["Retry-After"])
-                    if self.shared.options.vx_expect_503:
-                        response.request_meta["name"] = f"{DOSES} (503 Retry-After)"
-                        response.success()
-                    else:
-                        response.failure(f"503, Retry-After {retry_after:g}")
-                    name = f"{DOSES} (retry)"
-                    gevent.sleep(retry_after * self.rng.uniform(0.5, 1.0))
-                    continue
-                if response.status_code != 202:
-                    response.failure(f"{response.status_code}: {response.text[:200]}")
-                    return
-                answer = response.json()
-                self.shared.acked += answer.get("accepted", 0)
-                if answer.get("accepted") != len(doses) or answer.get("rejected") or not answer.get("batch_id"):
-                    response.failure(f"not every dose accepted: {str(answer.get('rejected'))[:200]}")
-                    for i in range(len(doses)):
-                        if not any(r.get("index") == i for r in answer.get("rejected") or []):
-                            self.shared.acknowledged(self.site, self.prefix, first + i, 1)
-                else:
-                    self.shared.acknowledged(self.site, self.prefix, first, len(doses))
+            answer, pause = self._attempt(body, name, len(doses))
+            if answer is not None or pause is None or time.monotonic() > deadline:
                 break
+            name = f"{DOSES} (retry)"
+            gevent.sleep(pause)
+        if answer is None:
+            return False
+        self.shared.acked += answer["accepted"]
+        rejected = {r.get("index") for r in answer.get("rejected") or []}
+        if rejected:
+            for i in range(len(doses)):
+                if i not in rejected:
+                    self.shared.acknowledged(self.site, self.prefix, first + i, 1)
+        else:
+            self.shared.acknowledged(self.site, self.prefix, first, len(doses))
         now = time.time()
         self.shared.vaccinated.extend((now, p) for p in persons)
         if self.rng.random() < 0.05:
             self.client.get(f"/v1/batches/{answer['batch_id']}", headers=self.headers, name="/v1/batches/[id]")
+        return not rejected
+
+    def _attempt(self, body: bytes, name: str, count: int) -> tuple[dict | None, float | None]:
+        """(the 202's body, None), or (None, seconds to wait before posting again), or (None, None): give up."""
+        with self.client.post("/v1/doses", data=body, headers=self.headers, name=name,
+                              catch_response=True) as response:
+            status = response.status_code
+            if status == 503 and response.headers.get("Retry-After"):
+                retry_after = float(response.headers["Retry-After"])
+                if self.shared.options.vx_expect_503:
+                    response.request_meta["name"] = f"{DOSES} (503 Retry-After)"
+                    response.success()
+                else:
+                    response.failure(f"503, Retry-After {retry_after:g}")
+                return None, retry_after * self.rng.uniform(0.5, 1.0)
+            if status == 202:
+                answer = response.json()
+                if answer.get("accepted") != count or answer.get("rejected") or not answer.get("batch_id"):
+                    response.failure(f"not every dose accepted: {str(answer.get('rejected'))[:200]}")
+                return answer, None
+            response.failure(f"{status}: {(response.text or '')[:200]}")
+            return None, (self.rng.uniform(1, 5) if status == 0 or status >= 500 else None)
 
     def next_record(self) -> str:
         self.sequence += 1
@@ -329,7 +360,7 @@ class SiteDesk(PostingUser):
         self.client.get("/healthz", name="open session")
 
     def paced_budget(self) -> Budget | None:
-        return self.shared.budget("desk", 1 - self.shared.options.vx_backentry_share)
+        return self.shared.budget("desk")
 
     def batch_size(self) -> int:
         # A busy day's desks (paced) post fuller batches than a desk at its ordinary pace.
@@ -374,7 +405,7 @@ class BackEntry(PostingUser):
     fixed_count = 0  # set by the suite from --vx-clerks
 
     def paced_budget(self) -> Budget | None:
-        return self.shared.budget("clerk", self.shared.options.vx_backentry_share)
+        return self.shared.budget("clerk")
 
     def batch_size(self) -> int:
         return 1000
@@ -391,8 +422,7 @@ class BackEntry(PostingUser):
             for person in people.household(self.rng, people.BACK_ENTRY_FROM, self.shared.ids)[: wanted - len(doses)]:
                 doses.append(people.dose(self.rng, person, self.next_record(), people.back_entry_time(self.rng)))
                 persons.append(person)
-        if doses:
-            self.post(doses, persons)
+        if doses and self.post(doses, persons):
             self.shared.second_due.extend(persons)
 
 
@@ -410,6 +440,9 @@ class CitizenLookup(FastHttpUser):
         self.host = self.shared.destinations[n % len(self.shared.destinations)]
         super().__init__(environment)
         self.rng = random.Random(self.shared.rng.random())
+
+    def on_start(self) -> None:
+        self.client.get("/healthz", name="open session")  # the citizen's app opens its connection
 
     @task
     def look_up(self) -> None:

@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 _counter = itertools.count()
 
 # What personal data looks like in the tests' workloads (tests/factory.py): national IDs, phones, names.
-PERSONAL_DATA = re.compile(r"(?<![\d-])(?:\d{12}|\d{9}|0\d{9})(?![\d-])|" + "|".join(FAMILY + GIVEN))
+# Names as whole words: "Nam" is a given name, and Locust's stats table has a "Name" column.
+PERSONAL_DATA = re.compile(r"(?<![\d-])(?:\d{12}|\d{9}|0\d{9})(?![\d-])|\b(?:" + "|".join(FAMILY + GIVEN) + r")\b")
 
 
 class _Collect(logging.Handler):

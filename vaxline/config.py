@@ -63,6 +63,7 @@ class Settings:
     # every review_interval seconds once none are due.
     review_max_persons: int = 2_000
     review_interval: float = 0.5
+    review_nice: int = 15  # below the certifiers: certificates have an SLO, review flags do not
 
     # Citizen correction requests: a one-time code lives otp_ttl seconds, allows otp_max_attempts
     # guesses and otp_max_sends sends; at most correction_rate_limit new requests per client address

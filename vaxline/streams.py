@@ -114,7 +114,7 @@ async def ensure_groups(redis: aioredis.Redis, settings: Settings) -> None:
 
 
 REDIS_POOL_SIZE = 256  # connections per process
-REDIS_POOL_WAIT = 5.0  # seconds a command may wait for one before it fails (ingest: a 503)
+REDIS_POOL_WAIT = 2.0  # seconds a command may wait for one before it fails (ingest: a 503)
 
 
 def connect_redis(settings: Settings) -> aioredis.Redis:

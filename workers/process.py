@@ -34,9 +34,12 @@ def run_process(settings: Settings, consumer: str, role: str = "persist") -> Non
 
     Certifiers run at a lower CPU priority (VAXLINE_CERTIFY_NICE): where they share cores with the
     persisting workers, persisting keeps its pace and signing takes what is left, catching up after.
+    Reviewers run lower still (VAXLINE_REVIEW_NICE): a certificate has a 2-second SLO, a review flag has
+    none, and at an equal priority the two split the cores a busy day leaves them.
     """
-    if role in ("certify", "review") and settings.certify_nice:
-        os.nice(settings.certify_nice)
+    nice = {"certify": settings.certify_nice, "review": settings.review_nice}.get(role, 0)
+    if nice:
+        os.nice(nice)
     uvloop.run(_main(settings, consumer, role))
 
 
