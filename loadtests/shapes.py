@@ -43,8 +43,12 @@ class PhasedShape(LoadTestShape):
 
 
 class SessionsShape(PhasedShape):
-    """Ramp gently to --vx-desks desk sessions (beside the fixed citizens and clerks), hold them
-    --vx-hold seconds, ramp down."""
+    """Ramp gently to --vx-desks desk sessions (beside the fixed citizens and clerks), let them settle,
+    hold them --vx-hold seconds, ramp down."""
+
+    # Locust counts a user as running once it is spawned, before its session is open: the last desks of
+    # a ramp, and whatever the ramp left queued, are given this long before the measured hold begins.
+    SETTLE = 30.0
 
     def tick(self):
         o = self.options
@@ -56,6 +60,10 @@ class SessionsShape(PhasedShape):
             # should spawning fall behind, after twice the planned ramp: the report then shows it.
             planned = target / o.vx_spawn_rate
             if self.runner.user_count >= target or time.time() - self.since > 2 * planned + 60:
+                self.enter("settle")
+            return target, o.vx_spawn_rate
+        if self.phase == "settle":
+            if time.time() - self.since >= self.SETTLE:
                 self.enter("hold start", reset=True)
             return target, o.vx_spawn_rate
         if self.phase == "hold start":
