@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import collections
 import datetime as dt
+import gc
 import itertools
 import json
 import math
@@ -154,8 +155,9 @@ class Process:
         if not self.sites:
             raise RuntimeError("no sites: pass --vx-sites FILE (vaxline loadtest prepare writes one)")
         self.destinations = [d for d in options.vx_destinations.split(",") if d] or [environment.host]
-        self.vaccinated: collections.deque = collections.deque(maxlen=200_000)  # (acked_at, Person)
-        self.second_due: collections.deque = collections.deque(maxlen=200_000)  # Person with an earlier first dose
+        # Bounded: enough people to look up and to bring back, without a collector walking millions of them.
+        self.vaccinated: collections.deque = collections.deque(maxlen=20_000)  # (acked_at, Person)
+        self.second_due: collections.deque = collections.deque(maxlen=50_000)  # Person with an earlier first dose
         self.users = itertools.count()
         self._acks = self._failures = None
         self.started = self.acked = 0  # doses
@@ -220,6 +222,13 @@ def process(environment) -> Process:
 def _record_failure(request_type, name, exception=None, **_) -> None:
     if exception is not None and _process is not None:
         _process.failed(f"{request_type} {name}: {exception}")
+
+
+@events.spawning_complete.add_listener
+def _freeze(**_) -> None:
+    # Tens of thousands of users and their sessions live for the whole run: take them out of the garbage
+    # collector's walks, whose pauses would otherwise show up as every user's latency at once.
+    gc.freeze()
 
 
 @events.test_stop.add_listener
