@@ -534,7 +534,8 @@ def summarize(plan: Plan, started: dt.datetime, t0: float, samples: list[Sample]
             "202 -> certificate p50 / p99 (s)": _s(quantile_between(b.freshness, a.freshness, "certified", 0.5),
                                                    certified_p99),
         })
-        inside = [s for s in samples if measured[0] + plan.sample_every <= s.at <= measured[1]] or [after]
+        ended = phases["day end"] if plan.paced else measured[1]  # the users run until then
+        inside = [s for s in samples if measured[0] + plan.sample_every <= s.at <= ended] or [after]
         held = min(s.snapshot.value("vaxline_open_connections") for s in inside)
         figures["open connections during the window (min / max)"] = (
             f"{held:,.0f} / {max(s.snapshot.value('vaxline_open_connections') for s in inside):,.0f}")

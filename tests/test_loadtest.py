@@ -198,8 +198,9 @@ SMALL = {
                  "--spawn-rate", "50", "--locust-processes", "2", "--ingest", "2", "--destinations", "2"],
     "day": ["--doses", "20000", "--within", "40s", "--desks", "100", "--citizens", "4", "--clerks", "2",
             "--spawn-rate", "100"],
-    # A backlog bound of a few entries makes the overload certain even on a fast machine.
-    "overload": ["--rate", "20000", "--within", "30s", "--desks", "20", "--clerks", "8", "--max-backlog-entries", "5"],
+    # A backlog bound of two entries a shard makes the overload certain even on a fast machine, and few
+    # enough doses that the certifiers catch up within seconds.
+    "overload": ["--rate", "10000", "--within", "20s", "--desks", "20", "--clerks", "8", "--max-backlog-entries", "2"],
 }
 
 
