@@ -245,25 +245,39 @@ def _close(environment, **_) -> None:
 
 # -- users ------------------------------------------------------------------------
 
-class PostingUser(FastHttpUser):
-    """A user that posts dose batches as one site over one keep-alive connection."""
+class SessionUser(FastHttpUser):
+    """A user with one keep-alive connection (its session) to one of the destinations, opened at start."""
 
     abstract = True
-    concurrency = 1  # one connection: a desk's session
+    concurrency = 1  # one connection: a desk's (or a citizen's app's) session
     network_timeout = 60.0
     connection_timeout = 30.0
 
     def __init__(self, environment) -> None:
         self.shared = process(environment)
-        n = next(self.shared.users)
-        # A desk's connection goes to one destination; spreading them keeps each (address, port) under the
-        # 28,232 loopback ports the kernel has per destination.
-        self.host = self.shared.destinations[n % len(self.shared.destinations)]
+        self.number = next(self.shared.users)
+        # Spreading the sessions over the destinations keeps each (address, port) under the 28,232
+        # loopback ports the kernel has per destination.
+        self.host = self.shared.destinations[self.number % len(self.shared.destinations)]
         super().__init__(environment)
+        self.rng = random.Random(self.shared.rng.random())
+
+    def on_start(self) -> None:
+        # Opening the desk's (or the citizen's) app: the session exists from here on, not from the first post.
+        self.client.get("/healthz", name="open session")
+
+
+class PostingUser(SessionUser):
+    """A user that posts dose batches as one site."""
+
+    abstract = True
+
+    def __init__(self, environment) -> None:
+        super().__init__(environment)
+        n = self.number
         site = self.shared.sites[(n * 7919 + self.shared.index) % len(self.shared.sites)]
         self.site, self.token = site["code"], site["token"]
         self.prefix, self.sequence = f"{self.shared.tag}-{n:05d}-", 0
-        self.rng = random.Random(self.shared.rng.random())
         self.headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         self.reservation: tuple[int, float] | None = None
 
@@ -364,10 +378,6 @@ class SiteDesk(PostingUser):
         self.think = (lo, hi)
         self.first_wait: float | None = self.rng.uniform(0, hi)  # desks do not all post in the same second
 
-    def on_start(self) -> None:
-        # Opening the desk's app: the session's connection exists from here on, not from the first post.
-        self.client.get("/healthz", name="open session")
-
     def paced_budget(self) -> Budget | None:
         return self.shared.budget("desk")
 
@@ -435,23 +445,11 @@ class BackEntry(PostingUser):
             self.shared.second_due.extend(persons)
 
 
-class CitizenLookup(FastHttpUser):
+class CitizenLookup(SessionUser):
     """A citizen looking up their certificate, sometimes with a mistyped birth date, and downloading its QR."""
 
     fixed_count = 0  # set by the suite from --vx-citizens
     wait_time = between(3, 10)
-    concurrency = 1
-    network_timeout = 60.0
-
-    def __init__(self, environment) -> None:
-        self.shared = process(environment)
-        n = next(self.shared.users)
-        self.host = self.shared.destinations[n % len(self.shared.destinations)]
-        super().__init__(environment)
-        self.rng = random.Random(self.shared.rng.random())
-
-    def on_start(self) -> None:
-        self.client.get("/healthz", name="open session")  # the citizen's app opens its connection
 
     @task
     def look_up(self) -> None:
