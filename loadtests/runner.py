@@ -655,7 +655,7 @@ SHAPE_DEFAULTS = {
                 destinations=2, locust_processes=2, sites=500),
     # Certificates trail the doses past capacity (by design: doses are never refused for them), so no
     # citizens here: a lookup 10 s after the 202 would fail for a reason the run means to cause.
-    "overload": dict(desks=200, citizens=0, clerks=16, spawn_rate=100, within=180, ingest=2, destinations=2,
+    "overload": dict(desks=200, citizens=0, clerks=16, spawn_rate=100, within=60, ingest=2, destinations=2,
                      locust_processes=2, sites=200, backentry_share=0.9, max_backlog_entries=50),
 }
 
@@ -683,10 +683,10 @@ def add_arguments(commands) -> None:
     sessions.add_argument("--think", help="a desk's seconds between posts, min,max (default 120,270)")
     day = loadtest.add_parser("day", help="a compressed vaccination day (default 5,000,000 doses within 30 min)")
     overload = loadtest.add_parser("overload", help="past capacity: 503 with Retry-After, everything still gets in")
-    overload.add_argument("--rate", type=float, default=60_000, help="doses/s offered (default 60000)")
+    overload.add_argument("--rate", type=float, default=30_000, help="doses/s offered (default 30000)")
     for paced in (day, overload):
         paced.add_argument("--doses", type=int, help="doses in all (overload: default rate x within)")
-        paced.add_argument("--within", type=duration, help="in this long (default 30m; overload 3m)")
+        paced.add_argument("--within", type=duration, help="in this long (default 30m; overload 60s)")
         paced.add_argument("--desks", type=int)
         paced.add_argument("--backentry-share", type=float, help="share of the doses in 1,000-dose batches")
     for shape in (sessions, day, overload):
