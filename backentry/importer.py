@@ -1,7 +1,7 @@
 """Back-entry import: a site's CSV or XLSX file, streamed, into the same stream as POST /v1/doses.
 
     FILE --read one row at a time (csv; the sheet's XML streamed through expat)--> rows
-      --vaxline.backentry (pure)--> doses; rejected rows --> the error report beside FILE
+      --backentry.rows (pure)--> doses; rejected rows --> the error report beside FILE
       --batches of up to 1,000--> the stream: Enqueuer.enqueue, as ingest does (XADD and the accepted
                                   count in one MULTI; Overloaded: wait Retry-After, retry),
                                   or POST /v1/doses with the site's token (503: the same)
@@ -55,7 +55,7 @@ from openpyxl.utils.exceptions import InvalidFileException
 from openpyxl.worksheet.datavalidation import DataValidation
 from openpyxl.xml.constants import SHARED_STRINGS
 
-from vaxline.backentry import (
+from backentry.rows import (
     COLUMNS,
     ERRORS_COLUMN,
     ROW_COLUMN,
@@ -561,7 +561,7 @@ class ReportFile:
 
 def _xlsx_safe(text: str) -> str:
     """XLSX cannot hold control characters: a rejected row may have some (that is its error). U+FFFD in
-    their place is refused on the next import (vaxline.backentry), so the site retypes the cell."""
+    their place is refused on the next import (backentry.rows), so the site retypes the cell."""
     return ILLEGAL_CHARACTERS_RE.sub("\ufffd", text)
 
 
@@ -597,7 +597,7 @@ class Receipt:
 
 
 class StreamSender:
-    """Enqueues each batch exactly as ingest does for an HTTP batch (ingest.enqueue.Enqueuer: XADD and
+    """Enqueues each batch exactly as ingest does for an HTTP batch (vaxline.enqueue.Enqueuer: XADD and
     the accepted count in one MULTI, the backlog bound honoured) and reads receipts from Postgres."""
 
     def __init__(self, settings: Settings, site_code: str, *, on_wait: Callable[[str, float], None] = lambda *_: None):
@@ -611,7 +611,7 @@ class StreamSender:
 
         from vaxline.streams import ShardCountMismatch, connect_redis
 
-        from .enqueue import Enqueuer
+        from vaxline.enqueue import Enqueuer
 
         try:
             self._db = await self._stack.enter_async_context(_closing(await asyncpg.connect(self._settings.database_url)))
@@ -641,7 +641,7 @@ class StreamSender:
 
     async def send(self, doses: list[Dose], rejected: int) -> tuple[str, list[tuple[int, list[FieldError]]]]:
         """(batch id, the doses refused: none here, the rules are the ones just applied)."""
-        from .enqueue import Overloaded
+        from vaxline.enqueue import Overloaded
 
         while True:
             try:

@@ -34,16 +34,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from storage.migrate import migrate
-from storage.sites import add_site
-from vaxline import embedded
+from deploy.embedded import psql_binary
+from deploy.stack import Stack, reconcile
+from deploy.waits import wait_certified, wait_persisted, wait_reviewed
 from vaxline.config import Settings
-from vaxline.dcc.keys import KeyStore
-from vaxline.procs import Supervisor, wait_ready
 from vaxline.provinces import PROVINCES
 
 VIETNAM = dt.timezone(dt.timedelta(hours=7))
@@ -143,19 +140,6 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-def psql_binary() -> str:
-    with contextlib.suppress(ImportError):
-        from pgserver._commands import POSTGRES_BIN_PATH
-
-        if (POSTGRES_BIN_PATH / "psql").exists():
-            return str(POSTGRES_BIN_PATH / "psql")
-    return shutil.which("psql") or "psql"
-
-
 async def copy_ceiling(database_url: str, doses: int, folder: Path) -> float:
     """psql COPY of the same rows into a fresh copy of `doses`, two connections at once."""
     conn = await asyncpg.connect(database_url)
@@ -200,82 +184,16 @@ async def copy_ceiling(database_url: str, doses: int, folder: Path) -> float:
 
 # -- the run --------------------------------------------------------------------
 
-async def prepare(settings: Settings, sites: int) -> list[str]:
-    conn = await asyncpg.connect(settings.database_url)
-    await migrate(conn)
-    tokens = []
+def bench_sites(count: int) -> list[dict]:
     provinces = sorted(PROVINCES)
-    for i in range(sites):
-        _, token = await add_site(conn, code=f"BENCH-{i:03d}", name=f"Bench site {i}",
-                                  province=provinces[i % len(provinces)], kind="fixed")
-        tokens.append(token)
-    await conn.close()
-    return tokens
-
-
-async def wait_persisted(settings: Settings, doses: int, timeout: float) -> None:
-    conn = await asyncpg.connect(settings.database_url)
-    deadline = time.monotonic() + timeout
-    try:
-        while (await conn.fetchval("SELECT coalesce(sum(accepted), 0) FROM batches")) < doses:
-            if time.monotonic() > deadline:
-                raise TimeoutError("not every dose was persisted in time")
-            await asyncio.sleep(0.1)
-    finally:
-        await conn.close()
-
-
-async def wait_certified(settings: Settings, timeout: float) -> None:
-    """Until every person has a current certificate stating all of their persisted doses.
-
-    Polled cheaply on the certify stream (drained: every handoff delivered and acknowledged), then
-    checked exactly in Postgres, which would steal the certifiers' CPU if it were polled."""
-    from vaxline.streams import connect_redis, drained
-
-    redis = connect_redis(settings)
-    conn = await asyncpg.connect(settings.database_url)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            if await drained(redis, settings.certify_stream, settings.certify_group) and await conn.fetchval(
-                    "SELECT (SELECT count(*) FROM persons) = count(*)"
-                    " AND (SELECT count(*) FROM doses) = coalesce(sum(jsonb_array_length(doses)), 0)"
-                    " FROM certificates WHERE status = 'current'"):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError("not every person was certified in time")
-            await asyncio.sleep(0.5)
-    finally:
-        await conn.close()
-        await redis.aclose()
-
-
-async def wait_reviewed(settings: Settings, timeout: float) -> None:
-    """Until no person is due for review (flags and registry status current)."""
-    conn = await asyncpg.connect(settings.database_url)
-    deadline = time.monotonic() + timeout
-    try:
-        while await conn.fetchval("SELECT count(*) FROM persons WHERE review_due"):
-            if time.monotonic() > deadline:
-                raise TimeoutError("not every person was reviewed in time")
-            await asyncio.sleep(0.5)
-    finally:
-        await conn.close()
+    return [{"code": f"BENCH-{i:03d}", "name": f"Bench site {i}", "province": provinces[i % len(provinces)],
+             "kind": "fixed"} for i in range(count)]
 
 
 async def reconciled(settings: Settings) -> tuple[dict, float]:
     """`vaxline reconcile` over the whole run: (its totals and unexplained count, seconds it took)."""
-    from storage.reconcile import reconcile
-    from vaxline.streams import connect_redis
-
-    redis = connect_redis(settings)
-    conn = await asyncpg.connect(settings.database_url)
     started = time.perf_counter()
-    try:
-        report = await reconcile(conn, redis, settings, first=dt.date(2021, 1, 1), last=dt.date.today())
-    finally:
-        await conn.close()
-        await redis.aclose()
+    report = await reconcile(settings, first=dt.date(2021, 1, 1), last=dt.date.today())
     return report, time.perf_counter() - started
 
 
@@ -294,8 +212,7 @@ async def certificate_figures(settings: Settings) -> tuple[int, int, float, floa
     return row["issued"], row["revoked"], float(row["first"]), float(row["last"]), *row["latency"]
 
 
-def main() -> None:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__.split("\n\n")[0])
     parser.add_argument("--doses", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=1000)
@@ -311,125 +228,112 @@ def main() -> None:
     parser.add_argument("--appendfsync", default="always", choices=["always", "everysec"],
                         help="embedded Redis only")
     parser.add_argument("--port", type=int, default=18080)
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def start_clients(args, tokens: list[str]):
+    """The client processes, each with its share of the doses, built and waiting for `go`."""
+    per_client = args.doses // args.clients
+    spawn = multiprocessing.get_context("spawn")
+    results, ready, go = spawn.Queue(), spawn.Semaphore(0), spawn.Event()
+    clients = []
+    for c in range(args.clients):
+        first = c * per_client
+        ranges = [(s, min(args.batch, first + per_client - s)) for s in range(first, first + per_client, args.batch)]
+        clients.append(spawn.Process(target=client_process, args=(
+            f"http://127.0.0.1:{args.port}/v1/doses", tokens[c], ranges, args.concurrency, args.rate / args.clients,
+            ready, go, results)))
+        clients[-1].start()
+    return clients, results, ready, go
+
+
+def measure(args, stack: Stack, tokens: list[str]) -> dict:
+    """Post every dose, wait for each stage; the figures, timed from the first post."""
+    settings = stack.settings
+    clients, results, ready, go = start_clients(args, tokens)
+    stack.wait_ready([f"http://127.0.0.1:{args.port}/readyz"])
+    for _ in clients:
+        if not ready.acquire(timeout=600):
+            raise RuntimeError("a client process did not get ready")
+    started = time.perf_counter()
+    go.set()
+    outcomes = [collect(results, clients) for _ in clients]
+    posted = time.perf_counter() - started
+    for c in clients:
+        c.join()
+    accepted = sum(a for a, _, _ in outcomes)
+    asyncio.run(wait_persisted(settings, accepted, timeout=3600))
+    persisted = time.perf_counter() - started
+    if args.certifiers:  # --certifiers 0 measures persisting alone
+        asyncio.run(wait_certified(settings, timeout=3600))
+    elapsed = time.perf_counter() - started
+    if args.reviewers:
+        asyncio.run(wait_reviewed(settings, timeout=3600))
+    reviewed = time.perf_counter() - started
+    certified = asyncio.run(certificate_figures(settings)) if args.certifiers else None
+    peaks = {label: peak_rss_mib(pid) for label, pid in stack.pids.items()}
+    stack.supervisor.stop()
+    report, reconcile_seconds = asyncio.run(reconciled(settings))
+    return dict(outcomes=outcomes, accepted=accepted, posted=posted, persisted=persisted, elapsed=elapsed,
+                reviewed=reviewed, certified=certified, peaks=peaks, report=report,
+                reconcile_seconds=reconcile_seconds,
+                ceiling=asyncio.run(copy_ceiling(settings.database_url, args.doses, stack.folder)))
+
+
+def print_figures(args, stack: Stack, f: dict) -> None:
+    accepted, elapsed, certified = f["accepted"], f["elapsed"], f["certified"]
+    print(f"\nvaxline end-to-end benchmark ({os.cpu_count()} cores; Redis appendfsync "
+          f"{args.appendfsync if stack.embedded_redis else 'as configured'}; {args.ingest} ingest,"
+          f" {args.workers} workers, {args.certifiers} certifiers, {args.reviewers} reviewers,"
+          f" {args.shards} shards; {args.clients} client processes x {args.concurrency} in flight,"
+          f" {args.batch}-dose batches" + (f", paced at {args.rate:,.0f} doses/s)" if args.rate else ")"))
+    print(f"  doses accepted (202):        {accepted:,} ({sum(r for _, r, _ in f['outcomes'])} requests retried"
+          " after 503)")
+    print(f"  HTTP posting finished after: {f['posted']:.1f} s ({accepted / f['posted']:,.0f} doses/s accepted)")
+    print(f"  all persisted after:         {f['persisted']:.1f} s ({accepted / f['persisted']:,.0f} doses/s persisted)")
+    what = "persisted and certified" if certified else "persisted"
+    if certified:
+        print(f"  all certified after:         {elapsed:.1f} s")
+    print(f"  end to end:                  {accepted / elapsed:,.0f} doses/s ({what})")
+    if certified:
+        issued, revoked, first_cert, last_cert, latency_p50, latency_p99 = certified
+        print(f"  certificates:                {issued:,} signed ({revoked:,} superseded), "
+              f"{issued / max(1e-9, last_cert - first_cert):,.0f} certificates/s from first to last")
+        print(f"  202 -> certificate:          p50 {latency_p50:.2f} s, p99 {latency_p99:.2f} s"
+              + ("" if args.rate else " (at saturation: includes the certify backlog)"))
+    if args.reviewers:
+        print(f"  all reviewed after:          {f['reviewed']:.1f} s (review flags and registry status)")
+    report = f["report"]
+    totals = report["totals"]
+    print(f"  reconciliation:              {report['unexplained']} unexplained ({totals['accepted']:,} accepted,"
+          f" {totals['present']:,} present, {totals['counted']:,} counted, {totals['certified']:,} certified,"
+          f" {totals['pending_certification']:,} awaiting certification; took {f['reconcile_seconds']:.1f} s)")
+    print(f"  ceiling, psql COPY x2:       {f['ceiling']:,.0f} doses/s (same rows, fresh copy of the table)")
+    print(f"  end to end / ceiling:        {accepted / elapsed / f['ceiling']:.0%}")
+    print(f"  5,000,000 doses would take:  {5_000_000 / (accepted / elapsed) / 60:.1f} min ({what})")
+    print("  peak memory (VmHWM):")
+    for label, mib in sorted(f["peaks"].items()):
+        print(f"    {label:<24} {mib:8.0f} MiB")
+    print(f"    {'clients (each)':<24} {max(m for _, _, m in f['outcomes']):8.0f} MiB")
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below
+    args = _arguments()
     folder = Path(tempfile.mkdtemp(prefix="vaxline-bench-"))
-    database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    redis_server = None
-    pids: dict[str, int] = {}
-    if not database_url:
-        embedded.silence_pgserver_warnings()
-        server, database_url = embedded.start_postgres(folder / "postgres")
-        pids["postgres (postmaster)"] = server.get_pid()
-    name = f"vaxline_bench_{secrets.token_hex(3)}"
-    asyncio.run(_admin(database_url, f"CREATE DATABASE {name}"))
-    if not redis_url:
-        redis_server = embedded.EmbeddedRedis(folder / "redis", appendfsync=args.appendfsync).start()
-        redis_url = redis_server.url
-        pids["redis"] = redis_server.process.pid
-    settings = Settings.from_env(database_url=with_database(database_url, name), redis_url=redis_url, data_dir=folder,
-                                 shards=args.shards, stream_prefix=f"bench{secrets.token_hex(3)}",
-                                 max_backlog_entries=10_000)
-    supervisor = Supervisor()
+    stack = Stack(folder, database=f"vaxline_bench_{secrets.token_hex(3)}", appendfsync=args.appendfsync)
     try:
-        tokens = asyncio.run(prepare(settings, args.clients))
-        from ingest.server import run_process as ingest_process
-        from workers.process import run_process as worker_process
-
-        for i in range(args.ingest):
-            supervisor.add(f"ingest-{i}", ingest_process, settings, "127.0.0.1", args.port)
-        for i in range(args.workers):
-            supervisor.add(f"worker-{i}", worker_process, settings, f"bench-{i}")
+        stack.start(shards=args.shards, stream_prefix=f"bench{secrets.token_hex(3)}", max_backlog_entries=10_000)
+        tokens = stack.add_sites(bench_sites(args.clients))
+        stack.start_ingest(hosts="127.0.0.1", port=args.port, processes=args.ingest)
         if args.certifiers:
-            KeyStore(settings.signing_keys_dir).ensure()
-        for i in range(args.certifiers):
-            supervisor.add(f"certifier-{i}", worker_process, settings, f"bench-certifier-{i}", "certify")
-        for i in range(args.reviewers):
-            supervisor.add(f"reviewer-{i}", worker_process, settings, f"bench-reviewer-{i}", "review")
-
-        per_client = args.doses // args.clients
-        spawn = multiprocessing.get_context("spawn")
-        results, ready, go = spawn.Queue(), spawn.Semaphore(0), spawn.Event()
-        clients = []
-        for c in range(args.clients):
-            first = c * per_client
-            ranges = [(s, min(args.batch, first + per_client - s)) for s in range(first, first + per_client, args.batch)]
-            clients.append(spawn.Process(target=client_process, args=(
-                f"http://127.0.0.1:{args.port}/v1/doses", tokens[c], ranges, args.concurrency, args.rate / args.clients,
-                ready, go, results)))
-            clients[-1].start()
-        wait_ready(f"http://127.0.0.1:{args.port}/readyz")
-        for _ in clients:
-            if not ready.acquire(timeout=600):
-                raise RuntimeError("a client process did not get ready")
-        started = time.perf_counter()
-        go.set()
-        outcomes = [collect(results, clients) for _ in clients]
-        posted = time.perf_counter() - started
-        for c in clients:
-            c.join()
-        accepted = sum(a for a, _, _ in outcomes)
-        asyncio.run(wait_persisted(settings, accepted, timeout=3600))
-        persisted = time.perf_counter() - started
-        if args.certifiers:  # --certifiers 0 measures persisting alone
-            asyncio.run(wait_certified(settings, timeout=3600))
-        elapsed = time.perf_counter() - started
-        if args.reviewers:
-            asyncio.run(wait_reviewed(settings, timeout=3600))
-        reviewed = time.perf_counter() - started
-        certified = asyncio.run(certificate_figures(settings)) if args.certifiers else None
-        pids.update(supervisor.pids())
-        peaks = {label: peak_rss_mib(pid) for label, pid in pids.items()}
-        supervisor.stop()
-        report, reconcile_seconds = asyncio.run(reconciled(settings))
-
-        ceiling = asyncio.run(copy_ceiling(settings.database_url, args.doses, folder))
-        print(f"\nvaxline end-to-end benchmark ({os.cpu_count()} cores; Redis appendfsync "
-              f"{args.appendfsync if redis_server else 'as configured'}; {args.ingest} ingest, {args.workers} workers,"
-              f" {args.certifiers} certifiers, {args.reviewers} reviewers,"
-              f" {args.shards} shards; {args.clients} client processes x {args.concurrency} in flight,"
-              f" {args.batch}-dose batches" + (f", paced at {args.rate:,.0f} doses/s)" if args.rate else ")"))
-        print(f"  doses accepted (202):        {accepted:,} ({sum(r for _, r, _ in outcomes)} requests retried after 503)")
-        print(f"  HTTP posting finished after: {posted:.1f} s ({accepted / posted:,.0f} doses/s accepted)")
-        print(f"  all persisted after:         {persisted:.1f} s ({accepted / persisted:,.0f} doses/s persisted)")
-        what = "persisted and certified" if certified else "persisted"
-        if certified:
-            issued, revoked, first_cert, last_cert, latency_p50, latency_p99 = certified
-            print(f"  all certified after:         {elapsed:.1f} s")
-        print(f"  end to end:                  {accepted / elapsed:,.0f} doses/s ({what})")
-        if certified:
-            print(f"  certificates:                {issued:,} signed ({revoked:,} superseded), "
-                  f"{issued / max(1e-9, last_cert - first_cert):,.0f} certificates/s from first to last")
-            print(f"  202 -> certificate:          p50 {latency_p50:.2f} s, p99 {latency_p99:.2f} s"
-                  + ("" if args.rate else " (at saturation: includes the certify backlog)"))
-        if args.reviewers:
-            print(f"  all reviewed after:          {reviewed:.1f} s (review flags and registry status)")
-        totals = report["totals"]
-        print(f"  reconciliation:              {report['unexplained']} unexplained ({totals['accepted']:,} accepted,"
-              f" {totals['present']:,} present, {totals['counted']:,} counted, {totals['certified']:,} certified,"
-              f" {totals['pending_certification']:,} awaiting certification; took {reconcile_seconds:.1f} s)")
-        print(f"  ceiling, psql COPY x2:       {ceiling:,.0f} doses/s (same rows, fresh copy of the table)")
-        print(f"  end to end / ceiling:        {accepted / elapsed / ceiling:.0%}")
-        print(f"  5,000,000 doses would take:  {5_000_000 / (accepted / elapsed) / 60:.1f} min ({what})")
-        print("  peak memory (VmHWM):")
-        for label, mib in sorted(peaks.items()):
-            print(f"    {label:<24} {mib:8.0f} MiB")
-        print(f"    {'clients (each)':<24} {max(m for _, _, m in outcomes):8.0f} MiB")
+            stack.ensure_signing_key()
+        stack.start_workers(name="bench", processes=args.workers, certifiers=args.certifiers,
+                            reviewers=args.reviewers)
+        print_figures(args, stack, measure(args, stack, tokens))
     finally:
-        supervisor.stop()
-        if redis_server:
-            redis_server.stop()
-        with contextlib.suppress(Exception):
-            asyncio.run(_admin(database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        stack.stop()
         shutil.rmtree(folder, ignore_errors=True)
-
-
-async def _admin(database_url: str, sql: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 if __name__ == "__main__":

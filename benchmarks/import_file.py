@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import os
 import secrets
@@ -37,14 +36,11 @@ import zipfile
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-import asyncpg
 
-from benchmarks.e2e import _admin, with_database
-from storage.migrate import migrate
-from storage.sites import add_site
-from vaxline import embedded
+from deploy.stack import Stack, on_database
+from deploy.waits import wait_persisted
+from storage.sites import site_id_by_code
 from vaxline.config import Settings
-from vaxline.procs import Supervisor, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = ["STT", "Mã bản ghi", "Số CCCD/CMND", "Họ và tên", "Ngày sinh", "Giới tính", "Số điện thoại", "Vắc xin",
@@ -158,7 +154,7 @@ class NullSender:
 
 def read_alone(path: Path) -> float:
     """Reading, converting and validating every row in this process, with the same driver, no I/O."""
-    from ingest.backentry import import_file
+    from backentry.importer import import_file
 
     started = time.perf_counter()
     summary = asyncio.run(import_file(path, NullSender(), wait=False, progress=False))
@@ -172,7 +168,7 @@ def read_alone(path: Path) -> float:
 
 # The command, reporting its own peak memory: VmHWM after exec (a child's ru_maxrss would count the memory
 # of this process, which it was forked from).
-COMMAND = ("import sys; from vaxline.cli import main; code = main(sys.argv[1:]); print('VmHWM', next("
+COMMAND = ("import sys; from commands.main import main; code = main(sys.argv[1:]); print('VmHWM', next("
            "line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')), file=sys.stderr);"
            " sys.exit(code)")
 
@@ -190,29 +186,8 @@ def run_import(settings: Settings, folder: Path, path: Path, *args: str) -> tupl
     return elapsed, done.stdout.strip().splitlines()[-1], peak
 
 
-async def wait_persisted(settings: Settings, site_id: int, doses: int, timeout: float = 3600) -> None:
-    conn = await asyncpg.connect(settings.database_url)
-    deadline = time.monotonic() + timeout
-    try:
-        while await conn.fetchval("SELECT coalesce(sum(accepted), 0) FROM batches WHERE site_id = $1", site_id) < doses:
-            if time.monotonic() > deadline:
-                raise TimeoutError("not every dose was persisted in time")
-            await asyncio.sleep(0.05)
-    finally:
-        await conn.close()
-
-
-async def prepare(settings: Settings) -> dict[str, tuple[int, str]]:
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        await migrate(conn)
-        sites = {}
-        for code in ("BENCH-CSV", "BENCH-HTTP", "BENCH-XLSX"):
-            site, token = await add_site(conn, code=code, name=f"Bệnh viện {code}", province=79, kind="fixed")
-            sites[code] = (site.site_id, token)
-        return sites
-    finally:
-        await conn.close()
+SITES = [{"code": code, "name": f"Bệnh viện {code}", "province": 79, "kind": "fixed"}
+         for code in ("BENCH-CSV", "BENCH-HTTP", "BENCH-XLSX")]
 
 
 def main() -> None:
@@ -225,86 +200,77 @@ def main() -> None:
     os.environ.setdefault("VAXLINE_LOG_LEVEL", "WARNING")  # the workers' per-batch lines would bury the figures
 
     folder = Path(tempfile.mkdtemp(prefix="vaxline-import-bench-"))
-    database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    redis_server = None
-    if not database_url:
-        embedded.silence_pgserver_warnings()
-        _server, database_url = embedded.start_postgres(folder / "postgres")
-    name = f"vaxline_import_bench_{secrets.token_hex(3)}"
-    asyncio.run(_admin(database_url, f"CREATE DATABASE {name}"))
-    if not redis_url:
-        redis_server = embedded.EmbeddedRedis(folder / "redis").start()
-        redis_url = redis_server.url
-    settings = Settings.from_env(database_url=with_database(database_url, name), redis_url=redis_url,
-                                 data_dir=folder, stream_prefix=f"bench{secrets.token_hex(3)}")
-    supervisor = Supervisor()
+    stack = Stack(folder, database=f"vaxline_import_bench_{secrets.token_hex(3)}")
     try:
-        sites = asyncio.run(prepare(settings))
-        from ingest.server import run_process as ingest_process
-        from workers.process import run_process as worker_process
-
-        for i in range(2):
-            supervisor.add(f"ingest-{i}", ingest_process, settings, "127.0.0.1", args.port)
-        for i in range(args.workers):
-            supervisor.add(f"worker-{i}", worker_process, settings, f"bench-import-{i}")
-        wait_ready(f"http://127.0.0.1:{args.port}/readyz")
-
-        csv_path = folder / "bo-sung.csv"
-        started = time.perf_counter()
-        write_csv(csv_path, args.rows)
-        written = time.perf_counter() - started
-        csv_alone = read_alone(csv_path)
-
-        site_id = sites["BENCH-CSV"][0]
-        started = time.perf_counter()
-        enqueued, enqueued_summary, enqueued_peak = run_import(settings, folder, csv_path, "--site", "BENCH-CSV",
-                                                               "--no-wait")
-        asyncio.run(wait_persisted(settings, site_id, args.rows))
-        persisted = time.perf_counter() - started
-        again, again_summary, again_peak = run_import(settings, folder, csv_path, "--site", "BENCH-CSV")
-        http, http_summary, http_peak = run_import(settings, folder, csv_path, "--url",
-                                                   f"http://127.0.0.1:{args.port}", "--token", sites["BENCH-HTTP"][1])
-        size = csv_path.stat().st_size / 1024**2
-
-        print(f"\nvaxline back-entry import benchmark ({os.cpu_count()} cores; 2 ingest processes, {args.workers} workers,"
-              f" Redis appendfsync {'always' if redis_server else 'as configured'})")
-        print(f"  CSV, {args.rows:,} rows ({size:.0f} MiB, written in {written:.1f} s):")
-        print(f"    reading and validating alone:  {csv_alone:6.1f} s  {args.rows / csv_alone:>9,.0f} rows/s"
-              " (in-process, no Redis, no Postgres)")
-        print(f"    import, enqueued (--no-wait):  {enqueued:6.1f} s  {args.rows / enqueued:>9,.0f} rows/s"
-              f"  peak {enqueued_peak:.0f} MiB")
-        print(f"    every dose persisted after:    {persisted:6.1f} s  {args.rows / persisted:>9,.0f} rows/s")
-        print(f"                                   {enqueued_summary}")
-        print(f"    same file again (waits):       {again:6.1f} s  {args.rows / again:>9,.0f} rows/s"
-              f"  peak {again_peak:.0f} MiB")
-        print(f"                                   {again_summary}")
-        print(f"    reference, over HTTP (waits):  {http:6.1f} s  {args.rows / http:>9,.0f} rows/s"
-              f"  peak {http_peak:.0f} MiB (POST /v1/doses, another site)")
-        print(f"                                   {http_summary}")
-        sys.stdout.flush()
-
+        settings = stack.start(stream_prefix=f"bench{secrets.token_hex(3)}")
+        tokens = dict(zip((site["code"] for site in SITES), stack.add_sites(SITES)))
+        site_id = asyncio.run(site_id_of(settings, "BENCH-CSV"))
+        stack.start_ingest(hosts="127.0.0.1", port=args.port, processes=2)
+        stack.start_workers(name="bench-import", processes=args.workers, certifiers=0, reviewers=0)
+        stack.wait_ready([f"http://127.0.0.1:{args.port}/readyz"])
+        measure_csv(args, settings, folder, tokens, site_id, stack.embedded_redis)
         if args.xlsx_rows:
-            xlsx_path = folder / "bo-sung.xlsx"
-            started = time.perf_counter()
-            write_xlsx(xlsx_path, args.xlsx_rows)
-            written = time.perf_counter() - started
-            xlsx_alone = read_alone(xlsx_path)
-            xlsx, xlsx_summary, xlsx_peak = run_import(settings, folder, xlsx_path, "--site", "BENCH-XLSX")
-            size = xlsx_path.stat().st_size / 1024**2
-            print(f"  XLSX, {args.xlsx_rows:,} rows ({size:.0f} MiB, shared strings as Excel writes them;"
-                  f" written in {written:.1f} s):")
-            print(f"    reading and validating alone:  {xlsx_alone:6.1f} s  {args.xlsx_rows / xlsx_alone:>9,.0f} rows/s"
-                  " (expat stream)")
-            print(f"    import (waits):                {xlsx:6.1f} s  {args.xlsx_rows / xlsx:>9,.0f} rows/s"
-                  f"  peak {xlsx_peak:.0f} MiB")
-            print(f"                                   {xlsx_summary}")
+            measure_xlsx(args, settings, folder)
     finally:
-        supervisor.stop()
-        if redis_server:
-            redis_server.stop()
-        with contextlib.suppress(Exception):
-            asyncio.run(_admin(database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        stack.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+async def site_id_of(settings: Settings, code: str) -> int:
+    return await on_database(settings, site_id_by_code, code)
+
+
+def measure_csv(args, settings: Settings, folder: Path, tokens: dict[str, str], site_id: int,
+                embedded_redis: bool) -> None:
+    csv_path = folder / "bo-sung.csv"
+    started = time.perf_counter()
+    write_csv(csv_path, args.rows)
+    written = time.perf_counter() - started
+    csv_alone = read_alone(csv_path)
+
+    started = time.perf_counter()
+    enqueued, enqueued_summary, enqueued_peak = run_import(settings, folder, csv_path, "--site", "BENCH-CSV",
+                                                           "--no-wait")
+    asyncio.run(wait_persisted(settings, args.rows, site_id=site_id, every=0.05))
+    persisted = time.perf_counter() - started
+    again, again_summary, again_peak = run_import(settings, folder, csv_path, "--site", "BENCH-CSV")
+    http, http_summary, http_peak = run_import(settings, folder, csv_path, "--url",
+                                               f"http://127.0.0.1:{args.port}", "--token", tokens["BENCH-HTTP"])
+    size = csv_path.stat().st_size / 1024**2
+
+    print(f"\nvaxline back-entry import benchmark ({os.cpu_count()} cores; 2 ingest processes, {args.workers} workers,"
+          f" Redis appendfsync {'always' if embedded_redis else 'as configured'})")
+    print(f"  CSV, {args.rows:,} rows ({size:.0f} MiB, written in {written:.1f} s):")
+    print(f"    reading and validating alone:  {csv_alone:6.1f} s  {args.rows / csv_alone:>9,.0f} rows/s"
+          " (in-process, no Redis, no Postgres)")
+    print(f"    import, enqueued (--no-wait):  {enqueued:6.1f} s  {args.rows / enqueued:>9,.0f} rows/s"
+          f"  peak {enqueued_peak:.0f} MiB")
+    print(f"    every dose persisted after:    {persisted:6.1f} s  {args.rows / persisted:>9,.0f} rows/s")
+    print(f"                                   {enqueued_summary}")
+    print(f"    same file again (waits):       {again:6.1f} s  {args.rows / again:>9,.0f} rows/s"
+          f"  peak {again_peak:.0f} MiB")
+    print(f"                                   {again_summary}")
+    print(f"    reference, over HTTP (waits):  {http:6.1f} s  {args.rows / http:>9,.0f} rows/s"
+          f"  peak {http_peak:.0f} MiB (POST /v1/doses, another site)")
+    print(f"                                   {http_summary}")
+    sys.stdout.flush()
+
+
+def measure_xlsx(args, settings: Settings, folder: Path) -> None:
+    xlsx_path = folder / "bo-sung.xlsx"
+    started = time.perf_counter()
+    write_xlsx(xlsx_path, args.xlsx_rows)
+    written = time.perf_counter() - started
+    xlsx_alone = read_alone(xlsx_path)
+    xlsx, xlsx_summary, xlsx_peak = run_import(settings, folder, xlsx_path, "--site", "BENCH-XLSX")
+    size = xlsx_path.stat().st_size / 1024**2
+    print(f"  XLSX, {args.xlsx_rows:,} rows ({size:.0f} MiB, shared strings as Excel writes them;"
+          f" written in {written:.1f} s):")
+    print(f"    reading and validating alone:  {xlsx_alone:6.1f} s  {args.xlsx_rows / xlsx_alone:>9,.0f} rows/s"
+          " (expat stream)")
+    print(f"    import (waits):                {xlsx:6.1f} s  {args.xlsx_rows / xlsx:>9,.0f} rows/s"
+          f"  peak {xlsx_peak:.0f} MiB")
+    print(f"                                   {xlsx_summary}")
 
 
 if __name__ == "__main__":

@@ -31,9 +31,11 @@ from pathlib import Path
 
 import asyncpg
 
-from benchmarks.e2e import _admin, psql_binary, with_database
+from deploy.embedded import psql_binary
+from deploy.stack import admin, with_database
 from storage.migrate import migrate
-from vaxline import embedded, registry
+from deploy import embedded
+from vaxline import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILY = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ", "Đặng", "Bùi", "Đỗ"]
@@ -92,7 +94,7 @@ def run_import(database_url: str, path: Path, folder: Path) -> tuple[float, str]
     """The command as an operator runs it: (seconds, its summary line)."""
     env = {**os.environ, "DATABASE_URL": database_url}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "vaxline.cli", "--data-dir", str(folder), "registry", "import",
+    done = subprocess.run([sys.executable, "-m", "commands", "--data-dir", str(folder), "registry", "import",
                            str(path)], cwd=ROOT, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
@@ -112,13 +114,13 @@ def read_only(path: Path) -> float:
 
 def psql_copy(database_url: str, path: Path) -> float:
     """psql COPY of the same file into a plain table (no index, no key): the in-run reference."""
-    asyncio.run(_admin(database_url, "CREATE TABLE registry_copy (national_id text, full_name text,"
+    asyncio.run(admin(database_url, "CREATE TABLE registry_copy (national_id text, full_name text,"
                                      " birth_date date, sex text)"))
     started = time.perf_counter()
     subprocess.run([psql_binary(), database_url, "-q", "-c", f"\\copy registry_copy FROM '{path}' CSV HEADER"],
                    check=True)
     elapsed = time.perf_counter() - started
-    asyncio.run(_admin(database_url, "DROP TABLE registry_copy"))
+    asyncio.run(admin(database_url, "DROP TABLE registry_copy"))
     return elapsed
 
 
@@ -134,7 +136,7 @@ def main() -> None:
         embedded.silence_pgserver_warnings()
         _server, admin_url = embedded.start_postgres(folder / "postgres")
     name = f"vaxline_registry_bench_{secrets.token_hex(3)}"
-    asyncio.run(_admin(admin_url, f"CREATE DATABASE {name}"))
+    asyncio.run(admin(admin_url, f"CREATE DATABASE {name}"))
     database_url = with_database(admin_url, name)
     try:
         path = folder / "extract.csv"
@@ -163,7 +165,7 @@ def main() -> None:
         print(f"  first import / reference: {reference / first:.0%}")
     finally:
         with contextlib.suppress(Exception):
-            asyncio.run(_admin(admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            asyncio.run(admin(admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -29,10 +29,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from benchmarks.e2e import _admin
+from deploy.stack import admin
 from storage.migrate import migrate
 from storage.sites import import_sites, registered_codes
-from vaxline import embedded
+from deploy import embedded
 from vaxline.provinces import PROVINCES
 from vaxline.siteimport import parse_sites
 
@@ -112,7 +112,7 @@ def main() -> None:
         embedded_server, server_url = embedded.start_postgres(folder / "postgres")
     name = f"vaxline_sites_bench_{secrets.token_hex(3)}"
     database_url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-    asyncio.run(_admin(server_url, f"CREATE DATABASE {name}"))
+    asyncio.run(admin(server_url, f"CREATE DATABASE {name}"))
     try:
         asyncio.run(_migrate(database_url))
         path = folder / "sites.csv"
@@ -129,7 +129,7 @@ def main() -> None:
               "  (same records, unindexed table, no upsert)")
     finally:
         with contextlib.suppress(Exception):
-            asyncio.run(_admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            asyncio.run(admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         if embedded_server:  # stopped before its folder goes: pg_ctl needs the data directory
             embedded_server.cleanup()
         shutil.rmtree(folder, ignore_errors=True)

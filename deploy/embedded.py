@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -138,3 +139,13 @@ def silence_pgserver_warnings() -> None:
         folder.mkdir(mode=0o700, exist_ok=True)
         folder.chmod(0o700)
         os.environ["XDG_RUNTIME_DIR"] = str(folder)
+
+
+def psql_binary() -> str:
+    """psql beside the embedded Postgres (pgserver ships it), else the one on PATH."""
+    with contextlib.suppress(ImportError):
+        from pgserver._commands import POSTGRES_BIN_PATH
+
+        if (POSTGRES_BIN_PATH / "psql").exists():
+            return str(POSTGRES_BIN_PATH / "psql")
+    return shutil.which("psql") or "psql"

@@ -8,7 +8,6 @@ group in hand. A child that dies unasked is restarted after a pause.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import dataclasses
 import logging
@@ -99,15 +98,6 @@ class Supervisor:
                     log.error("%s did not stop in %.0fs; killing it", child.name, timeout)
                     child.process.kill()
                     child.process.join()
-
-
-def stop_on_signals() -> asyncio.Event:
-    """An event that SIGTERM and SIGINT set, in the running loop: how a child is asked to stop cleanly."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
 
 
 def wait_ready(url: str, *, timeout: float = 60, while_waiting: Callable[[], None] = lambda: None) -> None:

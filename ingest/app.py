@@ -1,124 +1,39 @@
-"""The HTTP API of ingest: routes, and the error contract.
+"""The HTTP API of ingest: the batch routes, health, metrics, and the app that mounts every route module.
 
-Every error answers JSON with a human-readable `error`. The hot route,
-`POST /v1/doses`, authenticates and checks capacity before it reads the
-body, decodes and validates in one pass, and answers 202 only after XADD.
+The hot route, `POST /v1/doses`, authenticates and checks capacity before it reads the body, decodes and
+validates in one pass, and answers 202 only after XADD. The error contract lives in `http.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import logging
-import time
-from typing import Any
 
-import asyncpg
 import msgspec
-import redis.asyncio as aioredis
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from redis.exceptions import RedisError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from monitoring import exposition, metrics
+from monitoring import metrics
 from storage import doses as dose_store
-from vaxline.config import Settings
-from vaxline.doses import (
-    BatchTooLarge,
-    BatchValidator,
-    MalformedBatch,
+from vaxline.doses import BatchTooLarge, MalformedBatch
+from vaxline.entries import entry_of, parse_batch_id
+
+from . import certificates, citizen, deadlines, openapi, quality
+from .http import (  # noqa: F401 (Ingest and INGEST: the app's context, imported from here by the server and tests)
+    BODY_FORMATS,
+    INGEST,
+    ApiError,
+    Ingest,
+    authenticated_site,
+    error_bodies,
+    json_response,
+    log,
 )
-from vaxline.entries import ENTRY_FIELD, decode_entry, parse_batch_id
-
-from . import deadlines
-from .auth import SiteAuth
-from .enqueue import Enqueuer, Overloaded
-
-log = logging.getLogger(__name__)
-
-UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
-BODY_FORMATS = {"application/json": "json", "application/msgpack": "msgpack", "application/x-msgpack": "msgpack"}
-_json = msgspec.json.Encoder()
-
-
-@dataclasses.dataclass(frozen=True)
-class Ingest:
-    settings: Settings
-    pool: asyncpg.Pool
-    redis: aioredis.Redis
-    auth: SiteAuth
-    enqueuer: Enqueuer
-    validator: BatchValidator
-    registry: CollectorRegistry = dataclasses.field(default_factory=exposition.registry)
 
 
 class Accepted(msgspec.Struct):
     batch_id: str
     accepted: int
     rejected: list
-
-
-def json_response(body: Any, status: int = 200, headers: dict | None = None) -> web.Response:
-    return web.Response(body=_json.encode(body), status=status, content_type="application/json", headers=headers)
-
-
-class ApiError(Exception):
-    """An answer with a status >= 400 and the JSON `error` body."""
-
-    def __init__(self, status: int, message: str, *, headers: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.headers = headers
-
-
-async def authenticated_site(request: web.Request):
-    principal = await request.app[INGEST].auth.principal(request.headers.get("Authorization"))
-    if principal is None:
-        raise ApiError(401, "missing or unknown bearer token", headers={"WWW-Authenticate": "Bearer"})
-    if principal.site is None:
-        raise ApiError(403, "this needs a site's token: province and operator tokens are read-only")
-    return principal.site
-
-
-INGEST = web.AppKey("ingest", Ingest)
-
-
-@web.middleware
-async def error_bodies(request: web.Request, handler):
-    """Turn aiohttp's own errors (404, 405, 413 ...) into the JSON error contract; count and time requests."""
-    started = time.perf_counter()
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-    try:
-        response = await handler(request)
-    except ApiError as e:
-        response = json_response({"error": str(e)}, e.status, e.headers)
-    except Overloaded as e:  # past the backlog bound, or Redis cannot take an entry: any route that enqueues
-        metrics.backpressure_rejections.inc()
-        response = json_response({"error": str(e)}, 503, {"Retry-After": str(e.retry_after)})
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        headers = {k: v for k, v in e.headers.items() if k.lower() in ("retry-after", "allow")}
-        response = json_response({"error": _reason(e)}, e.status, headers)
-    except asyncpg.DataError as e:  # a value Postgres refuses (class 22, e.g. a NUL character): the client's error
-        log.warning("%s %s: a value was refused: %s", request.method, route, type(e).__name__)
-        response = json_response({"error": "a value in the request cannot be stored or looked up"}, 400)
-    except UNAVAILABLE as e:  # Postgres or Redis unreachable or refusing: the client should retry
-        log.warning("%s %s: backing service failed: %s", request.method, route, type(e).__name__)
-        response = json_response({"error": "a backing service is unavailable; retry later"}, 503,
-                                 {"Retry-After": "5"})
-    except Exception:
-        log.exception("%s %s failed", request.method, route)
-        response = json_response({"error": "internal error"}, 500)
-    metrics.http_requests.labels(route=route, status=str(response.status)).inc()
-    metrics.http_latency.labels(route=route).observe(time.perf_counter() - started)
-    return response
-
-
-def _reason(e: web.HTTPException) -> str:
-    """aiohttp's own explanation when it wrote one (e.g. for 413), else the status's reason phrase."""
-    text = (e.text or "").strip()
-    return text if text and not text.startswith(str(e.status)) else e.reason
 
 
 async def post_doses(request: web.Request) -> web.Response:
@@ -200,12 +115,7 @@ async def _queued_entry(ingest: Ingest, batch_id: str):
         return None
     shard, entry_id = where
     entries = await ingest.redis.xrange(ingest.settings.stream(shard), min=entry_id, max=entry_id, count=1)
-    if not entries:
-        return None
-    try:
-        return decode_entry(entries[0][1][ENTRY_FIELD])
-    except (msgspec.DecodeError, KeyError):
-        return None
+    return entry_of(entries[0][1]) if entries else None
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -247,8 +157,6 @@ def build_app(ingest: Ingest) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", prometheus)
-    from . import certificates, citizen, openapi, quality  # here: their routes build on this module's error contract
-
     app.router.add_get("/openapi.json", openapi.get_openapi)
 
     certificates.register(app, ingest.settings, ingest.redis)

@@ -41,7 +41,7 @@ from vaxline.dcc.trust import TrustList, uvci_hash
 from vaxline.dcc.verify import verify
 from vaxline.doses import FIELD_RULES, NationalId, field_errors
 
-from .app import INGEST, ApiError, json_response
+from .http import INGEST, ApiError, json_response
 
 MAX_HC1 = 8192  # a QR code holds at most 4296 alphanumeric characters; twice that is not a DCC
 QR_SCALE, QR_BORDER = 4, 4  # pixels per module; the quiet zone of 4 modules the QR standard asks for

@@ -48,7 +48,7 @@ from vaxline.entries import REPLACE
 from vaxline.provinces import PROVINCES
 from vaxline.sequence import VIETNAM
 
-from .app import INGEST, ApiError, json_response
+from .http import INGEST, ApiError, json_response
 from .auth import Principal
 from .certificates import LookupLimiter, RateLimited
 from .quality import authenticated, scope_of

@@ -32,8 +32,9 @@ from storage.sites import Site
 from vaxline.doses import NATIONAL_ID_PATTERN, Dose, check_dose, field_errors
 from vaxline.entries import REPLACE, WITHDRAW
 from vaxline.review import FLAGS
+from vaxline.streams import read_ingest_counts
 
-from .app import BODY_FORMATS, INGEST, ApiError, json_response
+from .http import BODY_FORMATS, INGEST, ApiError, json_response
 from .auth import Principal
 
 _national_id = re.compile(NATIONAL_ID_PATTERN)
@@ -303,9 +304,9 @@ async def get_reconciliation(request: web.Request) -> web.Response:
     first = _date_param(query, "from", FIRST_DAY)
     last = _date_param(query, "to", dt.date.today() + dt.timedelta(days=1))
     scope = await scope_of(request, principal)
+    counts = await read_ingest_counts(ingest.redis, ingest.settings)  # Redis first: see storage.reconcile
     async with ingest.pool.acquire() as conn:
-        report = await reconcile.reconcile(conn, ingest.redis, ingest.settings, first=first, last=last,
-                                           site_id=scope.site_id)
+        report = await reconcile.reconcile(conn, counts, first=first, last=last, site_id=scope.site_id)
     if _wants_csv(request):
         return csv_response(list(reconcile.COLUMNS), report["rows"], "reconciliation.csv")
     return json_response(report)

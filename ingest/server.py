@@ -18,15 +18,20 @@ from aiohttp import web
 from monitoring import metrics
 from vaxline.config import Settings
 from vaxline.doses import BatchValidator
-from vaxline.procs import stop_on_signals
+from vaxline.lifecycle import stop_on_signals
 from vaxline.streams import connect_redis
 
-from .app import INGEST, Ingest, build_app
+from .app import build_app
+from .http import INGEST, Ingest
 from .auth import SiteAuth
 from .deadlines import CLIENT_DEADLINES, ClientSite
-from .enqueue import Enqueuer
+from vaxline.enqueue import Enqueuer
 
 log = logging.getLogger(__name__)
+
+
+def _export_backlog(shard: int, entries: int) -> None:
+    metrics.stream_backlog.labels(shard=str(shard)).set(entries)
 
 
 @contextlib.asynccontextmanager
@@ -34,7 +39,7 @@ async def ingest_app(settings: Settings):
     """The app with its pools and background tasks, closed on exit."""
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=4, command_timeout=10)
     redis = connect_redis(settings)
-    enqueuer = Enqueuer(redis, settings)
+    enqueuer = Enqueuer(redis, settings, on_backlog=_export_backlog)
     await enqueuer.start()
     ingest = Ingest(
         settings=settings, pool=pool, redis=redis, auth=SiteAuth(pool), enqueuer=enqueuer,

@@ -16,11 +16,13 @@ One run:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
 import json
+import logging
 import os
 import resource
 import secrets
@@ -32,8 +34,15 @@ import threading
 import time
 from pathlib import Path
 
+from deploy.local import ConfigError, settings_for
+from deploy.stack import Stack, on_database
+from deploy.stack import reconcile as reconcile_deployment
+from deploy.waits import wait_certified, wait_streams_drained
 from monitoring.status import Snapshot, Unreachable, quantile, scrape
+from storage.migrate import migrate
+from storage.sites import add_site
 from vaxline.config import Settings
+from vaxline.provinces import PROVINCES
 
 from . import acks, report
 
@@ -84,106 +93,54 @@ class Plan:
 
 # -- the stack -------------------------------------------------------------------
 
-class Stack:
-    """Postgres and Redis (given or embedded), a fresh database, the vaxline processes; stopped on exit."""
+class LoadStack(Stack):
+    """The stack of one run: a fresh database, ingest on the plan's loopback destinations, its consumers."""
 
     def __init__(self, plan: Plan, work: Path) -> None:
+        super().__init__(work, database=f"vaxline_load_{secrets.token_hex(3)}")
         self.plan, self.work = plan, work
-        self.pids: dict[str, int] = {}
-        self._redis_server = None
-        self._admin_url = ""
-        self._database = f"vaxline_load_{secrets.token_hex(3)}"
-        from vaxline.procs import Supervisor
-
-        self.supervisor = Supervisor()
 
     def start(self) -> Settings:
-        from benchmarks.e2e import _admin, with_database
-        from monitoring.exposition import prepare_multiprocess_dir
-        from vaxline import embedded
-
-        database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-        if not database_url:
-            embedded.silence_pgserver_warnings()
-            server, database_url = embedded.start_postgres(self.work / "postgres")
-            self.pids["postgres (postmaster)"] = server.get_pid()
-        self._admin_url = database_url
-        asyncio.run(_admin(database_url, f"CREATE DATABASE {self._database}"))
-        if not redis_url:
-            self._redis_server = embedded.EmbeddedRedis(self.work / "redis").start()
-            redis_url = self._redis_server.url
-            self.pids["redis"] = self._redis_server.process.pid
-        self.settings = Settings.from_env(
-            database_url=with_database(database_url, self._database), redis_url=redis_url, data_dir=self.work,
+        return super().start(
+            metrics_dir=self.work / "metrics",  # ingest's /metrics then shows every process
             shards=self.plan.shards, stream_prefix=f"load{secrets.token_hex(3)}",
             max_backlog_entries=self.plan.max_backlog_entries,
             # Every Locust user comes from one loopback address: the per-address lookup limit would
             # refuse the citizens of a whole country, so it is lifted for the run.
             lookup_rate_limit=1_000_000_000)
-        prepare_multiprocess_dir(self.work / "metrics")  # ingest's /metrics then shows every process
-        return self.settings
 
     def prepare(self) -> list[dict]:
-        """Migrate, register the sites (tokens for the clients), create a signing key."""
-        from vaxline.dcc.keys import KeyStore
-
-        sites = asyncio.run(register_sites(self.settings, self.plan.sites))
-        KeyStore(self.settings.signing_keys_dir).ensure()
-        return sites
+        """Register the sites (tokens for the clients), create a signing key."""
+        sites = load_sites(self.plan.sites)
+        tokens = self.add_sites(sites)
+        self.ensure_signing_key()
+        return [{"code": site["code"], "token": token} for site, token in zip(sites, tokens)]
 
     def run_processes(self) -> None:
-        from ingest.server import run_process as ingest_process
-        from vaxline.procs import wait_ready
-        from workers.process import run_process as worker_process
-
         p = self.plan
-        for i in range(p.ingest):
-            self.supervisor.add(f"ingest-{i}", ingest_process, self.settings, ",".join(p.addresses), p.port)
-        for i in range(p.workers):
-            self.supervisor.add(f"worker-{i}", worker_process, self.settings, f"load-{i}")
-        for i in range(p.certifiers):
-            self.supervisor.add(f"certifier-{i}", worker_process, self.settings, f"load-certifier-{i}", "certify")
-        for i in range(p.reviewers):
-            self.supervisor.add(f"reviewer-{i}", worker_process, self.settings, f"load-reviewer-{i}", "review")
-        for address in p.addresses:
-            wait_ready(f"http://{address}:{p.port}/readyz", while_waiting=self.supervisor.poll)
-        self.pids.update(self.supervisor.pids())
+        self.start_ingest(hosts=",".join(p.addresses), port=p.port, processes=p.ingest)
+        self.start_workers(name="load", processes=p.workers, certifiers=p.certifiers, reviewers=p.reviewers)
+        self.wait_ready([f"http://{address}:{p.port}/readyz" for address in p.addresses])
 
     def ingest_pids(self) -> dict[str, int]:
         return {name: pid for name, pid in self.supervisor.pids().items() if name.startswith("ingest-")}
 
-    def stop(self) -> None:
-        from benchmarks.e2e import _admin
 
-        self.supervisor.stop()
-        if self._redis_server:
-            self._redis_server.stop()
-        if self._admin_url:
-            with contextlib.suppress(Exception):
-                asyncio.run(_admin(self._admin_url, f"DROP DATABASE IF EXISTS {self._database} WITH (FORCE)"))
+def load_sites(count: int) -> list[dict]:
+    """`count` sites over the 63 provinces, fixed and mobile."""
+    provinces = sorted(PROVINCES)
+    return [{"code": f"LT-{provinces[i % len(provinces)]:03d}-{i:05d}", "name": f"Trạm Y tế thử tải {i}",
+             "province": provinces[i % len(provinces)], "kind": "mobile" if i % 10 == 9 else "fixed"}
+            for i in range(count)]
 
 
 async def register_sites(settings: Settings, count: int) -> list[dict]:
-    """`count` sites over the 63 provinces, fixed and mobile; their codes and new tokens."""
-    import asyncpg
-
-    from storage.migrate import migrate
-    from storage.sites import add_site
-    from vaxline.provinces import PROVINCES
-
-    conn = await asyncpg.connect(settings.database_url)
-    try:
+    """Register `count` load-test sites on a running deployment; their codes and new tokens."""
+    async def register(conn):
         await migrate(conn)
-        provinces = sorted(PROVINCES)
-        sites = []
-        for i in range(count):
-            code = f"LT-{provinces[i % len(provinces)]:03d}-{i:05d}"
-            _, token = await add_site(conn, code=code, name=f"Trạm Y tế thử tải {i}",
-                                      province=provinces[i % len(provinces)], kind="mobile" if i % 10 == 9 else "fixed")
-            sites.append({"code": code, "token": token})
-        return sites
-    finally:
-        await conn.close()
+        return [{"code": site["code"], "token": (await add_site(conn, **site))[1]} for site in load_sites(count)]
+
+    return await on_database(settings, register)
 
 
 def write_private(path: Path, text: str) -> None:
@@ -390,7 +347,7 @@ def run(plan: Plan, out: Path) -> int:
     folder = out / f"{plan.shape}-{started:%Y%m%d-%H%M%S}"
     folder.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="vaxline-loadtest-"))
-    stack = Stack(plan, work)
+    stack = LoadStack(plan, work)
     sampler = None
     try:
         stack.start()
@@ -444,48 +401,21 @@ def _redis(stack: Stack):
 def wait_drained(settings: Settings, timeout: float = 3600) -> float | None:
     """Seconds until every dose shard and the certify stream were drained and every person certified;
     None when that did not happen within `timeout` (the report then says so)."""
-    from benchmarks.e2e import wait_certified
-
     started = time.monotonic()
     try:
-        asyncio.run(_streams_drained(settings, timeout))
+        asyncio.run(wait_streams_drained(settings, timeout))
         asyncio.run(wait_certified(settings, timeout=max(1.0, timeout - (time.monotonic() - started))))
     except TimeoutError:
         return None
     return time.monotonic() - started
 
 
-async def _streams_drained(settings: Settings, timeout: float) -> None:
-    """Until every entry of every dose shard was delivered and acknowledged (committed)."""
-    from vaxline.streams import connect_redis, drained
-
-    redis = connect_redis(settings)
-    deadline = time.monotonic() + timeout
-    try:
-        while not all([await drained(redis, stream, settings.group) for stream in settings.streams]):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the dose streams were not drained in time")
-            await asyncio.sleep(0.5)
-    finally:
-        await redis.aclose()
-
-
 async def reconcile(settings: Settings, acks_dir: Path) -> tuple[dict, int]:
-    import asyncpg
-
-    from storage.reconcile import reconcile as vaxline_reconcile
-    from vaxline.streams import connect_redis
-
-    conn = await asyncpg.connect(settings.database_url)
-    redis = connect_redis(settings)
-    try:
-        checked = await acks.check(conn, acks_dir)
-        found = await vaxline_reconcile(conn, redis, settings, first=dt.date(2021, 1, 1),
-                                        last=dt.date.today() + dt.timedelta(days=1))
-        return checked, found["unexplained"]
-    finally:
-        await redis.aclose()
-        await conn.close()
+    """The clients' acknowledgements against Postgres, and `vaxline reconcile`'s unexplained count."""
+    checked = await on_database(settings, acks.check, acks_dir)
+    found = await reconcile_deployment(settings, first=dt.date(2021, 1, 1),
+                                       last=dt.date.today() + dt.timedelta(days=1))
+    return checked, found["unexplained"]
 
 
 # -- thresholds and the summary -----------------------------------------------------
@@ -668,15 +598,15 @@ def duration(text: str) -> float:
             return float(text[:-1]) * units[text[-1]]
         return float(text)
     except ValueError:
-        import argparse
-
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration (90s, 10m, 1h)") from None
 
 
-def add_arguments(commands) -> None:
-    """`vaxline loadtest ...` on the CLI's subparsers."""
-    loadtest = commands.add_parser("loadtest", help="capacity proof: Locust against the stack, with thresholds"
-                                   ).add_subparsers(dest="loadtest_command", required=True)
+def parser() -> argparse.ArgumentParser:
+    """`vaxline loadtest ...` (also `python -m loadtests ...`)."""
+    top = argparse.ArgumentParser(prog="vaxline loadtest", description=__doc__.split("\n\n")[0])
+    top.add_argument("--data-dir", type=Path, default=Path(os.environ.get("VAXLINE_DATA_DIR", ".vaxline")),
+                     help="with prepare: the data folder of a `vaxline run` to register the sites on")
+    loadtest = top.add_subparsers(dest="loadtest_command", required=True)
     sessions = loadtest.add_parser("sessions", help="hold N concurrent desk sessions (default 42,000 for 10 min)")
     sessions.add_argument("--users", type=int, dest="desks", help="desk sessions to hold (default 42000)")
     sessions.add_argument("--hold", type=duration, help="how long to hold them (default 10m)")
@@ -712,6 +642,21 @@ def add_arguments(commands) -> None:
     prepare.add_argument("--sites", type=int, default=100)
     prepare.add_argument("--out", type=Path, default=Path("sites.json"))
     prepare.set_defaults(func=cmd_prepare)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    from monitoring.logs import configure
+
+    configure(logging.WARNING)
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"vaxline loadtest: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 def plan_from_args(args) -> Plan:
@@ -735,9 +680,7 @@ def cmd_loadtest(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from vaxline.cli import settings_for
-
-    sites = asyncio.run(register_sites(settings_for(args), args.sites))
+    sites = asyncio.run(register_sites(settings_for(args.data_dir), args.sites))
     write_private(args.out, json.dumps(sites))
     print(f"{len(sites)} sites registered; their tokens are in {args.out} (mode 0600)")
     return 0

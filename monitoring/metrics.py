@@ -2,7 +2,7 @@
 
 Names follow Prometheus conventions: `vaxline_` prefix, base units, `_total`
 counters, `_seconds` histograms. In a multi-process deployment the parent
-sets PROMETHEUS_MULTIPROC_DIR before any child starts (see vaxline.procs);
+sets PROMETHEUS_MULTIPROC_DIR before any child starts (see deploy/supervisor.py);
 gauges therefore say how their per-process values combine.
 """
 

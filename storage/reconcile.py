@@ -20,17 +20,14 @@ from collections import defaultdict
 
 import asyncpg
 import msgspec
-import redis.asyncio as aioredis
 
-from vaxline.config import Settings
-from vaxline.entries import ENTRY_FIELD, DOSE_FIELDS, batch_id, decode_entry
+from vaxline.entries import decode_entry, doses_by_day
 from vaxline.sequence import VIETNAM
+from vaxline.streams import IngestCounts
 
 COLUMNS = ("site", "day", "accepted", "rejected", "received", "resubmitted", "inserted", "withdrawn", "restored",
            "moved_in", "moved_out", "present", "counted", "duplicates", "stats", "certified",
            "pending_certification", "dead_lettered", "pending", "unexplained", "explanation")
-
-_ADMINISTERED_AT = DOSE_FIELDS.index("administered_at")
 
 _INTAKE = """
 SELECT site_id, day, received, inserted, withdrawn, restored, moved_in, moved_out FROM intake
@@ -70,15 +67,22 @@ GROUP BY 1, 2
 """
 
 
-async def reconcile(conn: asyncpg.Connection, redis: aioredis.Redis, settings: Settings, *, first: dt.date,
-                    last: dt.date, site_id: int | None = None) -> dict:
-    """{"rows": [one per site and day], "totals": {...}, "unexplained": N}."""
+async def reconcile(conn: asyncpg.Connection, ingest: IngestCounts, *, first: dt.date, last: dt.date,
+                    site_id: int | None = None) -> dict:
+    """{"rows": [one per site and day], "totals": {...}, "unexplained": N}.
+
+    `ingest` is Redis's side (vaxline.streams.read_ingest_counts), read before this is called: a batch
+    persisted in between is then found done here, never counted twice."""
     figures: dict[tuple[int, dt.date], dict[str, int]] = defaultdict(lambda: dict.fromkeys(COLUMNS[2:-2], 0))
 
     def keep(site: int, day: dt.date) -> bool:
         return first <= day <= last and (site_id is None or site == site_id)
 
-    stream_batches = await _ingest_side(redis, settings, figures, keep)
+    for name, counts in (("accepted", ingest.accepted), ("rejected", ingest.rejected)):
+        for (site, day), count in counts.items():
+            if keep(site, day):
+                figures[(site, day)][name] += count
+    stream_batches = ingest.in_streams
     start = dt.datetime(first.year, first.month, first.day, tzinfo=VIETNAM)
     end = dt.datetime(last.year, last.month, last.day, tzinfo=VIETNAM) + dt.timedelta(days=1)
     async with conn.transaction(isolation="repeatable_read", readonly=True):  # one snapshot for every count
@@ -110,46 +114,12 @@ async def reconcile(conn: asyncpg.Connection, redis: aioredis.Redis, settings: S
     return {"rows": rows, "totals": totals, "unexplained": totals["unexplained"]}
 
 
-async def _ingest_side(redis: aioredis.Redis, settings: Settings, figures, keep) -> dict[str, tuple[int, dict]]:
-    """Ingest's counts of accepted and rejected doses; the dose batches in the streams (id -> site, days)."""
-    batches: dict[str, tuple[int, dict]] = {}
-    for shard in range(settings.shards):
-        for field, value in (await redis.hgetall(settings.accepted_key(shard))).items():
-            site, day, *kind = field.decode().split(":")
-            day = dt.date.fromisoformat(day)
-            if keep(int(site), day):
-                figures[(int(site), day)]["rejected" if kind else "accepted"] += int(value)
-        start = "-"
-        while True:
-            entries = await redis.xrange(settings.stream(shard), min=start, max="+", count=1000)
-            for entry_id, fields in entries:
-                entry_id = entry_id.decode()
-                try:
-                    entry = decode_entry(fields[ENTRY_FIELD])
-                except (KeyError, msgspec.DecodeError):
-                    continue  # dead-lettered by the workers, with its error
-                if entry.doses:
-                    batches[batch_id(shard, entry_id)] = (entry.site_id, _days(entry.doses))
-            if len(entries) < 1000:
-                break
-            ms, seq = entries[-1][0].decode().split("-")
-            start = f"{ms}-{int(seq) + 1}"
-    return batches
-
-
-def _days(doses) -> dict[dt.date, int]:
-    days: dict[dt.date, int] = defaultdict(int)
-    for dose in doses:
-        days[dose[_ADMINISTERED_AT].astimezone(VIETNAM).date()] += 1
-    return days
-
-
 def _doses_by_day(payload: bytes) -> list[tuple[int, dt.date, int]]:
     try:
         entry = decode_entry(payload)
     except msgspec.DecodeError:
         return []  # undecodable: it never had a site or a day ingest could have counted
-    return [(entry.site_id, day, count) for day, count in _days(entry.doses).items()]
+    return [(entry.site_id, day, count) for day, count in doses_by_day(entry.doses).items()]
 
 
 def _explained(site: str, day: dt.date, f: dict[str, int]) -> dict:

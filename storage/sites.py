@@ -37,6 +37,10 @@ async def add_site(conn: asyncpg.Connection, *, code: str, name: str, province: 
     return Site(**row), token
 
 
+async def site_id_by_code(conn: asyncpg.Connection, code: str) -> int | None:
+    return await conn.fetchval("SELECT site_id FROM sites WHERE code = $1", code)
+
+
 async def site_by_token_hash(conn: asyncpg.Connection, digest: bytes) -> Site | None:
     row = await conn.fetchrow("SELECT site_id, code, province FROM sites WHERE token_hash = $1 AND active", digest)
     return Site(**row) if row else None

@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from monitoring.logs import JsonLines
 from storage.migrate import migrate
 from tests.factory import FAMILY, GIVEN
-from vaxline import embedded
+from deploy import embedded
 from vaxline.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

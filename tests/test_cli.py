@@ -16,7 +16,7 @@ from pathlib import Path
 from tests.conftest import ROOT
 from tests.test_crash import free_port
 
-VAXLINE = [sys.executable, "-m", "vaxline.cli"]
+VAXLINE = [sys.executable, "-m", "commands"]
 
 
 def run_cli(*args, settings=None, env=None, **kwargs):

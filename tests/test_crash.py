@@ -180,7 +180,7 @@ async def test_a_poison_entry_is_dead_lettered_and_does_not_block_the_rest(make_
 
 async def test_redis_killed_mid_drain_restarts_from_its_aof_and_every_202_persists_once(make_settings, db, tmp_path):
     """SIGKILL Redis (appendfsync always) while batches stream in and workers drain; restart it on its AOF."""
-    from vaxline.embedded import EmbeddedRedis
+    from deploy.embedded import EmbeddedRedis
 
     redis_server = EmbeddedRedis(tmp_path / "redis").start()
     settings = make_settings(redis_url=redis_server.url)

@@ -2,7 +2,7 @@
 
 import redis
 
-from vaxline.embedded import EmbeddedRedis
+from deploy.embedded import EmbeddedRedis
 
 
 def test_embedded_redis_appends_and_fsyncs_every_write(tmp_path):

@@ -21,13 +21,13 @@ import time
 import pytest
 from openpyxl import Workbook, load_workbook
 
-from ingest.backentry import IN_FLIGHT, SharedStrings
+from backentry.importer import IN_FLIGHT, SharedStrings
 from tests.conftest import PERSONAL_DATA, ROOT, wait_until
 from tests.factory import dose as factory_dose
 from tests.stack import running_stack
 from vaxline import backentry
-from vaxline.backentry import HeaderError, map_header
-from vaxline.cli import main
+from backentry.rows import HeaderError, map_header
+from commands.main import main
 
 VIETNAM = dt.timezone(dt.timedelta(hours=7))
 VI_HEADER = ["STT", "Mã bản ghi", "Số CCCD/CMND", "Họ và tên", "Ngày sinh", "Giới tính", "Số điện thoại", "Vắc xin",
@@ -396,7 +396,7 @@ def command(settings, tmp_path, *args: str, log_name: str) -> subprocess.Popen:
     """`vaxline import ...` as its own process; it prints its peak memory last on stderr: VmHWM, the
     high-water mark since exec (ru_maxrss would count the pytest process it was forked from)."""
     env = {**os.environ, **settings.to_env()}
-    code = ("import sys; from vaxline.cli import main; code = main(sys.argv[1:]); print('peak_kib', next("
+    code = ("import sys; from commands.main import main; code = main(sys.argv[1:]); print('peak_kib', next("
             "line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')), file=sys.stderr);"
             " sys.exit(code)")
     log = open(tmp_path / log_name, "ab")
@@ -464,7 +464,7 @@ def test_the_xlsx_reader_gives_the_rows_openpyxl_gives(tmp_path):
     from openpyxl.cell.rich_text import CellRichText, TextBlock
     from openpyxl.cell.text import InlineFont
 
-    from ingest.backentry import _CompactReader, sheet_rows
+    from backentry.importer import _CompactReader, sheet_rows
 
     book = Workbook()
     sheet = book.active

@@ -21,7 +21,7 @@ import pytest
 
 from loadtests import acks
 from loadtests.people import NationalIds, due_for_second_dose, household, wrong_birth_date
-from loadtests.runner import Plan, Sample, duration, plan_from_args, summarize
+from loadtests.runner import Plan, Sample, duration, parser, plan_from_args, summarize
 from monitoring.status import Snapshot
 from storage.sites import add_site
 from tests.conftest import ROOT
@@ -114,16 +114,14 @@ def test_durations_and_the_plans_defaults():
     assert duration("10m") == 600 and duration("90s") == 90 and duration("1h") == 3600 and duration("45") == 45
     with pytest.raises(argparse.ArgumentTypeError):
         duration("ten minutes")
-    from vaxline.cli import _parser
-
-    plan = plan_from_args(_parser().parse_args(["loadtest", "sessions"]))
+    plan = plan_from_args(parser().parse_args(["sessions"]))
     assert (plan.desks, plan.hold, plan.ingest, plan.locust_processes, plan.destinations) == (42_000, 600, 4, 4, 4)
     # 42,000 connections per side spread under the 20,000 open files of a process and 28,232 ports a destination
     assert plan.desks / plan.ingest < 20_000 and plan.desks / plan.locust_processes < 20_000
     assert plan.desks / plan.destinations < 28_232
-    day = plan_from_args(_parser().parse_args(["loadtest", "day", "--within", "30m"]))
+    day = plan_from_args(parser().parse_args(["day", "--within", "30m"]))
     assert (day.doses, day.within) == (5_000_000, 1800)
-    overload = plan_from_args(_parser().parse_args(["loadtest", "overload", "--rate", "1000", "--within", "2m"]))
+    overload = plan_from_args(parser().parse_args(["overload", "--rate", "1000", "--within", "2m"]))
     assert overload.doses == 120_000
 
 
@@ -210,7 +208,7 @@ def loadtest(services, tmp_path):
 
     def run(shape: str) -> tuple[int, dict, Path]:
         env = os.environ | {"DATABASE_URL": pg_url, "REDIS_URL": redis_url}
-        command = [sys.executable, "-m", "vaxline.cli", "loadtest", shape, *SMALL[shape], "--sites", "10",
+        command = [sys.executable, "-m", "commands", "loadtest", shape, *SMALL[shape], "--sites", "10",
                    "--sample-every", "2", "--port", str(18500 + list(SMALL).index(shape)), "--out", str(tmp_path)]
         with (tmp_path / f"{shape}.log").open("w") as log:  # read by the personal-data check of the whole run
             exit_code = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -83,7 +83,7 @@ class Deployment:
         log = open(self.folder / f"{role}.log", "wb")
         with log:
             self.processes[role] = subprocess.Popen(
-                [sys.executable, "-m", "vaxline.cli", "--data-dir", str(self.folder / role), role, *args],
+                [sys.executable, "-m", "commands", "--data-dir", str(self.folder / role), role, *args],
                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
 
     def children(self, role: str) -> list[int]:
@@ -245,7 +245,7 @@ async def test_status_prints_the_picture_of_a_running_deployment(deployment, set
     await wait_until(lambda: db.fetchval("SELECT count(*) = 1 FROM batches"), message="the receipt")
     await wait_until(lambda: deployment.scrape().persisted() == 7, message="metrics caught up")
     result = subprocess.run(
-        [sys.executable, "-m", "vaxline.cli", "status", "--url", f"http://127.0.0.1:{deployment.port}/metrics",
+        [sys.executable, "-m", "commands", "status", "--url", f"http://127.0.0.1:{deployment.port}/metrics",
          "--url", f"http://127.0.0.1:{deployment.metrics_port}/metrics"],
         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -255,6 +255,6 @@ async def test_status_prints_the_picture_of_a_running_deployment(deployment, set
     assert "p50" in lines["freshness 202->persisted"]
     await wait_until(lambda: deployment.scrape().value("vaxline_certificates_issued_total") == 7, message="certified")
     assert "shard  backlog  pending      lag" in result.stdout
-    unreachable = subprocess.run([sys.executable, "-m", "vaxline.cli", "status", "--url", "http://127.0.0.1:1/metrics"],
+    unreachable = subprocess.run([sys.executable, "-m", "commands", "status", "--url", "http://127.0.0.1:1/metrics"],
                                  cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert unreachable.returncode == 1 and "127.0.0.1:1" in unreachable.stderr

@@ -14,7 +14,7 @@ from storage import corrections, tokens
 from tests.conftest import wait_until
 from tests.factory import dose, national_id
 from tests.stack import running_stack
-from vaxline import cli
+from commands import main as cli
 from vaxline.doses import Dose
 from vaxline.entries import ENTRY_FIELD, batch_id, decode_entry, encode_correction, version_of
 from vaxline.review import RecordedDose, flags, national_id_problem

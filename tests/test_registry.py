@@ -12,7 +12,7 @@ import pytest
 from storage import registry as store
 from tests.conftest import PERSONAL_DATA
 from vaxline import registry
-from vaxline.cli import main
+from commands.main import main
 
 TODAY = dt.date(2024, 6, 1)
 HEADER = "national_id,full_name,birth_date,sex"

@@ -8,7 +8,7 @@ import unicodedata
 import pytest
 
 from storage.sites import import_sites, site_by_token_hash
-from vaxline.cli import main
+from commands.main import main
 from vaxline.provinces import PROVINCES, province_code, province_name
 from vaxline.siteimport import SiteFileError, parse_sites
 from vaxline.tokens import token_hash

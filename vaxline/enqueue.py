@@ -12,11 +12,11 @@ import contextlib
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from monitoring import metrics
 from vaxline.config import Settings
 from vaxline.doses import Dose
 from vaxline.entries import ENTRY_FIELD, batch_id, encode_correction, encode_entry
@@ -41,8 +41,10 @@ class Overloaded(Exception):
 
 class Enqueuer:
     def __init__(self, redis: aioredis.Redis, settings: Settings, *, poll_interval: float = 0.5,
-                 clock=time.monotonic):
+                 clock=time.monotonic, on_backlog: Callable[[int, int], None] = lambda shard, entries: None):
+        """`on_backlog(shard, entries)` hears each reading (ingest exports it as vaxline_stream_backlog)."""
         self._redis = redis
+        self._on_backlog = on_backlog
         self._settings = settings
         self._poll_interval = poll_interval
         self._clock = clock
@@ -144,7 +146,7 @@ class Enqueuer:
             self._backlog = None
             return
         for shard, entries in enumerate(self._backlog.entries_per_shard):
-            metrics.stream_backlog.labels(shard=str(shard)).set(entries)
+            self._on_backlog(shard, entries)
 
     async def _poll(self) -> None:
         while True:

@@ -10,12 +10,16 @@ entry keeps its id, which is what makes receipts idempotent.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import typing
+from collections import defaultdict
+from collections.abc import Mapping
 
 import msgspec
 
 from .doses import Dose
+from .sequence import VIETNAM
 
 ENTRY_FIELD = b"b"
 
@@ -71,9 +75,29 @@ def encode_correction(*, site_id: int, received_at: float, op: str, record_id: s
     return _encoder.encode((site_id, received_at, [], [(op, record_id, packed, changed_by)]))
 
 
+_ADMINISTERED_AT = DOSE_FIELDS.index("administered_at")
+
+
 def decode_entry(payload: bytes) -> BatchEntry:
     """Raises msgspec.DecodeError for an entry that can never be persisted."""
     return _decoder.decode(payload)
+
+
+def entry_of(fields: Mapping[bytes, bytes]) -> BatchEntry | None:
+    """The batch in one stream entry's fields; None when there is none to read (the workers dead-letter
+    such an entry, with its error)."""
+    try:
+        return decode_entry(fields[ENTRY_FIELD])
+    except (KeyError, msgspec.DecodeError):
+        return None
+
+
+def doses_by_day(doses: list) -> dict[dt.date, int]:
+    """How many of an entry's (packed) doses were administered on each day, in Vietnam."""
+    days: dict[dt.date, int] = defaultdict(int)
+    for dose in doses:
+        days[dose[_ADMINISTERED_AT].astimezone(VIETNAM).date()] += 1
+    return days
 
 
 def version_of(entry_id: str) -> str:

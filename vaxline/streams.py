@@ -9,11 +9,14 @@ acknowledged entries.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+from collections import defaultdict
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from .config import Settings
+from .entries import batch_id, doses_by_day, entry_of
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,3 +132,33 @@ def connect_redis(settings: Settings) -> aioredis.Redis:
         settings.redis_url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT, health_check_interval=10,
         socket_timeout=10, socket_connect_timeout=5, **tcp)
     return aioredis.Redis.from_pool(pool)
+
+
+@dataclasses.dataclass
+class IngestCounts:
+    """Ingest's side of reconciliation, read from Redis before Postgres is: the doses it acknowledged and
+    rejected per (site, day), and the dose batches still in the streams (batch id -> site, doses per day)."""
+
+    accepted: dict[tuple[int, dt.date], int]
+    rejected: dict[tuple[int, dt.date], int]
+    in_streams: dict[str, tuple[int, dict[dt.date, int]]]
+
+
+async def read_ingest_counts(redis: aioredis.Redis, settings: Settings) -> IngestCounts:
+    """The counts ingest writes with each XADD (and each refusal), and every dose batch still in a shard."""
+    counts = IngestCounts(defaultdict(int), defaultdict(int), {})
+    for shard in range(settings.shards):
+        for field, value in (await redis.hgetall(settings.accepted_key(shard))).items():
+            site, day, *kind = field.decode().split(":")
+            (counts.rejected if kind else counts.accepted)[(int(site), dt.date.fromisoformat(day))] += int(value)
+        start = "-"
+        while True:
+            entries = await redis.xrange(settings.stream(shard), min=start, max="+", count=1000)
+            for entry_id, fields in entries:
+                entry = entry_of(fields)  # None: dead-lettered by the workers, with its error
+                if entry is not None and entry.doses:
+                    counts.in_streams[batch_id(shard, entry_id.decode())] = (entry.site_id, doses_by_day(entry.doses))
+            if len(entries) < 1000:
+                break
+            start = _after(entries[-1][0].decode())
+    return counts

@@ -37,9 +37,8 @@ from vaxline.streams import ensure_groups
 
 from . import handoff
 from .consume import ShardReader, StreamEntry
-from .persist import error_kind, retrying
+from .loop import error_kind, retrying, run_consumer, sleep_unless
 from .trim import trim_stream
-from .pipeline import run_consumer, sleep_unless
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import random
 import time
 
 import asyncpg
@@ -36,13 +35,10 @@ from vaxline.entries import version_of
 
 from . import handoff
 from .consume import ShardReader, StreamEntry
+from .loop import error_kind, retrying
 from .rows import DecodedEntry, PoisonEntry, to_rows
 
 log = logging.getLogger(__name__)
-
-
-class Stopped(Exception):
-    """Shutdown was asked for while waiting for Postgres: nothing was acknowledged."""
 
 
 class Persister:
@@ -155,28 +151,3 @@ class Persister:
         async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             return await dose_store.dead_letter(conn, shard=entry.shard, stream=stream, entry_id=entry.entry_id,
                                                 deliveries=deliveries, error=reason, payload=entry.payload or b"")
-
-
-async def retrying(stop: asyncio.Event, operation, *args, retries=metrics.persist_retries):
-    """Run `operation` until it succeeds or fails for a reason of the data (which is raised);
-    `retries` counts the attempts that failed."""
-    delay = 0.05
-    while True:
-        try:
-            return await operation(*args)
-        except POISON:
-            raise
-        except Exception as e:  # anything else is the system's fault: wait it out
-            retries.labels(error=type(e).__name__).inc()
-            log.warning("%s failed (%s); retrying in %.2fs", operation.__name__, error_kind(e), delay)
-        if stop.is_set():
-            raise Stopped()
-        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-        delay = min(delay * 2, 5.0)
-
-
-def error_kind(error: BaseException) -> str:
-    """The error's class and SQLSTATE, never its message: Postgres quotes the offending value,
-    which may be a name or a national ID, and those never go to a log."""
-    sqlstate = getattr(error, "sqlstate", None)
-    return f"{type(error).__name__} {sqlstate}" if sqlstate else type(error).__name__

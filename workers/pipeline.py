@@ -15,24 +15,22 @@ still waiting for an unreachable Postgres stays pending instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import asyncpg
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from monitoring import metrics
 from storage import partitions
 from storage import ACQUIRE_TIMEOUT
-from storage.doses import prepare_connection
 from vaxline.config import Settings
-from vaxline.streams import connect_redis, ensure_groups
+from vaxline.streams import ensure_groups
 
 from .consume import ShardReader
-from .persist import Persister, Stopped
+from .loop import run_consumer, sleep_unless
+from .persist import Persister
 from .rows import DecodedEntry, PoisonEntry, decode
 from .trim import trim_shards
 
@@ -82,45 +80,6 @@ async def run_worker(settings: Settings, *, consumer: str, stop: asyncio.Event) 
         housekeeping=lambda redis, pool: _housekeeping(redis, pool, settings, stop))
 
 
-async def run_consumer(settings: Settings, stop: asyncio.Event, *, name: str, running,
-                       drain: Callable[[aioredis.Redis, asyncpg.Pool], Awaitable[None]],
-                       housekeeping: Callable[[aioredis.Redis, asyncpg.Pool], Awaitable[None]]) -> None:
-    """What persisting workers and certifiers share: a pool once Postgres answers, `drain` again after
-    each Redis failure until `stop`, `housekeeping` beside it, the `running` gauge, a clean close."""
-    pool = await _create_pool(settings, stop)
-    if pool is None:
-        return
-    redis = connect_redis(settings)
-    keeping = asyncio.create_task(housekeeping(redis, pool))
-    running.inc()
-    try:
-        while not stop.is_set():
-            try:
-                await drain(redis, pool)
-            except RedisError as e:  # unreachable, failing over, a stream deleted: start over
-                log.warning("redis failed (%s: %s); reconnecting", type(e).__name__, str(e)[:200])
-                await sleep_unless(stop, 1.0)
-    except Stopped:
-        log.info("stopped while waiting for postgres; what %s holds stays pending", name)
-    except Exception:
-        log.exception("%s failed; its pending entries go to the next consumer", name)
-        raise
-    finally:
-        running.dec()
-        # Housekeeping ends by itself once `stop` is set (a cancellation alone can be swallowed by a redis-py
-        # command in flight); nothing here may wait forever, or a stopping process would hang.
-        if not stop.is_set():
-            keeping.cancel()
-        _, still_running = await asyncio.wait([keeping], timeout=5)
-        for task in still_running:
-            task.cancel()
-        await redis.aclose()
-        try:
-            await asyncio.wait_for(pool.close(), 10)
-        except TimeoutError:
-            pool.terminate()
-
-
 async def _drain(redis, pool, settings: Settings, consumer: str, stop: asyncio.Event) -> None:
     """Persist groups while the next one is read and decoded (one group ahead, no more)."""
     await ensure_groups(redis, settings)
@@ -147,18 +106,6 @@ async def _drain(redis, pool, settings: Settings, consumer: str, stop: asyncio.E
         await asyncio.wait([reading], timeout=5)
 
 
-async def _create_pool(settings: Settings, stop: asyncio.Event) -> asyncpg.Pool | None:
-    """A pool once Postgres answers; None if asked to stop first."""
-    while not stop.is_set():
-        try:
-            return await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3, init=prepare_connection,
-                                             command_timeout=settings.statement_timeout)
-        except Exception as e:  # unreachable or starting up: wait for it
-            log.warning("postgres unreachable (%s); retrying", type(e).__name__)
-            await sleep_unless(stop, 1.0)
-    return None
-
-
 async def _housekeeping(redis: aioredis.Redis, pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event) -> None:
     """Trim streams, report backlog, keep partitions ahead, until `stop`; never fatal."""
     next_partitions = 0.0
@@ -177,8 +124,3 @@ async def _housekeeping(redis: aioredis.Redis, pool: asyncpg.Pool, settings: Set
         except Exception as e:  # housekeeping retries on its next round, whatever failed
             log.warning("housekeeping failed: %s", type(e).__name__)
         await sleep_unless(stop, settings.trim_interval)
-
-
-async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)

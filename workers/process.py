@@ -11,7 +11,7 @@ import signal
 import uvloop
 
 from vaxline.config import Settings
-from vaxline.procs import stop_on_signals
+from vaxline.lifecycle import stop_on_signals
 
 from .certify import run_certifier
 from .pipeline import run_worker

@@ -21,8 +21,7 @@ from storage import review as store
 from storage import ACQUIRE_TIMEOUT
 from vaxline.config import Settings
 
-from .persist import retrying
-from .pipeline import run_consumer, sleep_unless
+from .loop import retrying, run_consumer, sleep_unless
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,203 @@
+"""`vaxline run`, `migrate`, `serve`, `work`, `status`: the deployment's processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import sys
+from pathlib import Path
+
+from deploy.local import announce, withdraw
+from deploy.stack import Stack, on_database
+from vaxline.config import Settings
+from vaxline.dcc.keys import KeyStore, NoSigningKey
+
+from .common import ConfigError, settings_for
+
+log = logging.getLogger("vaxline")
+
+DEMO_SITE = {"code": "DEMO-001", "name": "Trạm Y tế Phường Demo", "province": 1, "kind": "fixed"}
+
+
+def add_parsers(commands) -> None:
+    run = commands.add_parser("run", help="start everything in the foreground")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8080)
+    run.add_argument("--ingest-processes", type=int, default=2)
+    run.add_argument("--workers", type=int, default=2)
+    run.add_argument("--certifiers", type=int, default=1)
+    run.add_argument("--reviewers", type=int, default=1)
+    run.set_defaults(func=cmd_run)
+
+    migrate = commands.add_parser("migrate", help="apply schema migrations")
+    migrate.set_defaults(func=cmd_migrate)
+
+    serve = commands.add_parser("serve", help="run the ingest HTTP processes")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--processes", type=int, default=2)
+    serve.set_defaults(func=cmd_serve)
+
+    work = commands.add_parser("work", help="run the stream worker processes")
+    work.add_argument("--processes", type=int, default=2, help="persisting workers")
+    work.add_argument("--certifiers", type=int, default=1, help="certifier processes (0: certify elsewhere)")
+    work.add_argument("--reviewers", type=int, default=1, help="reviewer processes (0: review elsewhere)")
+    work.add_argument("--name", default=socket.gethostname(),
+                      help="consumer name prefix; keep it stable so a restarted worker reads its own pending list")
+    work.add_argument("--metrics-host", default="0.0.0.0")
+    work.add_argument("--metrics-port", type=int, default=9465, help="/metrics of the workers; 0 turns it off")
+    work.set_defaults(func=cmd_work)
+
+    status = commands.add_parser("status", help="throughput, backlog, freshness and dead letters of a deployment")
+    status.add_argument("--url", action="append", dest="urls", metavar="METRICS_URL",
+                        help="a /metrics endpoint to read (repeat for ingest and workers);"
+                             " default http://127.0.0.1:8080/metrics")
+    status.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                        help="refresh every SECONDS (default 2) until Ctrl-C")
+    status.set_defaults(func=cmd_status)
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    from storage.migrate import migrate
+
+    return await on_database(settings, migrate)
+
+
+def cmd_migrate(args) -> int:
+    applied = asyncio.run(_migrate(settings_for(args.data_dir)))
+    print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "; schema up to date"))
+    return 0
+
+
+def _metrics_dir(args, role: str) -> Path:
+    return args.data_dir / "metrics" / role
+
+
+def cmd_serve(args) -> int:
+    stack = Stack(args.data_dir)
+    stack.attach(settings_for(args.data_dir), metrics_dir=_metrics_dir(args, "serve"))
+    stack.start_ingest(hosts=args.host, port=args.port, processes=args.processes)
+    stack.supervise()
+    return 0
+
+
+def cmd_work(args) -> int:
+    stack = Stack(args.data_dir)
+    stack.attach(settings_for(args.data_dir), metrics_dir=_metrics_dir(args, "work"))
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        from monitoring.exposition import registry
+
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry())
+    if args.certifiers:
+        try:
+            KeyStore(stack.settings.signing_keys_dir).signing_key()
+        except NoSigningKey as e:
+            raise ConfigError(str(e)) from None
+    stack.start_workers(name=args.name, processes=args.processes, certifiers=args.certifiers,
+                        reviewers=args.reviewers)
+    stack.supervise()
+    return 0
+
+
+def cmd_status(args) -> int:
+    from monitoring import status
+
+    urls = args.urls or ["http://127.0.0.1:8080/metrics"]
+    try:
+        if args.watch:
+            status.watch(urls, every=args.watch)
+        else:
+            print(status.once(urls))
+    except status.Unreachable as e:
+        print(f"vaxline status: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_run(args) -> int:
+    """Everything in the foreground: the embedded services unless DATABASE_URL/REDIS_URL name others."""
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    stack = Stack(args.data_dir)
+    try:
+        settings = stack.start(metrics_dir=_metrics_dir(args, "run"))
+        log.info("migrations applied: %s", ", ".join(stack.migrated) or "none pending")
+        [token] = stack.add_sites([DEMO_SITE])
+        announce(settings)
+        stack.start_ingest(hosts=args.host, port=args.port, processes=args.ingest_processes)
+        if stack.ensure_signing_key():  # the first start, or the newest key's last year
+            log.warning("created a signing key in %s (`vaxline keys list` shows it)", settings.signing_keys_dir)
+        stack.start_workers(name=f"{socket.gethostname()}-run", processes=args.workers,
+                            certifiers=args.certifiers, reviewers=args.reviewers)
+        _wait_ready(args, stack)
+        _print_banner(args, DEMO_SITE["code"], token)
+        stack.supervise(tick=_status_printer())
+    finally:
+        stack.stop()
+        withdraw(args.data_dir)
+    log.info("stopped; nothing acknowledged is lost (unfinished batches resume on the next start)")
+    return 0
+
+
+def _local_url(args) -> str:
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    return f"http://{host}:{args.port}"
+
+
+def _wait_ready(args, stack, timeout: float = 60) -> None:
+    """Wait for ingest, so the banner's curl works when it is shown."""
+    try:
+        stack.wait_ready([f"{_local_url(args)}/readyz"], timeout=timeout)
+    except TimeoutError as e:
+        raise ConfigError(f"ingest did not become ready on port {args.port}: {e}") from e
+
+
+def _print_banner(args, site_code: str, token: str) -> None:
+    url = _local_url(args)
+    body = json.dumps({"doses": [{
+        "record_id": "DEMO-0001", "national_id": "001099012345", "full_name": "Nguyễn Thị Ánh",
+        "birth_date": "1990-04-02", "sex": "F", "phone": "0912345678", "vaccine": "EU/1/21/1529",
+        "lot": "ABV5300", "dose_number": 1, "administered_at": "2021-08-14T09:30:00+07:00",
+    }]}, ensure_ascii=False)
+    print(f"""
+vaxline is running at {url}
+demo site {site_code}, bearer token (new at every start):
+{token}
+
+post a batch:
+curl -s -X POST {url}/v1/doses -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' -d '{body}'
+
+read it back:
+curl -s {url}/v1/persons/001099012345/doses -H 'Authorization: Bearer {token}'
+
+look up the certificate issued a moment later (its "hc1" is the QR text; GET {url}/v1/certificates/<uvci>?format=png is the QR):
+curl -s -X POST {url}/v1/certificates/lookup -H 'Content-Type: application/json' -d '{{"national_id": "001099012345", "birth_date": "1990-04-02"}}'
+
+verify it offline:
+vaxline --data-dir {args.data_dir} verify 'HC1:...'
+
+Ctrl-C stops everything cleanly.
+""", flush=True)
+
+
+def _status_printer():
+    from monitoring.exposition import registry
+    from monitoring.status import Snapshot, status_line
+
+    interactive = sys.stdout.isatty()
+    state = {"before": Snapshot.from_families(registry().collect()), "printed": 0.0}
+
+    def tick() -> None:
+        after = Snapshot.from_families(registry().collect())
+        line = status_line(state["before"], after)
+        state["before"] = after
+        if interactive:
+            print(f"\r\033[K{line}", end="", flush=True)
+        elif after.at - state["printed"] >= 10:
+            print(line, flush=True)
+            state["printed"] = after.at
+
+    return tick

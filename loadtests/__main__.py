@@ -1,0 +1,7 @@
+"""`python -m loadtests ...`: the runner behind `vaxline loadtest`."""
+
+import sys
+
+from .runner import main
+
+sys.exit(main())
