@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from .doses import Dose, FieldError, check_dose, field_errors
-from .valuesets import VACCINE_PRODUCTS
+from vaxline.doses import Dose, FieldError, check_dose, field_errors
+from vaxline.valuesets import VACCINE_PRODUCTS
 
 VIETNAM = dt.timezone(dt.timedelta(hours=7))
 # A date without a time of day is taken at noon, Vietnam time: the middle of the day keeps the

@@ -107,15 +107,18 @@ def cmd_registry_import(args) -> int:
 
 
 def cmd_import(args) -> int:
-    """Import a site's back-entry file (ingest/backentry.py). Exit 0 when every row was accepted, 1 when
+    """Import a site's back-entry file (backentry/). Exit 0 when every row was accepted, 1 when
     some were rejected (the others are imported; the rejected ones are in FILE.errors.*), 2 on a usage
     error: unknown site, unreadable file, unknown or missing columns."""
     from tqdm import tqdm
 
-    from ingest import backentry
+    from backentry.importer import import_file
+    from backentry.readers import UsageError
+    from backentry.senders import HttpSender, StreamSender
+    from backentry.template import write_template
 
     if args.template:
-        backentry.write_template(args.template)
+        write_template(args.template)
         print(f"template written to {args.template}")
         return 0
     problem = ("FILE is needed (or --template OUT.xlsx)" if args.file is None
@@ -129,17 +132,17 @@ def cmd_import(args) -> int:
     def waiting(reason: str, seconds: float) -> None:
         tqdm.write(f"vaxline import: {reason}; retrying in {seconds:g} s", file=sys.stderr)
 
-    sender = (backentry.HttpSender(args.url, args.token, on_wait=waiting) if args.url
-              else backentry.StreamSender(settings_for(args.data_dir), args.site, on_wait=waiting))
+    sender = (HttpSender(args.url, args.token, on_wait=waiting) if args.url
+              else StreamSender(settings_for(args.data_dir), args.site, on_wait=waiting))
 
     async def run():
         async with sender:
-            return await backentry.import_file(args.file, sender, resume=args.resume, wait=args.wait,
+            return await import_file(args.file, sender, resume=args.resume, wait=args.wait,
                                                wait_timeout=args.wait_timeout, batch_doses=args.batch_size)
 
     try:
         summary = asyncio.run(run())
-    except backentry.UsageError as e:
+    except UsageError as e:
         print(f"vaxline import: {args.file}: {e}", file=sys.stderr)
         return 2
     print("\n".join(summary.lines()))

@@ -1,4 +1,7 @@
-"""The HTTP contract of ingest, end to end through Redis and Postgres."""
+"""The HTTP contract of ingest, end to end through Redis and Postgres.
+
+Covers: 202 bodies, receipts, person history, 400/401/404/413/415/503, another site's receipt.
+"""
 
 import msgspec
 import pytest

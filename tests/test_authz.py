@@ -11,6 +11,13 @@ principal's own scope only: a site never reads or changes another site's data, a
 leaves its province, read-only tokens never write. The one documented exception: a person's history
 (`/v1/persons/...`) is readable with a site's token or the operator's, because a desk needs it to give
 the next dose; a province token gets 403 there.
+
+Covers: every route that takes a token (from the app's router) with sites of two provinces, both provinces'
+tokens, the operator's, no token and an unknown one: the exact status for each, and every 200 within the
+caller's scope (a site never reads or changes another site's records, receipts, statistics, review list or
+correction requests; a province token never leaves its province; read-only tokens never write; a person's
+history: sites and the operator only, a province token gets 403); a body cannot name another site; token
+lookups send Postgres only the 32-byte SHA-256 digest, on unique indexes.
 """
 
 from __future__ import annotations

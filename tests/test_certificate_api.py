@@ -1,5 +1,11 @@
 """The certificate routes of ingest, end to end: doses posted, persisted and certified by the stack,
-then read as JSON and QR, looked up, verified, and listed for verifiers (trust list, revocations)."""
+then read as JSON and QR, looked up, verified, and listed for verifiers (trust list, revocations).
+
+Covers: the certificate JSON, SVG and PNG (the PNG decoded back to the same `HC1:` with zxing-cpp), content
+negotiation; lookup found / wrong birth date / unknown ID (byte-identical 404s, both held to the floor), the
+rate limit (429 with `Retry-After`) and its failing closed (503); verify valid, superseded (`revocation`)
+and garbage; trust list and revocations; no UVCI or national ID in metrics.
+"""
 
 from __future__ import annotations
 

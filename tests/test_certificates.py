@@ -1,6 +1,16 @@
 """Issuing certificates: the sequence comes from persisted history, each person is signed once per
 change, a new dose supersedes (revokes) the old certificate, and what we sign verifies with an
-independent COSE implementation (`cwt`)."""
+independent COSE implementation (`cwt`).
+
+Covers: two doses give two on the certificate (dn 2/2) and revoke the first; the same dose from two sites on
+one day counts once and keeps the same certificate (its view lists both records); the EU's dn/sd encoding
+(3/3 after two doses, 2/1 after Jcovden); a second dose arriving first is renumbered when the first arrives
+(and its wrong `dose_number` is flagged); a redelivered handoff signs nothing; a certificate built before an
+in-place view update cannot replace the newer one; a rotated key signs new certificates while old ones still
+verify; every certificate is verified with an independent COSE implementation (the `cwt` package, given only
+the DSC's public key); every product's certificate passes our verifier (schema and value sets included);
+ICAO names.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,16 @@
 """Citizen correction requests: filed with evidence, confirmed by a one-time code, routed, decided by the
-site, applied through the pipeline to a reissued certificate, every step in the audit log."""
+site, applied through the pipeline to a reissued certificate, every step in the audit log.
+
+Covers: a missing dose from request (JSON and images) to confirmation, the site's queue, approval, and a
+reissued certificate (new UVCI, the old one revoked by it), with the citizen's view (and its 404 for a wrong
+birth date) and the audit log in order; wrong personal details fixed on every record and the certificate
+renamed; an expired code (410); wrong guesses locking the code (422, 422, 429, then 429 for the right code),
+a new code starting afresh and the old one dead; a code working once; disguised, truncated, oversized and
+too many images refused, an image judged by its bytes, not its name; another site and a province token
+cannot decide (403), a province reads its queue, a decided request stays decided (409); an unknown place
+routed to the province's queue, approved by the operator naming the site; the audit log refusing UPDATE,
+DELETE and TRUNCATE.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""The command line, as an operator runs it: real processes, real services."""
+"""The command line, as an operator runs it: real processes, real services.
+
+Covers: `vaxline run` end to end (the banner's curl, a persisted receipt, Ctrl-C exits 0); `migrate`; `sites
+add` prints the token last and stores only its hash; a SIGKILLed supervisor's children stop too; `keys init`
+once (key file 0600), then `verify`'s exit codes 0/1/2 and `--json` for valid, expired (`--clock`),
+tampered, signed by a stranger (`--dsc`), revoked (`--revocations`), and usage errors.
+"""
 
 import json
 import os

@@ -2,6 +2,18 @@
 
 These run workers and ingest as real processes (python -m workers / ingest)
 and SIGKILL them; the assertions are exact counts in Postgres.
+
+Covers: 50,000 doses streaming in while a worker process is SIGKILLed three times mid-drain and restarted
+(alternately under its own name and a new one), then exactly once in Postgres, nothing pending, and no
+national ID in the worker's log; an ingest process SIGKILLed twice mid-request while four clients post and
+retry what got no 202: every 202 persisted, exactly once; Redis SIGKILLed while acknowledged batches exist
+only in its AOF, restarted on it: every 202 persisted exactly once (a batch whose reply was lost with Redis
+is retried by its site and counts as duplicates); Postgres restarted (fast: sessions killed mid-transaction)
+while workers persist and ingest keeps answering 202 for known sites: workers retry, then drain exactly
+once; a poison entry (undecodable) and a data-poison entry (a NUL byte Postgres refuses) dead-lettered with
+their errors while a good batch persists. A certifier process SIGKILLed three times while 20,000 persons are
+certified (restarted under its own name and a new one): exactly 20,000 certificates, one current per person,
+none signed twice.
 """
 
 import asyncio

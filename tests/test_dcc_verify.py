@@ -3,6 +3,12 @@
 The EU files live in shared/testdata/dcc (VAXLINE_DCC_TESTDATA overrides);
 each EXPECTED* key of each file is one test, named like `CO16-expiry`. The
 entries the EU itself marks wrong (known_issues.csv) are expected to fail.
+
+Covers: every file and every expected result of the EU DCC test data (`EXPECTEDUNPREFIX`,
+`EXPECTEDB45DECODE`, `EXPECTEDCOMPRESSION`, `EXPECTEDDECODE`, `EXPECTEDVERIFY`, `EXPECTEDEXPIRATIONCHECK` at
+`VALIDATIONCLOCK`, `EXPECTEDKEYUSAGE`, `EXPECTEDSCHEMAVALIDATION`), the `known_issues.csv` entries marked
+xfail with their link; base45 (RFC 9285 examples), kid, UVCI hash, DSC loading, a seeded fuzz of malformed
+inputs (the verifier never raises).
 """
 
 from __future__ import annotations

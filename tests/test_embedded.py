@@ -1,4 +1,7 @@
-"""The embedded Redis: durable by default, and never two servers on one AOF."""
+"""The embedded Redis: durable by default, and never two servers on one AOF.
+
+Covers: the embedded Redis runs `appendfsync always`; one left by a killed run is stopped and its data kept.
+"""
 
 import redis
 

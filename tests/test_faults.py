@@ -5,6 +5,19 @@ altogether, sites keep posting and retry whatever got no 202 (with the same reco
 does). Neither ingest nor the workers are restarted. At the end, with the faults off: every batch
 that got a 202 has its receipt, every record is in Postgres exactly once, nothing is pending, no
 good dose was dead-lettered, and reconciliation has nothing unexplained. Exact counts throughout.
+
+Covers: ingest and workers reach Postgres and Redis only through a fault-injecting TCP proxy
+(`tests/proxy.py`): while 0.5% of chunks are dropped and 0.5% reset, each is delayed up to 5 ms, and every
+connection is ended every 0.5-2 s, and while the service is refused for a while, a site posts 60 batches and
+retries whatever got no 202 with the same records; then every 202 has its receipt, every record is in
+Postgres exactly once (count and per-record), nothing is pending, nothing was dead-lettered and
+reconciliation has 0 unexplained, for Postgres and for Redis alike (while Postgres is refused, ingest
+answers 202 and no receipt is written). With Redis refused, posts get 503 with `Retry-After` and `/readyz`
+503, both recover in the same process; with Postgres refused, `/readyz` is 503 while a known site's post
+still gets 202. With Redis partitioned (all traffic held), the post in flight gets its 503 after the socket
+timeout, later ones at once, `/readyz` within 2 s; the held XADD lands when the partition heals and its
+retry counts as duplicates. Postgres restarted while the proxy holds a persist transaction's COPY data half
+sent: the worker retries and the group lands once.
 """
 
 from __future__ import annotations

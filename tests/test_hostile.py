@@ -4,6 +4,12 @@ A client that trickles a request's headers or its body is cut off at the deadlin
 (`client_timeout`, 1 s here), while an idle keep-alive connection is held; hundreds of such clients do
 not keep a desk from its 202; a Content-Length over the limit is refused from the headers alone, and a
 chunked body is cut off at the limit, never read whole.
+
+Covers: raw sockets against a real ingest server (in-process, and `python -m ingest` on uvloop): headers
+trickled a byte at a time are cut off at the deadline, a connection that never sends a request too, while an
+idle keep-alive connection is held past it; a trickled body gets 408 and the connection closes, while a slow
+but steady upload passes; 300 stalled clients leave a desk's 202 under a second and are all cut; a
+`Content-Length` over the limit gets 413 with no body sent; a chunked body is refused once past the limit.
 """
 
 from __future__ import annotations

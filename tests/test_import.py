@@ -3,6 +3,18 @@
 The readers, the driver and the command run against real Postgres and Redis, with in-process workers
 (tests/stack.py) persisting what the import enqueues; the resume and memory tests run the command as
 a real process.
+
+Covers: header matching (case, diacritics, synonyms; unknown, repeated and missing columns named; a data row
+is never echoed), dates and times as people type them and as Excel stores them, a row to the dose POST would
+accept or every reason it would not, the compact shared-strings table; a CSV with Vietnamese headers and
+mixed date formats: good rows persisted with the right times, bad ones in the error report with their row
+numbers and reasons, the same file again all duplicates and nothing new in `doses`, the fixed report
+imported as it is; an XLSX with Excel date, time and number cells (leading zeros restored), a title row and
+a notes sheet; the template filled in and imported; the same over HTTP with the site's token (a wrong token
+exits 2); receipts pending without workers, and `--no-wait`; usage errors exit 2 (unknown site, missing and
+unknown columns, an `.xls`, a damaged workbook, a missing file); a real process killed mid-import (SIGKILL)
+and resumed with `--resume`: every row in Postgres exactly once, the acknowledged rows skipped, at most the
+batches in flight sent twice; the peak memory (VmHWM) of 40,000 and 200,000-row imports is the same.
 """
 
 from __future__ import annotations
@@ -21,11 +33,12 @@ import time
 import pytest
 from openpyxl import Workbook, load_workbook
 
-from backentry.importer import IN_FLIGHT, SharedStrings
+from backentry.importer import IN_FLIGHT
+from backentry.xlsx import SharedStrings
 from tests.conftest import PERSONAL_DATA, ROOT, wait_until
 from tests.factory import dose as factory_dose
 from tests.stack import running_stack
-from vaxline import backentry
+from backentry import rows as backentry
 from backentry.rows import HeaderError, map_header
 from commands.main import main
 
@@ -464,7 +477,7 @@ def test_the_xlsx_reader_gives_the_rows_openpyxl_gives(tmp_path):
     from openpyxl.cell.rich_text import CellRichText, TextBlock
     from openpyxl.cell.text import InlineFont
 
-    from backentry.importer import _CompactReader, sheet_rows
+    from backentry.xlsx import _CompactReader, sheet_rows
 
     book = Workbook()
     sheet = book.active

@@ -3,6 +3,12 @@
 The workload runs through `vaxline serve --processes 2` and `vaxline work
 --processes 2` as real processes, so the counts are aggregated across
 processes exactly as an operator's Prometheus sees them.
+
+Covers: a known workload gives exact counts (accepted, inserted, duplicates, rejected by field, one
+certificate per person); the freshness histogram shows a pause of the workers and the backlog gauge follows
+the stream; logs are JSON lines carrying the batch id through both stages, without personal data; `vaxline
+status` prints the picture; dashboard and alerts use only declared metrics; promtool accepts the rules and
+config.
 """
 
 from __future__ import annotations

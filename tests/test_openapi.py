@@ -1,5 +1,13 @@
 """The published contract: openapi.json is the generator's output, names every route and only those, and every
-answer of a real session through every operation conforms to it."""
+answer of a real session through every operation conforms to it.
+
+Covers: `openapi.json` is the generator's output; the document names every route `app.router` registers and
+only those; it is a valid OpenAPI 3.1 document whose examples satisfy their schemas, and its Dose schema
+states the validator's rules; a real session through every operation (doses, receipts, corrections,
+certificates as JSON/SVG/PNG, lookup and verify, statistics and review as JSON and CSV, reconciliation, a
+correction request from filing with an image to approval) answers each with a documented status, media type
+and body, and every operation succeeds at least once; `GET /openapi.json` serves the generated document.
+"""
 
 from __future__ import annotations
 

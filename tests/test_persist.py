@@ -1,4 +1,9 @@
-"""Idempotency, identity and partitions: what the persist transaction promises."""
+"""Idempotency, identity and partitions: what the persist transaction promises.
+
+Covers: the same batch three times is one row per record with receipts saying `duplicates`; record ids are
+per site; five people sharing one phone are five persons; partitions (ahead, default, month boundaries in
+UTC+7); migrations twice.
+"""
 
 import datetime as dt
 

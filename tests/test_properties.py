@@ -9,6 +9,13 @@ persist path behind it, and the certificate codec.
 
 Seeded (`derandomize`): CI runs the same examples every time. Generated national IDs and names are never
 logged (the session fixture that scans every log line would fail the run).
+
+Covers: doses built from the document's constraints are accepted (JSON and msgpack), survive the stream
+entry encoding unchanged, and persist as sent through the worker's path (entry decoding, COPY rows, the
+persist transaction, on real Postgres); a dose made wrong in one field (a value, a missing or unknown field,
+not an object) is rejected naming that field; the national ID and phone patterns match the whole string;
+base45 is the identity on any bytes; any payload signed and verified comes back unchanged with a valid
+signature, and the certificate of any history verifies, schema and value sets included.
 """
 
 from __future__ import annotations

@@ -1,5 +1,20 @@
 """Data quality: probable duplicates, sequence flags, versioned corrections, statistics that cannot drift,
-tokens and scopes, reconciliation. Real Postgres and Redis, the in-process stack."""
+tokens and scopes, reconciliation. Real Postgres and Redis, the in-process stack.
+
+Covers: the same dose from two sites on one day is stored twice and counted once (flagged on the later
+record, naming the first); dose 2 without dose 1, a dose number the history contradicts, a second dose
+inside the product's minimum interval and a CCCD disagreeing with the birth date are flagged (and a clean
+history is not); a correction replaces the record, keeps its versions with who and when, and moves its
+statistics; withdrawing the counted record hands its day to the duplicate, and a person left with no dose
+loses their certificate; another site's record, a province token and bad bodies get 403/404/409/422; an
+older correction arriving after a newer one is kept, not applied; after a randomized workload (four sites in
+three provinces, resubmissions, same-day duplicates, replacements that move records across days and persons,
+withdrawals) every statistic of 15 random queries equals a `count(*)` over `doses`, and reconciliation is 0;
+site, province and operator tokens see their scope only (403 otherwise); `vaxline reconcile` exits 0 on a
+clean run and 1 (naming the site and day) when a dose is deleted behind the pipeline's back; the review
+list, scoped, and `vaxline review --out`; new persons reconciled against the registry as they arrive,
+`unchecked` without one.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,17 @@
-"""The population registry: `vaxline registry import`, reconciliation of persons, name folding."""
+"""The population registry: `vaxline registry import`, reconciliation of persons, name folding.
+
+Covers: every status, and `review_due`; Vietnamese names with and without diacritics, in capitals, with
+extra spaces, decomposed (NFD) on either side, all `verified`; a later extract that corrects a birth date
+turns `birth_date_mismatch` into `verified` (the registry row updated in place, not duplicated) and leaves
+persons it does not name as they were, while persons never reconciled are judged on the registry as it is;
+the same file again reports every row unchanged and rewrites no person; a person whose record changed is
+judged again; a repeated national ID (the later row wins) counted alike in one chunk, across chunks and one
+row per chunk; bad rows of every kind reported by line and field (a stray quote not swallowing the next
+line, bytes that are not UTF-8) with no value in the output while the good rows import, and past 100 only a
+count; a file without a header refused without echoing its first line; one import at a time; a deadlock
+victim retried; the pure reader (columns in any order, BOM, CRLF, quotes, `D/M/YYYY`, ISO forms other than
+`YYYY-MM-DD` refused); `vx_fold_name` on tricky names.
+"""
 
 import asyncio
 import datetime as dt

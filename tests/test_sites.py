@@ -1,5 +1,9 @@
 """The site registry: provinces, the registry file's validation (pure units), and `vaxline sites import | token
-| activate | deactivate` against a real Postgres."""
+| activate | deactivate` against a real Postgres.
+
+Covers: the site-file import (fixed and mobile sites with parents, re-import unchanged, edits, bad rows with
+their line numbers beside the good ones, unknown provinces), token rotation, deactivation, the 63 provinces.
+"""
 
 import asyncio
 import re

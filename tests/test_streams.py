@@ -3,6 +3,9 @@ answers, a Redis 7 (TEST_REDIS7_URL, or the machine's 127.0.0.1:6379).
 
 XAUTOCLAIM's reply and XINFO's fields differ between the two; a worker that
 crashes on one of them stops draining without a word.
+
+Covers: own pending list after restart, XAUTOCLAIM, trimming that keeps pending and undelivered entries, a
+pending entry whose data was deleted, on Redis 6.2 and 7.
 """
 
 import asyncio

@@ -1,4 +1,7 @@
-"""Validation of dose batches (pure units: no server needed)."""
+"""Validation of dose batches (pure units: no server needed).
+
+Covers: every field's bad values, named; mixed batches; malformed and oversized bodies.
+"""
 
 import datetime as dt
 

@@ -1,0 +1,197 @@
+"""The thresholds a run must hold, its figures, and the summary printed and written at its end."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+from .plan import Plan
+from .sampling import Sample, quantile_between, share_within
+
+DOSES_NAME = "POST /v1/doses"
+GRACE = 30.0  # seconds after a paced day during which its last batches still count as the day's
+
+
+# -- thresholds and the summary -----------------------------------------------------
+
+def locust_at(folder: Path, name: str, until: float) -> dict | None:
+    """Locust's cumulative statistics of `name` (since its reset) as they stood at `until` (an epoch): the
+    hold's own percentiles, without the ramp-down that the final CSV also counts."""
+    import csv
+
+    path, found = folder / "locust_stats_history.csv", None
+    if not path.exists():
+        return None
+    with path.open(newline="") as lines:
+        for row in csv.DictReader(lines):
+            if row["Name"] == name and float(row["Timestamp"]) <= until and row["99%"] not in ("N/A", ""):
+                found = row
+    return found
+
+
+def window(plan: Plan, phases: dict[str, float]) -> tuple[float, float] | None:
+    """The measured phase, as epochs: the hold, or the day and its grace for the last posts."""
+    if plan.paced:
+        start, end = phases.get("day start"), phases.get("day end")
+        return (start, end + GRACE) if start and end else None
+    start, end = phases.get("hold start"), phases.get("hold end")
+    return (start, end) if start and end else None
+
+
+def at_or_after(samples: list[Sample], epoch: float) -> Sample:
+    return next((s for s in samples if s.at >= epoch), samples[-1])
+
+
+def at_or_before(samples: list[Sample], epoch: float) -> Sample:
+    return next((s for s in reversed(samples) if s.at <= epoch), samples[0])
+
+
+def threshold(name: str, limit: str, measured: str, passed: bool) -> dict:
+    return {"name": name, "limit": limit, "measured": measured, "passed": bool(passed)}
+
+
+def summarize(plan: Plan, started: dt.datetime, t0: float, samples: list[Sample], phases: dict[str, float],
+              stats: dict[str, dict], failed: list[str], checked: dict, unexplained: int,
+              peaks: dict[str, float], locust_exit: int, drained: float | None, folder: Path = Path("/nonexistent")
+              ) -> dict:
+    measured = window(plan, phases)
+    thresholds, figures = [], {}
+    doses_row, total_row = stats.get(DOSES_NAME, {}), stats.get("Aggregated", {})
+    locust_failures = int(total_row.get("Failure Count", 0) or 0)
+    thresholds.append(threshold("failed requests (whole run)", "0", f"{len(failed):,}", not failed and not locust_failures))
+    if measured and (held := locust_at(folder, DOSES_NAME, measured[1])) is not None:
+        doses_row = held | {"Request Count": held["Total Request Count"]}
+    client_p99 = float(doses_row.get("99%", "nan") or "nan") / 1000
+    overload = plan.shape == "overload"  # past capacity, latency is not the promise; bounded memory and no loss are
+    if not overload:
+        thresholds.append(threshold("ingest p99, Locust (POST /v1/doses, measured phase)", f"<= {plan.ingest_p99_limit * 1000:.0f} ms",
+                                    f"{client_p99 * 1000:.0f} ms", client_p99 <= plan.ingest_p99_limit))
+    if measured and samples:
+        _server_figures(plan, samples, phases, measured, thresholds, figures)
+    else:
+        thresholds.append(threshold("measured phase reached", "yes", "no", False))
+    thresholds += _run_thresholds(plan, checked, unexplained, peaks, locust_exit, drained)
+    figures.update({
+        "Locust requests (measured phase)": int(total_row.get("Request Count", 0) or 0),
+        "Locust requests/s": round(float(total_row.get("Requests/s", 0) or 0), 1),
+        "Locust POST /v1/doses p50 / p99 over the measured phase (ms)":
+            f"{doses_row.get('50%', '-')} / {doses_row.get('99%', '-')}",
+        "Locust POST /v1/doses p99 to the end, ramp-down or stop included (ms)":
+            stats.get(DOSES_NAME, {}).get("99%", "-"),
+        "doses acknowledged (202)": checked["acknowledged"],
+        "doses persisted, acknowledged or not": checked["acknowledged"] - checked["missing"]
+                                                 + checked["persisted_unacknowledged"],
+        "reconciliation gap": checked["gap"],
+        "ingest memory peak per process (MiB)": ", ".join(f"{v:.0f}" for v in peaks.values()),
+    })
+    return {
+        "shape": plan.shape, "started_at": started.isoformat(timespec="seconds"),
+        "passed": all(t["passed"] for t in thresholds), "plan": dataclasses.asdict(plan),
+        "thresholds": thresholds, "figures": figures,
+        "phases": {name: round(at - t0, 1) for name, at in phases.items()},
+        "reconciliation": checked | {"vaxline_reconcile_unexplained": unexplained},
+        "failures": failed[:50], "locust": stats,
+    }
+
+
+def _server_figures(plan: Plan, samples: list[Sample], phases: dict[str, float], measured: tuple[float, float],
+                    thresholds: list[dict], figures: dict) -> None:
+    """The server's own readings over the measured phase: its thresholds and figures, added."""
+    overload = plan.shape == "overload"
+    before, after = at_or_after(samples, measured[0]), at_or_before(samples, measured[1])
+    b, a = before.snapshot, after.snapshot
+    seconds = max(after.at - before.at, 1e-9)
+    requests, ingest_share = share_within(b.latency, a.latency, "/v1/doses", plan.ingest_p99_limit)
+    certified, certified_share = share_within(b.freshness, a.freshness, "certified", plan.certified_p99_limit)
+    certified_p99 = quantile_between(b.freshness, a.freshness, "certified")
+    if not overload:
+        thresholds.append(threshold(
+            "202 -> certificate p99 (server)", f"<= {plan.certified_p99_limit:g} s",
+            f"{certified_p99:.2f} s ({certified_share:.2%} within)" if certified_p99 is not None
+            else "no certificates", certified and certified_share >= 0.99))
+    figures.update({
+        "measured window (s)": round(seconds),
+        "requests/s (server, all routes)": round((a.value("vaxline_http_requests_total")
+                                                  - b.value("vaxline_http_requests_total")) / seconds, 1),
+        "doses accepted/s (server)": round((a.value("vaxline_doses_accepted_total")
+                                           - b.value("vaxline_doses_accepted_total")) / seconds, 1),
+        "ingest p50 / p99, server (ms)": _ms(quantile_between(b.latency, a.latency, "/v1/doses", 0.5),
+                                             quantile_between(b.latency, a.latency, "/v1/doses")),
+        "ingest within 250 ms, server": f"{ingest_share:.3%} of {requests:,.0f}",
+        "persisted freshness p50 / p99 (s)": _s(quantile_between(b.freshness, a.freshness, "persisted", 0.5),
+                                                quantile_between(b.freshness, a.freshness, "persisted")),
+        "202 -> certificate p50 / p99 (s)": _s(quantile_between(b.freshness, a.freshness, "certified", 0.5),
+                                               certified_p99),
+    })
+    ended = phases["day end"] if plan.paced else measured[1]  # the users run until then
+    inside = [s for s in samples if measured[0] + plan.sample_every <= s.at <= ended] or [after]
+    held = min(s.snapshot.value("vaxline_open_connections") for s in inside)
+    figures["open connections during the window (min / max)"] = (
+        f"{held:,.0f} / {max(s.snapshot.value('vaxline_open_connections') for s in inside):,.0f}")
+    if plan.shape == "sessions":
+        # The target is the desks' sessions; citizens and clerks hold a few connections beside them.
+        thresholds.append(threshold("sessions held (server's open connections, min over the hold)",
+                                    f">= {plan.desks:,}", f"{held:,.0f}", held >= plan.desks))
+    if plan.shape == "day":
+        deadline = at_or_before(samples, phases["day end"] + 60)
+        persisted = deadline.snapshot.persisted()
+        thresholds.append(threshold(f"doses persisted within {plan.within:g} s (+60 s)", f">= {plan.doses:,}",
+                                    f"{persisted:,.0f}", persisted >= plan.doses))
+    if plan.shape == "overload":
+        refused = a.value("vaxline_backpressure_rejections_total")
+        thresholds.append(threshold("503 with Retry-After under overload", "> 0", f"{refused:,.0f}", refused > 0))
+        thresholds += memory_flat(samples, measured)
+
+
+def _run_thresholds(plan: Plan, checked: dict, unexplained: int, peaks: dict[str, float], locust_exit: int,
+                    drained: float | None) -> list[dict]:
+    """What holds for the whole run: memory, acknowledgements, reconciliation, the drain, Locust's exit."""
+    heaviest = max(peaks.values(), default=0.0)
+    thresholds = []
+    thresholds.append(threshold("ingest memory per process (peak)", f"< {plan.ingest_memory_limit_mib:g} MiB",
+                                f"{heaviest:.0f} MiB", 0 < heaviest < plan.ingest_memory_limit_mib))
+    if plan.shape == "day":
+        thresholds.append(threshold("doses acknowledged", f"= {plan.doses:,}", f"{checked['acknowledged']:,}",
+                                    checked["acknowledged"] == plan.doses))
+    thresholds.append(threshold("doses a client started posting and never got a 202 for", "0",
+                                f"{checked['abandoned_by_clients']:,}", checked["abandoned_by_clients"] == 0))
+    thresholds.append(threshold("reconciliation gap (acknowledged, not stored once and certified)", "0",
+                                f"{checked['gap']:,}", checked["gap"] == 0))
+    thresholds.append(threshold("vaxline reconcile: unexplained", "0", f"{unexplained:,}", unexplained == 0))
+    thresholds.append(threshold("drained: every acknowledged dose persisted and certified", "within an hour",
+                                "no" if drained is None else f"{drained:.0f} s after Locust stopped", drained is not None))
+    thresholds.append(threshold("Locust exited cleanly", "0, or 1 for failed requests", str(locust_exit),
+                                locust_exit in (0, 1)))
+    return thresholds
+
+
+def memory_flat(samples: list[Sample], measured: tuple[float, float]) -> list[dict]:
+    """Past the first third of the overload (the backlog reaching its bound), memory grows no further."""
+    inside = [s for s in samples if measured[0] <= s.at <= measured[1]]
+    third = max(1, len(inside) // 3)
+    early, late = inside[third: 2 * third] or inside, inside[2 * third:] or inside
+    result = []
+    for name, read in (("Redis", lambda s: s.redis_memory_mib or 0.0),
+                       ("ingest", lambda s: max(s.ingest_rss_mib.values(), default=0.0))):
+        first, last = max(map(read, early)), max(map(read, late))
+        result.append(threshold(f"{name} memory flat under overload (last third vs. middle third)",
+                                "<= +10% + 16 MiB", f"{first:.0f} -> {last:.0f} MiB", last <= first * 1.1 + 16))
+    return result
+
+
+def _ms(p50, p99) -> str:
+    return " / ".join("-" if v is None else f"{v * 1000:.0f}" for v in (p50, p99))
+
+
+def _s(p50, p99) -> str:
+    return " / ".join("-" if v is None else f"{v:.2f}" for v in (p50, p99))
+
+
+def print_summary(summary: dict, folder: Path) -> None:
+    print(f"\nvaxline loadtest {summary['shape']}: {'PASSED' if summary['passed'] else 'FAILED'}")
+    for t in summary["thresholds"]:
+        print(f"  {'pass' if t['passed'] else 'FAIL'}  {t['name']}: {t['measured']} (limit {t['limit']})")
+    for name, value in summary["figures"].items():
+        print(f"        {name}: {value:,}" if isinstance(value, int) else f"        {name}: {value}")
+    print(f"  report: {folder / 'report.html'}\n  summary: {folder / 'summary.json'}", flush=True)
