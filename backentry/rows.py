@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from vaxline.doses import Dose, FieldError, check_dose, field_errors
+from vaxline.doses import Dose, FieldError, dose_from_fields, field_errors
 from vaxline.valuesets import VACCINE_PRODUCTS
 
 VIETNAM = dt.timezone(dt.timedelta(hours=7))
@@ -453,16 +453,14 @@ class DoseRows:
                 fields[field] = value
         self._administered_at(cells, fields, errors)
         if not errors:
-            try:
-                dose = msgspec.convert(fields, Dose)
-            except msgspec.ValidationError:
-                pass
-            else:
-                return check_dose(dose, now) or dose
-        failed = {e.field for e in errors}
-        errors += [FieldError(field=e.field, reason=VACCINE_RULE) if e.field == "vaccine" else e
-                   for e in field_errors(fields) if e.field not in failed
-                   and not (e.field == "administered_at" and TIME_FIELD in failed)]
+            dose, problems = dose_from_fields(fields, now)
+            if dose is not None:
+                return problems or dose
+        else:
+            failed = {e.field for e in errors}
+            problems = [e for e in field_errors(fields) if e.field not in failed
+                        and not (e.field == "administered_at" and TIME_FIELD in failed)]
+        errors += [FieldError(field=e.field, reason=VACCINE_RULE) if e.field == "vaccine" else e for e in problems]
         return sorted(errors, key=self._in_column_order)
 
     def _in_column_order(self, error: FieldError) -> int:

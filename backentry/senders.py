@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from storage.sites import site_by_code
 from vaxline.config import Settings
 from vaxline.doses import Dose, FieldError
 
@@ -47,7 +48,7 @@ class StreamSender:
             self._db = await self._stack.enter_async_context(_closing(await asyncpg.connect(self._settings.database_url)))
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             raise UsageError(f"cannot reach Postgres ({type(e).__name__})") from None
-        site = await self._db.fetchrow("SELECT site_id, active FROM sites WHERE code = $1", self.site)
+        site = await site_by_code(self._db, self.site)
         if site is None:
             await self._stack.aclose()
             raise UsageError(f"no site with code {self.site!r} (`vaxline sites add` or `sites import` registers it)")

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from monitoring import metrics
 from storage import citizen as store
+from storage.sites import site_by_code
 from vaxline import otp
 from vaxline.citizen import (
     FINAL,
@@ -43,14 +44,14 @@ from vaxline.citizen import (
     new_code,
     new_request_id,
 )
-from vaxline.doses import Dose, check_dose, field_errors
+from vaxline.doses import Dose, dose_from_fields, field_errors
 from vaxline.entries import REPLACE
 from vaxline.provinces import PROVINCES
 from vaxline.sequence import VIETNAM
 
-from .http import INGEST, ApiError, json_response
 from .auth import Principal
 from .certificates import LookupLimiter, RateLimited
+from .http import INGEST, ApiError, json_response
 from .quality import authenticated, scope_of
 from .schemas import REQUEST_ID_PATTERN
 
@@ -423,7 +424,7 @@ async def _deciding_site(conn, row, decision: Decision) -> tuple[int, str]:
         return row["site_id"], await conn.fetchval("SELECT code FROM sites WHERE site_id = $1", row["site_id"])
     if decision.site is None:
         raise ApiError(422, "site: this request is in its province's queue; name the site the dose belongs to")
-    site = await conn.fetchrow("SELECT site_id, province FROM sites WHERE code = $1", decision.site)
+    site = await site_by_code(conn, decision.site)
     if site is None or site["province"] != row["province"]:
         raise ApiError(422, f"site: {decision.site!r} is not a registered site of province {row['province']}")
     return site["site_id"], decision.site
@@ -435,13 +436,9 @@ def _dose_fields(record) -> dict:
 
 
 def _valid_dose(fields: dict) -> Dose:
-    try:
-        dose = msgspec.convert(fields, Dose)
-    except msgspec.ValidationError:
-        errors = field_errors(fields)
-        raise ApiError(422, "; ".join(f"dose.{e.field}: {e.reason}" for e in errors) or "invalid dose") from None
-    if errors := check_dose(dose, dt.datetime.now(dt.timezone.utc)):
-        raise ApiError(422, "; ".join(f"dose.{e.field}: {e.reason}" for e in errors))
+    dose, errors = dose_from_fields(fields, dt.datetime.now(dt.timezone.utc))
+    if dose is None or errors:
+        raise ApiError(422, "; ".join(f"dose.{e.field}: {e.reason}" for e in errors) or "invalid dose")
     return dose
 
 

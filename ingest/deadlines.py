@@ -30,6 +30,7 @@ from aiohttp import web
 
 from monitoring import metrics
 
+
 class ClientTooSlow(asyncio.TimeoutError):
     """The body did not arrive in time. A TimeoutError, so that aiohttp, draining what is left of the
     body after the 408, stops at once instead of logging an unhandled exception."""

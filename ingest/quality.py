@@ -28,14 +28,14 @@ from aiohttp import web
 
 from storage import corrections, reconcile, review, stats
 from storage import doses as dose_store
-from storage.sites import Site
-from vaxline.doses import NATIONAL_ID_PATTERN, Dose, check_dose, field_errors
+from storage.sites import Site, site_by_code
+from vaxline.doses import NATIONAL_ID_PATTERN, Dose, dose_from_fields
 from vaxline.entries import REPLACE, WITHDRAW
 from vaxline.review import FLAGS
 from vaxline.streams import read_ingest_counts
 
-from .http import BODY_FORMATS, INGEST, ApiError, json_response
 from .auth import Principal
+from .http import BODY_FORMATS, INGEST, ApiError, json_response
 
 _national_id = re.compile(NATIONAL_ID_PATTERN)
 _mappings = {"json": msgspec.json.Decoder(dict[str, Any]), "msgpack": msgspec.msgpack.Decoder(dict[str, Any])}
@@ -113,13 +113,9 @@ def _corrected_dose(fields: dict[str, Any], record_id: str, now: dt.datetime) ->
     fields.setdefault("record_id", record_id)
     if fields["record_id"] != record_id:
         raise ApiError(422, "record_id: must equal the record id in the path")
-    try:
-        dose = msgspec.convert(fields, Dose)
-    except msgspec.ValidationError:
-        errors = field_errors(fields)
+    dose, errors = dose_from_fields(fields, now)
+    if dose is None or errors:
         raise ApiError(422, "; ".join(f"{e.field}: {e.reason}" for e in errors) or "invalid dose")
-    if errors := check_dose(dose, now):
-        raise ApiError(422, "; ".join(f"{e.field}: {e.reason}" for e in errors))
     return dose
 
 
@@ -201,7 +197,7 @@ async def scope_of(request: web.Request, principal: Principal) -> Scope:
     if code is not None:
         if code.isprintable():  # no site has another code (and Postgres refuses a NUL)
             async with request.app[INGEST].pool.acquire() as conn:
-                site = await conn.fetchrow("SELECT site_id, code, province FROM sites WHERE code = $1", code)
+                site = await site_by_code(conn, code)
         if site is None and principal.is_operator:
             raise ApiError(404, f"no site {code!r}")
     if principal.site is not None:

@@ -18,14 +18,14 @@ from aiohttp import web
 from monitoring import metrics
 from vaxline.config import Settings
 from vaxline.doses import BatchValidator
+from vaxline.enqueue import Enqueuer
 from vaxline.lifecycle import stop_on_signals
 from vaxline.streams import connect_redis
 
 from .app import build_app
-from .http import INGEST, Ingest
 from .auth import SiteAuth
 from .deadlines import CLIENT_DEADLINES, ClientSite
-from vaxline.enqueue import Enqueuer
+from .http import INGEST, Ingest
 
 log = logging.getLogger(__name__)
 

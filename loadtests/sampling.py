@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+from monitoring import names
 from monitoring.status import Snapshot, Unreachable, quantile, scrape
 
 MiB = 1024 * 1024
@@ -77,14 +78,14 @@ def series(samples: list[Sample], t0: float) -> list[dict]:
 
         rows.append({
             "t": round(after.at - t0, 1),
-            "accepted_per_s": rate("vaxline_doses_accepted_total"),
+            "accepted_per_s": rate(names.DOSES_ACCEPTED),
             "persisted_per_s": max(0.0, a.persisted() - b.persisted()) / seconds,
-            "certified_per_s": rate("vaxline_certificates_issued_total"),
-            "requests_per_s": rate("vaxline_http_requests_total"),
-            "rejected_503_per_s": rate("vaxline_backpressure_rejections_total"),
-            "connections": a.value("vaxline_open_connections"),
-            "backlog": a.value("vaxline_stream_backlog"),
-            "certify_backlog": a.value("vaxline_certify_backlog"),
+            "certified_per_s": rate(names.CERTIFICATES_ISSUED),
+            "requests_per_s": rate(names.HTTP_REQUESTS),
+            "rejected_503_per_s": rate(names.BACKPRESSURE_REJECTIONS),
+            "connections": a.value(names.OPEN_CONNECTIONS),
+            "backlog": a.value(names.STREAM_BACKLOG),
+            "certify_backlog": a.value(names.CERTIFY_BACKLOG),
             "freshness_persisted_p99": quantile_between(b.freshness, a.freshness, "persisted"),
             "freshness_certified_p99": quantile_between(b.freshness, a.freshness, "certified"),
             "ingest_p99": quantile_between(b.latency, a.latency, "/v1/doses"),

@@ -6,6 +6,8 @@ import dataclasses
 import datetime as dt
 from pathlib import Path
 
+from monitoring import names
+
 from .plan import Plan
 from .sampling import Sample, quantile_between, share_within
 
@@ -112,10 +114,10 @@ def _server_figures(plan: Plan, samples: list[Sample], phases: dict[str, float],
             else "no certificates", certified and certified_share >= 0.99))
     figures.update({
         "measured window (s)": round(seconds),
-        "requests/s (server, all routes)": round((a.value("vaxline_http_requests_total")
-                                                  - b.value("vaxline_http_requests_total")) / seconds, 1),
-        "doses accepted/s (server)": round((a.value("vaxline_doses_accepted_total")
-                                           - b.value("vaxline_doses_accepted_total")) / seconds, 1),
+        "requests/s (server, all routes)": round((a.value(names.HTTP_REQUESTS)
+                                                  - b.value(names.HTTP_REQUESTS)) / seconds, 1),
+        "doses accepted/s (server)": round((a.value(names.DOSES_ACCEPTED)
+                                           - b.value(names.DOSES_ACCEPTED)) / seconds, 1),
         "ingest p50 / p99, server (ms)": _ms(quantile_between(b.latency, a.latency, "/v1/doses", 0.5),
                                              quantile_between(b.latency, a.latency, "/v1/doses")),
         "ingest within 250 ms, server": f"{ingest_share:.3%} of {requests:,.0f}",
@@ -126,9 +128,9 @@ def _server_figures(plan: Plan, samples: list[Sample], phases: dict[str, float],
     })
     ended = phases["day end"] if plan.paced else measured[1]  # the users run until then
     inside = [s for s in samples if measured[0] + plan.sample_every <= s.at <= ended] or [after]
-    held = min(s.snapshot.value("vaxline_open_connections") for s in inside)
+    held = min(s.snapshot.value(names.OPEN_CONNECTIONS) for s in inside)
     figures["open connections during the window (min / max)"] = (
-        f"{held:,.0f} / {max(s.snapshot.value('vaxline_open_connections') for s in inside):,.0f}")
+        f"{held:,.0f} / {max(s.snapshot.value(names.OPEN_CONNECTIONS) for s in inside):,.0f}")
     if plan.shape == "sessions":
         # The target is the desks' sessions; citizens and clerks hold a few connections beside them.
         thresholds.append(threshold("sessions held (server's open connections, min over the hold)",
@@ -139,7 +141,7 @@ def _server_figures(plan: Plan, samples: list[Sample], phases: dict[str, float],
         thresholds.append(threshold(f"doses persisted within {plan.within:g} s (+60 s)", f">= {plan.doses:,}",
                                     f"{persisted:,.0f}", persisted >= plan.doses))
     if plan.shape == "overload":
-        refused = a.value("vaxline_backpressure_rejections_total")
+        refused = a.value(names.BACKPRESSURE_REJECTIONS)
         thresholds.append(threshold("503 with Retry-After under overload", "> 0", f"{refused:,.0f}", refused > 0))
         thresholds += memory_flat(samples, measured)
 

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from . import names
+
 
 class Unreachable(Exception):
     """No metrics endpoint answered."""
@@ -44,9 +46,9 @@ class Snapshot:
                 if "shard" in sample.labels:
                     shard = sample.labels["shard"]
                     by_shard[sample.name][shard] = max(by_shard[sample.name].get(shard, 0.0), sample.value)
-                if sample.name == "vaxline_freshness_seconds_bucket":
+                if sample.name == names.FRESHNESS + "_bucket":
                     freshness[sample.labels["stage"]][float(sample.labels["le"])] += sample.value
-                elif sample.name == "vaxline_http_request_duration_seconds_bucket":
+                elif sample.name == names.HTTP_LATENCY + "_bucket":
                     latency[sample.labels["route"]][float(sample.labels["le"])] += sample.value
         return cls(at or time.monotonic(), dict(totals), dict(by_shard), {k: dict(v) for k, v in freshness.items()},
                    {k: dict(v) for k, v in latency.items()})
@@ -55,7 +57,7 @@ class Snapshot:
         return self.totals.get(name, 0.0)
 
     def persisted(self) -> float:
-        return self.value("vaxline_doses_inserted_total") + self.value("vaxline_doses_duplicate_total")
+        return self.value(names.DOSES_INSERTED) + self.value(names.DOSES_DUPLICATE)
 
 
 def scrape(urls: list[str]) -> Snapshot:
@@ -99,43 +101,43 @@ def render(before: Snapshot, after: Snapshot) -> str:
 
     persisted_rate = max(0.0, after.persisted() - before.persisted()) / seconds
     lines = [
-        f"doses accepted   {after.value('vaxline_doses_accepted_total'):>14,.0f}  {rate('vaxline_doses_accepted_total'):>10,.0f}/s",
+        f"doses accepted   {after.value(names.DOSES_ACCEPTED):>14,.0f}  {rate(names.DOSES_ACCEPTED):>10,.0f}/s",
         f"doses persisted  {after.persisted():>14,.0f}  {persisted_rate:>10,.0f}/s"
-        f"  (duplicates {after.value('vaxline_doses_duplicate_total'):,.0f})",
-        f"doses rejected   {after.value('vaxline_doses_rejected_total'):>14,.0f}"
-        f"  backpressure 503s {after.value('vaxline_backpressure_rejections_total'):,.0f}",
-        f"dead letters     {after.value('vaxline_dead_letters_total'):>14,.0f}",
-        f"certificates     {after.value('vaxline_certificates_issued_total'):>14,.0f}"
-        f"  {rate('vaxline_certificates_issued_total'):>10,.0f}/s  (revoked"
-        f" {after.value('vaxline_certificates_revoked_total'):,.0f}, backlog {after.value('vaxline_certify_backlog'):,.0f})",
-        f"connections      {after.value('vaxline_open_connections'):>14,.0f}"
-        f"  workers running {after.value('vaxline_workers_running'):,.0f}"
-        f"  certifiers running {after.value('vaxline_certifiers_running'):,.0f}",
+        f"  (duplicates {after.value(names.DOSES_DUPLICATE):,.0f})",
+        f"doses rejected   {after.value(names.DOSES_REJECTED):>14,.0f}"
+        f"  backpressure 503s {after.value(names.BACKPRESSURE_REJECTIONS):,.0f}",
+        f"dead letters     {after.value(names.DEAD_LETTERS):>14,.0f}",
+        f"certificates     {after.value(names.CERTIFICATES_ISSUED):>14,.0f}"
+        f"  {rate(names.CERTIFICATES_ISSUED):>10,.0f}/s  (revoked"
+        f" {after.value(names.CERTIFICATES_REVOKED):,.0f}, backlog {after.value(names.CERTIFY_BACKLOG):,.0f})",
+        f"connections      {after.value(names.OPEN_CONNECTIONS):>14,.0f}"
+        f"  workers running {after.value(names.WORKERS_RUNNING):,.0f}"
+        f"  certifiers running {after.value(names.CERTIFIERS_RUNNING):,.0f}",
     ]
     for stage in ("persisted", "certified"):
         p50, p99 = (quantile(q, before.freshness.get(stage, {}), after.freshness.get(stage, {})) for q in (0.5, 0.99))
         shown = "no observations" if p50 is None else f"p50 {p50:.2f} s  p99 {p99:.2f} s"
         lines.append(f"freshness 202->{stage:<10} {shown}")
-    shards = sorted(after.by_shard.get("vaxline_stream_backlog", {}), key=int)
+    shards = sorted(after.by_shard.get(names.STREAM_BACKLOG, {}), key=int)
     if shards:
         lines.append("shard  backlog  pending      lag")
         for shard in shards:
-            lines.append(f"{shard:>5} {after.by_shard['vaxline_stream_backlog'].get(shard, 0):>8,.0f}"
-                         f" {after.by_shard.get('vaxline_stream_pending', {}).get(shard, 0):>8,.0f}"
-                         f" {after.by_shard.get('vaxline_stream_lag', {}).get(shard, 0):>8,.0f}")
+            lines.append(f"{shard:>5} {after.by_shard[names.STREAM_BACKLOG].get(shard, 0):>8,.0f}"
+                         f" {after.by_shard.get(names.STREAM_PENDING, {}).get(shard, 0):>8,.0f}"
+                         f" {after.by_shard.get(names.STREAM_LAG, {}).get(shard, 0):>8,.0f}")
     return "\n".join(lines)
 
 
 def status_line(before: Snapshot, after: Snapshot) -> str:
     """One line for `vaxline run`."""
     seconds = max(after.at - before.at, 1e-9)
-    accepted = after.value("vaxline_doses_accepted_total")
+    accepted = after.value(names.DOSES_ACCEPTED)
     return (
-        f"accepted {accepted:,.0f} ({(accepted - before.value('vaxline_doses_accepted_total')) / seconds:,.0f}/s)  "
+        f"accepted {accepted:,.0f} ({(accepted - before.value(names.DOSES_ACCEPTED)) / seconds:,.0f}/s)  "
         f"persisted {after.persisted():,.0f} ({(after.persisted() - before.persisted()) / seconds:,.0f}/s)  "
-        f"certified {after.value('vaxline_certificates_issued_total'):,.0f}  "
-        f"backlog {after.value('vaxline_stream_backlog'):,.0f} entries  "
-        f"dead letters {after.value('vaxline_dead_letters_total'):,.0f}"
+        f"certified {after.value(names.CERTIFICATES_ISSUED):,.0f}  "
+        f"backlog {after.value(names.STREAM_BACKLOG):,.0f} entries  "
+        f"dead letters {after.value(names.DEAD_LETTERS):,.0f}"
     )
 
 

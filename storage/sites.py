@@ -37,8 +37,14 @@ async def add_site(conn: asyncpg.Connection, *, code: str, name: str, province: 
     return Site(**row), token
 
 
+async def site_by_code(conn: asyncpg.Connection, code: str) -> asyncpg.Record | None:
+    """The registered site with this code (site_id, code, province, active), or None."""
+    return await conn.fetchrow("SELECT site_id, code, province, active FROM sites WHERE code = $1", code)
+
+
 async def site_id_by_code(conn: asyncpg.Connection, code: str) -> int | None:
-    return await conn.fetchval("SELECT site_id FROM sites WHERE code = $1", code)
+    site = await site_by_code(conn, code)
+    return site["site_id"] if site else None
 
 
 async def site_by_token_hash(conn: asyncpg.Connection, digest: bytes) -> Site | None:

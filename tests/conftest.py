@@ -26,10 +26,10 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from deploy import embedded
 from monitoring.logs import JsonLines
 from storage.migrate import migrate
 from tests.factory import FAMILY, GIVEN
-from deploy import embedded
 from vaxline.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

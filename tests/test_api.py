@@ -7,6 +7,7 @@ import msgspec
 import pytest
 
 from ingest.app import INGEST as INGEST_KEY
+from monitoring import metrics
 from tests.conftest import wait_until
 from tests.factory import batch, dose
 from tests.stack import running_stack
@@ -148,8 +149,8 @@ async def test_health_and_readiness(settings):
         assert (await stack.client.get("/healthz")).status == 200
         ready = await stack.client.get("/readyz")
         assert ready.status == 200 and (await ready.json())["checks"] == {"postgres": "ok", "redis": "ok"}
-        metrics = await (await stack.client.get("/metrics")).text()
-        assert "vaxline_doses_accepted_total" in metrics
+        exposition = await (await stack.client.get("/metrics")).text()
+        assert metrics.DOSES_ACCEPTED in exposition
 
 
 async def test_unknown_top_level_fields_and_impossible_batch_ids_are_client_errors(settings):

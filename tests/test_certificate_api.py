@@ -22,6 +22,7 @@ import zxingcpp
 
 from ingest.app import INGEST
 from ingest.certificates import CERTIFICATES, negotiated_format
+from monitoring import metrics
 from tests.conftest import wait_until
 from tests.factory import dose
 from tests.stack import running_stack
@@ -66,7 +67,7 @@ async def get(stack, path: str, **kwargs):
 
 def lookups(stack) -> dict[str, float]:
     registry = stack.client.app[INGEST].registry
-    return {result: registry.get_sample_value("vaxline_certificate_lookups_total", {"result": result}) or 0.0
+    return {result: registry.get_sample_value(metrics.CERTIFICATE_LOOKUPS, {"result": result}) or 0.0
             for result in ("found", "not_found", "rate_limited")}
 
 

@@ -34,8 +34,17 @@ from cryptography.x509.oid import NameOID
 
 from vaxline.dcc.base45 import b45decode, b45encode
 from vaxline.dcc.schema import GROUPS, schema_errors
-from vaxline.dcc.trust import EKU_TEST, EKU_VACCINATION, TrustList, allowed_types, kid_of, load_dsc, uvci_hash
+from vaxline.dcc.trust import (
+    EKU_TEST,
+    EKU_VACCINATION,
+    TrustList,
+    allowed_types,
+    kid_of,
+    load_dsc,
+    uvci_hash,
+)
 from vaxline.dcc.verify import STAGES, Verdict, verify
+
 
 def _testdata() -> Path:
     """VAXLINE_DCC_TESTDATA, else shared/ beside the checkout, else the workplace's shared/ (a clone made

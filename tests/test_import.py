@@ -33,14 +33,14 @@ import time
 import pytest
 from openpyxl import Workbook, load_workbook
 
+from backentry import rows as backentry
 from backentry.importer import IN_FLIGHT
+from backentry.rows import HeaderError, map_header
 from backentry.xlsx import SharedStrings
+from commands.main import main
 from tests.conftest import PERSONAL_DATA, ROOT, wait_until
 from tests.factory import dose as factory_dose
 from tests.stack import running_stack
-from backentry import rows as backentry
-from backentry.rows import HeaderError, map_header
-from commands.main import main
 
 VIETNAM = dt.timezone(dt.timedelta(hours=7))
 VI_HEADER = ["STT", "Mã bản ghi", "Số CCCD/CMND", "Họ và tên", "Ngày sinh", "Giới tính", "Số điện thoại", "Vắc xin",

@@ -30,11 +30,17 @@ from pathlib import Path
 import pytest
 
 from loadtests import acks
-from loadtests.people import NationalIds, due_for_second_dose, household, wrong_birth_date
+from loadtests.people import (
+    NationalIds,
+    due_for_second_dose,
+    household,
+    wrong_birth_date,
+)
 from loadtests.plan import Plan, duration, plan_from_args
 from loadtests.runner import parser
 from loadtests.sampling import Sample
 from loadtests.thresholds import summarize
+from monitoring import metrics
 from monitoring.status import Snapshot
 from storage.sites import add_site
 from tests.conftest import ROOT
@@ -139,7 +145,7 @@ def test_durations_and_the_plans_defaults():
 
 
 def _snapshot(*, connections: float, requests: float, fast: float, certified: float, within: float) -> Snapshot:
-    return Snapshot(0.0, {"vaxline_open_connections": connections, "vaxline_http_requests_total": requests},
+    return Snapshot(0.0, {metrics.OPEN_CONNECTIONS: connections, metrics.HTTP_REQUESTS: requests},
                     {}, {"certified": {2.0: within, float("inf"): certified}},
                     {"/v1/doses": {0.25: fast, float("inf"): requests}})
 

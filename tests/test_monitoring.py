@@ -30,10 +30,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring import metrics
 from monitoring.status import Snapshot, quantile
-from vaxline.dcc.keys import KeyStore
 from tests.conftest import ROOT, wait_until
 from tests.factory import batch, dose
 from tests.test_crash import free_port
+from vaxline.dcc.keys import KeyStore
 
 MONITORING = ROOT / "monitoring"
 
@@ -182,29 +182,29 @@ async def test_a_known_workload_gives_exact_counts_across_processes(deployment, 
         return snapshot if snapshot.persisted() == 130 else None
 
     snapshot = await wait_until(settled, message="metrics caught up")
-    assert snapshot.value("vaxline_doses_accepted_total") == 130
-    assert snapshot.value("vaxline_doses_inserted_total") == 100
-    assert snapshot.value("vaxline_doses_duplicate_total") == 30
+    assert snapshot.value(metrics.DOSES_ACCEPTED) == 130
+    assert snapshot.value(metrics.DOSES_INSERTED) == 100
+    assert snapshot.value(metrics.DOSES_DUPLICATE) == 30
     rejected = {}
     for family in text_string_to_metric_families(
             urllib.request.urlopen(f"http://127.0.0.1:{deployment.port}/metrics").read().decode()):
         for sample in family.samples:
-            if sample.name == "vaxline_doses_rejected_total":
+            if sample.name == metrics.DOSES_REJECTED:
                 rejected[sample.labels["reason"]] = sample.value
     assert rejected == {"national_id": 10, "lot": 10}
-    assert snapshot.value("vaxline_workers_running") == 2
+    assert snapshot.value(metrics.WORKERS_RUNNING) == 2
     # One person per inserted dose, each with one dose: exactly one certificate each, whatever the redeliveries.
-    await wait_until(lambda: deployment.scrape().value("vaxline_certificates_issued_total") == 100,
+    await wait_until(lambda: deployment.scrape().value(metrics.CERTIFICATES_ISSUED) == 100,
                      message="100 certificates counted")
     certified = deployment.scrape()
     assert certified.freshness["certified"][float("inf")] == 100
-    assert certified.value("vaxline_certificates_revoked_total") == 0
-    assert certified.value("vaxline_certifiers_running") == 1
+    assert certified.value(metrics.CERTIFICATES_REVOKED) == 0
+    assert certified.value(metrics.CERTIFIERS_RUNNING) == 1
 
     # Held client connections are summed over both ingest processes (the scrape itself may add one).
     held = [socket.create_connection(("127.0.0.1", deployment.port)) for _ in range(6)]
     try:
-        await wait_until(lambda: 6 <= deployment.scrape().value("vaxline_open_connections") <= 7,
+        await wait_until(lambda: 6 <= deployment.scrape().value(metrics.OPEN_CONNECTIONS) <= 7,
                          message="6 open connections counted")
     finally:
         for connection in held:
@@ -218,7 +218,7 @@ async def test_freshness_and_backlog_follow_paused_and_resumed_workers(deploymen
         deployment.post(token, batch(n * 10, 10))
 
     def backlog(expected):
-        return lambda: deployment.scrape().value("vaxline_stream_backlog") == expected
+        return lambda: deployment.scrape().value(metrics.STREAM_BACKLOG) == expected
 
     await wait_until(backlog(5), message="the backlog gauge showing the 5 waiting batches")
     time.sleep(1.2)  # the pause is what the freshness histogram must show
@@ -259,7 +259,7 @@ async def test_status_prints_the_picture_of_a_running_deployment(deployment, set
     assert lines["doses accepted"].split()[2] == "7"
     assert lines["doses persisted"].split()[2] == "7"
     assert "p50" in lines["freshness 202->persisted"]
-    await wait_until(lambda: deployment.scrape().value("vaxline_certificates_issued_total") == 7, message="certified")
+    await wait_until(lambda: deployment.scrape().value(metrics.CERTIFICATES_ISSUED) == 7, message="certified")
     assert "shard  backlog  pending      lag" in result.stdout
     unreachable = subprocess.run([sys.executable, "-m", "commands", "status", "--url", "http://127.0.0.1:1/metrics"],
                                  cwd=ROOT, capture_output=True, text=True, timeout=60)

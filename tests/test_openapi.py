@@ -24,7 +24,9 @@ import pytest
 import requests
 import schemathesis
 from PIL import Image
-from schemathesis.specs.openapi.definitions import OPENAPI_31  # the OpenAPI 3.1 meta-schema schemathesis ships
+from schemathesis.specs.openapi.definitions import (
+    OPENAPI_31,  # the OpenAPI 3.1 meta-schema schemathesis ships
+)
 
 from ingest import openapi
 from ingest.app import Ingest, build_app

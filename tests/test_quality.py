@@ -25,13 +25,19 @@ import random
 
 import msgspec
 
+from commands import main as cli
 from storage import corrections, tokens
 from tests.conftest import wait_until
 from tests.factory import dose, national_id
 from tests.stack import running_stack
-from commands import main as cli
 from vaxline.doses import Dose
-from vaxline.entries import ENTRY_FIELD, batch_id, decode_entry, encode_correction, version_of
+from vaxline.entries import (
+    ENTRY_FIELD,
+    batch_id,
+    decode_entry,
+    encode_correction,
+    version_of,
+)
 from vaxline.review import RecordedDose, flags, national_id_problem
 from vaxline.sequence import HistoryDose, sequence
 from vaxline.streams import drained

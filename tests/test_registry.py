@@ -22,10 +22,10 @@ import unicodedata
 import asyncpg
 import pytest
 
+from commands.main import main
 from storage import registry as store
 from tests.conftest import PERSONAL_DATA
 from vaxline import registry
-from commands.main import main
 
 TODAY = dt.date(2024, 6, 1)
 HEADER = "national_id,full_name,birth_date,sex"

@@ -11,8 +11,8 @@ import unicodedata
 
 import pytest
 
-from storage.sites import import_sites, site_by_token_hash
 from commands.main import main
+from storage.sites import import_sites, site_by_token_hash
 from vaxline.provinces import PROVINCES, province_code, province_name
 from vaxline.siteimport import SiteFileError, parse_sites
 from vaxline.tokens import token_hash

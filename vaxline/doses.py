@@ -192,6 +192,18 @@ def check_dose(dose: Dose, now: dt.datetime) -> list[FieldError]:
     return errors
 
 
+def dose_from_fields(fields: dict[str, Any], now: dt.datetime) -> tuple[Dose | None, list[FieldError]]:
+    """One dose from a decoded object, held to every rule of POST /v1/doses.
+
+    (the dose, []) when it is valid; (the dose, what check_dose finds) when only those rules fail;
+    (None, every wrong field with its reason) when it is not a dose at all."""
+    try:
+        dose = msgspec.convert(fields, Dose)
+    except msgspec.ValidationError:
+        return None, field_errors(fields)
+    return dose, check_dose(dose, now)
+
+
 def _plain(error: msgspec.ValidationError) -> str:
     """msgspec's message without its `- at $...` path suffix, lower-cased."""
     message = str(error).split(" - at ", 1)[0]
