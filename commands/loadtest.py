@@ -7,7 +7,6 @@ not below them. This command hands it every argument as given, and answers with 
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import subprocess
 import sys
@@ -19,7 +18,7 @@ def add_parsers(commands) -> None:
     loadtest = commands.add_parser(
         "loadtest", add_help=False, help="capacity proof: Locust against the stack, with thresholds"
         " (sessions, day, overload; prepare); `vaxline loadtest -h` for its options")
-    loadtest.add_argument("arguments", nargs=argparse.REMAINDER)
+    loadtest.set_defaults(arguments=[])  # commands.main hands it what follows its name
     loadtest.set_defaults(func=cmd_loadtest)
 
 

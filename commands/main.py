@@ -40,7 +40,7 @@ _QUIET = ("sites", "status", "keys", "verify", "tokens", "provinces", "review", 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = _parse(sys.argv[1:] if argv is None else argv)
     configure(logging.WARNING if args.command in _QUIET else None)
     try:
         return args.func(args) or 0
@@ -49,6 +49,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The command's arguments; `vaxline loadtest` hands everything after its name on as it is (its own
+    options included, `--help` first among them), so it is split off before parsing."""
+    if "loadtest" in argv:
+        at = argv.index("loadtest")
+        head = parser().parse_args(argv[: at + 1])
+        if head.command == "loadtest":  # not a value of another command's option
+            head.arguments = argv[at + 1:]
+            return head
+    return parser().parse_args(argv)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -15,9 +15,8 @@ import dataclasses
 import datetime as dt
 
 import asyncpg
-import msgspec
 
-from vaxline.entries import DOSE_FIELDS, batch_id, decode_entry
+from vaxline.entries import DOSE_FIELDS, batch_id, decoded
 
 # The order of a row built by workers.rows: the dose's fields as the stream carries them.
 STAGING_COLUMNS = ("site_id", *DOSE_FIELDS, "batch_id", "received_at")
@@ -212,10 +211,8 @@ async def dead_letter(conn: asyncpg.Connection, *, shard: int, stream: str, entr
 
     The site id is read back when the payload allows, so the site can see it.
     """
-    try:
-        site_id = decode_entry(payload).site_id
-    except msgspec.DecodeError:  # the payload may be exactly what is broken
-        site_id = None
+    entry = decoded(payload)  # None: the payload may be exactly what is broken
+    site_id = entry.site_id if entry else None
     inserted = await conn.fetchval(
         "INSERT INTO dead_letters (batch_id, stream, entry_id, deliveries, error, payload, site_id)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (batch_id) DO NOTHING RETURNING true",

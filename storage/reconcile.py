@@ -19,9 +19,8 @@ import datetime as dt
 from collections import defaultdict
 
 import asyncpg
-import msgspec
 
-from vaxline.entries import decode_entry, doses_by_day
+from vaxline.entries import decoded, doses_by_day
 from vaxline.sequence import VIETNAM
 from vaxline.streams import IngestCounts
 
@@ -115,9 +114,8 @@ async def reconcile(conn: asyncpg.Connection, ingest: IngestCounts, *, first: dt
 
 
 def _doses_by_day(payload: bytes) -> list[tuple[int, dt.date, int]]:
-    try:
-        entry = decode_entry(payload)
-    except msgspec.DecodeError:
+    entry = decoded(payload)
+    if entry is None:
         return []  # undecodable: it never had a site or a day ingest could have counted
     return [(entry.site_id, day, count) for day, count in doses_by_day(entry.doses).items()]
 

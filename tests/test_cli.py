@@ -59,6 +59,30 @@ def test_commands_without_urls_explain_what_is_missing(tmp_path):
     assert result.returncode == 2 and "DATABASE_URL" in result.stderr
 
 
+def test_global_options_go_before_or_after_the_command(tmp_path):
+    """`--data-dir` is the same before the command and after it (or after a subcommand), as docs/commands.md says."""
+    from commands.main import parser
+
+    assert parser().parse_args(["run", "--data-dir", "x"]).data_dir == Path("x")
+    assert parser().parse_args(["--data-dir", "x", "run"]).data_dir == Path("x")
+    assert parser().parse_args(["sites", "token", "C", "--data-dir", "y"]).data_dir == Path("y")
+    assert parser().parse_args(["--data-dir", "x", "keys", "list", "--data-dir", "y"]).data_dir == Path("y")
+    env = {k: v for k, v in os.environ.items() if k != "VAXLINE_DATA_DIR"}
+    assert parser().parse_args(["run"]).data_dir == Path(os.environ.get("VAXLINE_DATA_DIR", ".vaxline"))
+    created = run_cli("keys", "init", "--data-dir", str(tmp_path / "after"), env=env)
+    assert created.returncode == 0, created.stderr
+    assert list((tmp_path / "after" / "keys").glob("*.key"))
+    listed = run_cli("keys", "list", "--data-dir", str(tmp_path / "after"), env=env)
+    assert listed.returncode == 0 and "signing key here" in listed.stdout
+
+
+def test_loadtest_hands_its_arguments_on():
+    help_text = run_cli("loadtest", "--help")
+    assert help_text.returncode == 0 and "sessions" in help_text.stdout and "prepare" in help_text.stdout
+    refused = run_cli("loadtest", "day", "--within", "ten minutes")
+    assert refused.returncode == 2 and "is not a duration" in refused.stderr
+
+
 def _request(url, *, token=None, body=None):
     headers = {"Content-Type": "application/json"} if body else {}
     if token:

@@ -83,13 +83,18 @@ def decode_entry(payload: bytes) -> BatchEntry:
     return _decoder.decode(payload)
 
 
-def entry_of(fields: Mapping[bytes, bytes]) -> BatchEntry | None:
-    """The batch in one stream entry's fields; None when there is none to read (the workers dead-letter
-    such an entry, with its error)."""
+def decoded(payload: bytes | None) -> BatchEntry | None:
+    """The batch in a payload; None when there is none to read (the workers dead-letter such an entry,
+    with the decoder's error)."""
     try:
-        return decode_entry(fields[ENTRY_FIELD])
-    except (KeyError, msgspec.DecodeError):
+        return decode_entry(payload) if payload is not None else None
+    except msgspec.DecodeError:
         return None
+
+
+def entry_of(fields: Mapping[bytes, bytes]) -> BatchEntry | None:
+    """The batch in one stream entry's fields (as XRANGE and XREADGROUP return them), or None."""
+    return decoded(fields.get(ENTRY_FIELD))
 
 
 def doses_by_day(doses: list) -> dict[dt.date, int]:
