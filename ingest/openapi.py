@@ -24,13 +24,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from vaxline.citizen import (
-    MAX_EVIDENCE,
-    MAX_EVIDENCE_BYTES,
-    Confirmation,
-    Decision,
-    RequestBody,
-)
+from vaxline.citizen import MAX_EVIDENCE, MAX_EVIDENCE_BYTES, Confirmation, Decision, RequestBody
 from vaxline.config import Settings
 from vaxline.doses import EARLIEST_BIRTH, EARLIEST_DOSE, NATIONAL_ID_PATTERN, DoseBatch
 from vaxline.review import FLAGS
