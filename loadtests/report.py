@@ -1,10 +1,12 @@
 """The load-test report: a finished run's summary and samples as one self-contained HTML page.
 
 `write_report` writes `report.html` beside the run's other files: the verdict, the thresholds
-(pass/fail in words, not only in colour), the headline figures, a link to Locust's own report,
-then inline SVG line charts of the samples over time with the run's phases (hold start, hold
-end ...) marked on each. Standard library only and no script or external file (except the
-optional Locust link), so the page can be built wherever the run's JSON lands and read offline.
+(pass/fail in words, not only in colour), the headline figures, then inline SVG line charts of
+the samples over time with the run's phases (hold start, hold end ...) marked on each, CPU per
+process role first; then the details as tables: the plan, a link to Locust's own report and its
+statistics, the reconciliation, the phases, the first failed requests. Standard library only and
+no script or external file (except the optional Locust link), so the page can be built wherever
+the run's JSON lands and read offline.
 
 Samples with a missing, None or non-finite value are left out of that line rather than drawn
 as zero: a gap in the figures must not read as an idle system.
@@ -12,8 +14,8 @@ as zero: a gap in the figures must not read as an idle system.
 
 from __future__ import annotations
 
+import datetime as dt
 import html
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,13 @@ DASHES = ("", "7 3", "2 2", "9 3 2 3")
 TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 SUFFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 MAX_TICKS = 50  # a guard against float oddities at extreme magnitudes, never reached by round steps
-KNOWN_KEYS = {"shape", "started_at", "passed", "thresholds", "figures", "phases", "locust_html"}
+# Keys of the summary shown in a place of their own; any other key is shown at the end, as a table too.
+KNOWN_KEYS = {"shape", "started_at", "passed", "thresholds", "figures", "phases", "locust_html", "plan", "locust",
+              "reconciliation", "failures"}
+# Columns of Locust's statistics shown (its CSV has 22): heading -> the CSV's column.
+LOCUST_COLUMNS = (("type", "Type"), ("name", "Name"), ("requests", "Request Count"), ("failures", "Failure Count"),
+                  ("requests/s", "Requests/s"), ("p50 (ms)", "50%"), ("p95 (ms)", "95%"), ("p99 (ms)", "99%"),
+                  ("max (ms)", "Max Response Time"))
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,11 @@ class Chart:
 
 
 CHARTS = (
+    # The series' keys of sampling.cpu_key(role) for each of sampling.ROLES (this module stays standard library).
+    Chart("CPU per process role", "% of one core", (
+        ("ingest", "cpu_ingest_pct"), ("workers", "cpu_workers_pct"), ("certifiers", "cpu_certifiers_pct"),
+        ("reviewers", "cpu_reviewers_pct"), ("Postgres", "cpu_postgres_pct"), ("Redis", "cpu_redis_pct"),
+        ("Locust", "cpu_locust_pct"))),
     Chart("Throughput", "per s", (("accepted doses/s", "accepted_per_s"), ("persisted doses/s", "persisted_per_s"),
                                   ("certificates/s", "certified_per_s"))),
     Chart("Requests", "per s", (("requests/s", "requests_per_s"), ("503 rejected/s", "rejected_503_per_s"))),
@@ -316,14 +329,28 @@ def _value_text(value: object) -> str:
         return f"{value:,}"
     if isinstance(value, float) and math.isfinite(value):
         return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, default=str)
+    if isinstance(value, dict):
+        return "; ".join(f"{key}: {_value_text(item)}" for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(_value_text, value))
+    if value is None:
+        return "-"
     return str(value)
 
 
+def _numeric(value: object) -> bool:
+    """A number, or a string that is one (Locust's CSV gives its figures as text)."""
+    if isinstance(value, str):
+        try:
+            return math.isfinite(float(value))
+        except ValueError:
+            return False
+    return _finite(value) is not None
+
+
 def _cell(value: object) -> str:
-    number = _finite(value) is not None
-    return f'<td class="number">{_e(_value_text(value))}</td>' if number else f"<td>{_e(_value_text(value))}</td>"
+    text = _e(_value_text(value))
+    return f'<td class="number">{text}</td>' if _numeric(value) else f"<td>{text}</td>"
 
 
 def _threshold_row(threshold: dict) -> str:
@@ -346,6 +373,59 @@ def _pairs_table(heading: str, pairs: dict) -> str:
         return ""
     rows = [f"<tr><th>{_e(name)}</th>{_cell(value)}</tr>" for name, value in pairs.items()]
     return f"<h2>{_e(heading)}</h2>\n<table>\n" + "\n".join(rows) + "\n</table>"
+
+
+def _records_table(heading: str, records: list[dict], columns: tuple[tuple[str, str], ...]) -> str:
+    """One row per record, one column per (heading, key) of `columns`; a record without the key shows -."""
+    records = [record for record in records if isinstance(record, dict)]
+    if not records:
+        return ""
+    head = "<tr>" + "".join(f"<th>{_e(label)}</th>" for label, _ in columns) + "</tr>"
+    rows = ["<tr>" + "".join(_cell(record.get(key)) for _, key in columns) + "</tr>" for record in records]
+    return f"<h2>{_e(heading)}</h2>\n<table>\n" + "\n".join([head, *rows]) + "\n</table>"
+
+
+def _locust_section(summary: dict) -> list[str]:
+    stats = summary.get("locust") if isinstance(summary.get("locust"), dict) else {}
+    rows = [row for row in stats.values() if isinstance(row, dict)]
+    heading = "Locust statistics (since the measured phase began; times in ms)"
+    return [_records_table(heading, rows, LOCUST_COLUMNS), _locust_link(summary.get("locust_html"))]
+
+
+def _phases_table(summary: dict) -> str:
+    marks = sorted(_phase_marks(summary).items(), key=lambda mark: mark[1])
+    records = [{"phase": name, "s": round(at, 1), "clock": _clock_label(at)} for name, at in marks]
+    return _records_table("Phases (from the start of the run)", records,
+                          (("phase", "phase"), ("seconds", "s"), ("m:ss", "clock")))
+
+
+def _failures_table(failures: object) -> str:
+    """The first failed requests, each `epoch<TAB>what` (as the Locust processes wrote them)."""
+    records = []
+    for line in failures if isinstance(failures, list) else []:
+        at, _, what = str(line).partition("\t")
+        try:
+            when = dt.datetime.fromtimestamp(float(at), dt.timezone.utc).strftime("%H:%M:%S UTC")
+        except (ValueError, OverflowError, OSError):
+            when, what = "", str(line)
+        records.append({"at": when, "what": what})
+    return _records_table("Failed requests (the first of the run, at most 50)", records,
+                          (("at", "at"), ("request", "what")))
+
+
+def _details(summary: dict) -> list[str]:
+    """The plan, Locust's statistics, the reconciliation, the phases, the failures and any other key: tables."""
+    sections = [_pairs_table("Plan", _mapping(summary.get("plan"))), *_locust_section(summary),
+                _pairs_table("Reconciliation", _mapping(summary.get("reconciliation"))), _phases_table(summary),
+                _failures_table(summary.get("failures"))]
+    for key, value in summary.items():
+        if key not in KNOWN_KEYS:
+            sections.append(_pairs_table(str(key), value if isinstance(value, dict) else {str(key): value}))
+    return sections
+
+
+def _mapping(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _banner(summary: dict) -> str:
@@ -374,13 +454,11 @@ def _phase_marks(summary: dict) -> dict[str, float]:
 
 def _page(summary: dict, series: list[dict]) -> str:
     title = f"Load test: {summary.get('shape', '?')}, started {summary.get('started_at', '?')}"
-    figures = summary.get("figures") if isinstance(summary.get("figures"), dict) else {}
-    others = {key: value for key, value in summary.items() if key not in KNOWN_KEYS}
     charts = _charts(series or [], _phase_marks(summary))
     body = [
         f"<h1>{_e(title)}</h1>", _banner(summary), _thresholds_table(summary.get("thresholds") or []),
-        _pairs_table("Figures", figures), _pairs_table("Details", others), _locust_link(summary.get("locust_html")),
-        "<h2>Over time</h2>", *(charts or ["<p>No samples were recorded.</p>"]),
+        _pairs_table("Figures", _mapping(summary.get("figures"))),
+        "<h2>Over time</h2>", *(charts or ["<p>No samples were recorded.</p>"]), *_details(summary),
     ]
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',

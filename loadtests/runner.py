@@ -10,8 +10,11 @@ One run:
    with each ingest process's memory and Redis's;
 4. waits until every acknowledged dose is persisted and certified, stops the stack, reconciles (the
    clients' acknowledgements against Postgres, and `vaxline reconcile`);
-5. applies the thresholds, writes `reports/<shape>-<time>/` (summary.json, report.html, Locust's own
-   report and CSVs) and exits 0 when every threshold holds, 1 when one does not.
+5. applies the thresholds, writes `reports/<shape>-<time>/` (summary.json, series.json, report.html,
+   Locust's own report and CSVs) and exits 0 when every threshold holds, 1 when one does not.
+
+It runs from any folder: every path it hands on is absolute (Locust runs in the checkout, so that it
+finds the suites' modules). Without Locust (the `loadtest` extra) it refuses before starting anything.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import importlib.util
 import json
 import logging
 import os
@@ -112,11 +116,15 @@ def write_private(path: Path, text: str) -> None:
 # -- Locust -----------------------------------------------------------------------
 
 def locust_command(plan: Plan, folder: Path, work: Path, start_at: float) -> list[str]:
+    """Locust's command line. It runs in the checkout (to import the suites' modules), so every path in it
+    is absolute: a relative one would land its CSVs there, not in the report folder."""
     base = f"http://{plan.addresses[0]}:{plan.port}"
+    folder, work = folder.resolve(), work.resolve()
     command = [
         sys.executable, "-m", "locust", "-f", str(LOADTESTS / f"{plan.shape}.py"), "--headless",
         "--host", base, "--vx-destinations", ",".join(f"http://{a}:{plan.port}" for a in plan.addresses),
-        "--vx-sites", str(work / "sites.json"), "--vx-acks", str(work / "acks"), "--vx-phases", str(work / "phases.jsonl"),
+        "--vx-sites", str(work / "sites.json"), "--vx-acks", str(work / "acks"),
+        "--vx-phases", str(work / "phases.jsonl"),
         "--vx-seed", str(plan.seed), "--vx-desks", str(plan.desks), "--vx-citizens", str(plan.citizens),
         "--vx-clerks", str(plan.clerks), "--vx-spawn-rate", str(plan.spawn_rate),
         "--csv", str(folder / "locust"), "--csv-full-history", "--html", str(folder / "locust.html"),
@@ -186,14 +194,25 @@ def raise_open_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def report_folder(out: Path, shape: str, started: dt.datetime) -> Path:
+    """`out/<shape>-<time>`, absolute: resolved against the folder the command was run from, once, at start."""
+    return out.resolve() / f"{shape}-{started:%Y%m%d-%H%M%S}"
+
+
+def require_locust(find_spec=importlib.util.find_spec) -> None:
+    """Refuse a run at once, before anything starts, when Locust (the `loadtest` extra) is not installed."""
+    if find_spec("locust") is None:
+        raise ConfigError("the load tests need Locust: pip install 'vaxline[loadtest]'")
+
+
 def run(plan: Plan, out: Path) -> int:
     raise_open_files()
     # A line per batch from every process is noise at this rate; warnings and errors still show.
     os.environ.setdefault("VAXLINE_LOG_LEVEL", "WARNING")
     started = dt.datetime.now(dt.timezone.utc)
-    folder = out / f"{plan.shape}-{started:%Y%m%d-%H%M%S}"
+    folder = report_folder(out, plan.shape, started)
     folder.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="vaxline-loadtest-"))
+    work = Path(tempfile.mkdtemp(prefix="vaxline-loadtest-")).resolve()  # relative under a relative TMPDIR
     stack = LoadStack(plan, work)
     sampler = None
     try:
@@ -207,8 +226,9 @@ def run(plan: Plan, out: Path) -> int:
         start_at = t0 + 15 + users / plan.spawn_rate  # the day begins once Locust runs every user
         print(f"vaxline loadtest {plan.shape}: {users:,} users; report in {folder}", flush=True)
         with (folder / "locust.log").open("w") as log:
-            locust = subprocess.Popen(locust_command(plan, folder, work, start_at), stdout=log, stderr=subprocess.STDOUT,
-                                      cwd=LOADTESTS.parent)
+            locust = subprocess.Popen(locust_command(plan, folder, work, start_at), stdout=log,
+                                      stderr=subprocess.STDOUT, cwd=LOADTESTS.parent)
+            sampler.watch("locust", locust.pid)  # its master; the workers are its children
             try:
                 locust_exit = locust.wait(timeout=planned_seconds(plan) + 600)
             except subprocess.TimeoutExpired:
@@ -317,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     configure(logging.WARNING)
     args = parser().parse_args(argv)
     try:
+        if args.func is cmd_loadtest:
+            require_locust()
         return args.func(args)
     except ConfigError as e:
         print(f"vaxline loadtest: {e}", file=sys.stderr)

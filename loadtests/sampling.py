@@ -1,9 +1,10 @@
-"""The server's own metrics, sampled through the run; memory of its processes; the report's series."""
+"""The server's own metrics, sampled through the run; memory and CPU of its processes; the report's series."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,10 @@ from monitoring import names
 from monitoring.status import Snapshot, Unreachable, quantile, scrape
 
 MiB = 1024 * 1024
+# A process's role from the start of its name in Stack.pids (or the runner's own "locust"): the report's
+# CPU plot has one line per role, in this order.
+ROLES = (("ingest", "ingest-"), ("workers", "worker-"), ("certifiers", "certifier-"), ("reviewers", "reviewer-"),
+         ("Postgres", "postgres"), ("Redis", "redis"), ("Locust", "locust"))
 
 
 # -- sampling the server ----------------------------------------------------------
@@ -22,16 +27,23 @@ class Sample:
     snapshot: Snapshot
     ingest_rss_mib: dict[str, float]
     redis_memory_mib: float | None
+    cpu_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # role -> CPU seconds so far
 
 
 class Sampler(threading.Thread):
-    """Reads ingest's /metrics, the ingest processes' memory and Redis's every `every` seconds."""
+    """Reads ingest's /metrics, the ingest processes' memory, Redis's, and the CPU time of every process role
+    every `every` seconds."""
 
     def __init__(self, url: str, stack, every: float) -> None:
         super().__init__(daemon=True, name="sampler")
         self.url, self.stack, self.every = url, stack, every
         self.samples: list[Sample] = []
+        self.watched: dict[str, int] = {}  # processes beside the stack's (Locust), by name
         self._done = threading.Event()
+
+    def watch(self, name: str, pid: int) -> None:
+        """Count `pid` and its children under the role `name` begins with, from the next sample on."""
+        self.watched = {**self.watched, name: pid}  # a new dict: the sampler thread may be reading the old
 
     def run(self) -> None:
         import redis
@@ -51,7 +63,8 @@ class Sampler(threading.Thread):
         with contextlib.suppress(Exception):
             memory = client.info("memory")["used_memory"] / MiB
         rss = {name: rss_mib(pid, "VmRSS") for name, pid in self.stack.ingest_pids().items()}
-        self.samples.append(Sample(time.time(), snapshot, rss, memory))
+        cpu = role_cpu_seconds({**self.stack.pids, **self.watched})
+        self.samples.append(Sample(time.time(), snapshot, rss, memory, cpu))
 
     def stop(self) -> None:
         self._done.set()
@@ -65,6 +78,93 @@ def rss_mib(pid: int, field: str) -> float:
                 return int(line.split()[1]) / 1024
     return 0.0
 
+
+# -- CPU per process role -------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CHILDREN_FILES = Path(f"/proc/self/task/{os.getpid()}/children").exists()  # CONFIG_PROC_CHILDREN
+
+
+def cpu_seconds(pid: int, *, reaped_children: bool = True) -> float | None:
+    """utime + stime of `pid` from /proc/<pid>/stat, in seconds, with (by default) cutime + cstime: the time of
+    its children that exited and that it waited for, so that a Postgres backend which ends leaves its CPU in
+    the postmaster's count instead of dropping out of the role's total. None when the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the name in parentheses may hold spaces
+    used = fields[11:15] if reaped_children else fields[11:13]  # utime stime [cutime cstime]
+    return sum(int(ticks) for ticks in used) / CLOCK_TICKS
+
+
+def children(pid: int) -> list[int]:
+    """The live children of `pid`, from /proc/<pid>/task/*/children (or the ppid of every process, where the
+    kernel does not offer that file); none when `pid` is gone."""
+    if not CHILDREN_FILES:
+        return [child for child, parent in _parents() if parent == pid]
+    found: list[int] = []
+    with contextlib.suppress(OSError):  # the process, or one of its threads, ended meanwhile
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found += map(int, (task / "children").read_text().split())
+    return found
+
+
+def _parents() -> list[tuple[int, int]]:
+    """(pid, ppid) of every process."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            found.append((int(stat.parent.name), int(text[text.rindex(")") + 2:].split()[1])))
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`: Postgres's backends, Locust's workers."""
+    found, todo = set(), [pid]
+    while todo:
+        for child in children(todo.pop()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def role_of(name: str) -> str | None:
+    return next((role for role, prefix in ROLES if name.startswith(prefix)), None)
+
+
+def role_cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each role, summed over its processes and every child found below them (each
+    process counted once); a role none of whose processes could be read is left out."""
+    totals: dict[str, float] = {}
+    counted: set[int] = set()
+    for name, root in pids.items():
+        if (role := role_of(name)) is None:
+            continue
+        for pid in sorted({root} | descendants(root)):
+            if pid not in counted and (seconds := cpu_seconds(pid)) is not None:
+                counted.add(pid)
+                totals[role] = totals.get(role, 0.0) + seconds
+    return totals
+
+
+def cpu_percent(before: Sample, after: Sample) -> dict[str, float]:
+    """Each role's CPU between two samples, in % of one core (a restarted process starts its count again:
+    a negative difference reads as 0)."""
+    seconds = max(after.at - before.at, 1e-9)
+    return {role: max(0.0, after.cpu_seconds[role] - before.cpu_seconds[role]) / seconds * 100
+            for role, _ in ROLES if role in before.cpu_seconds and role in after.cpu_seconds}
+
+
+def cpu_key(role: str) -> str:
+    """The series' key of a role's CPU: cpu_ingest_pct, cpu_postgres_pct ..."""
+    return f"cpu_{role.lower()}_pct"
+
+
+# -- the report's series ------------------------------------------------------------
 
 def series(samples: list[Sample], t0: float) -> list[dict]:
     """The samples as the report's rows: rates and percentiles over each interval."""
@@ -91,7 +191,7 @@ def series(samples: list[Sample], t0: float) -> list[dict]:
             "ingest_p99": quantile_between(b.latency, a.latency, "/v1/doses"),
             "ingest_rss_mib_max": max(after.ingest_rss_mib.values(), default=None),
             "redis_memory_mib": after.redis_memory_mib,
-        })
+        } | {cpu_key(role): percent for role, percent in cpu_percent(before, after).items()})
     return rows
 
 

@@ -1,4 +1,5 @@
-"""The load-test report: well-formed SVG charts and an HTML page that says pass or fail in words.
+"""The load-test report: well-formed SVG charts and an HTML page that says pass or fail in words, the
+plots (CPU per process role first) right after the figures, the details as tables rather than JSON.
 
 Pure functions and a file in tmp_path: no servers, no network.
 """
@@ -9,6 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from loadtests import report, sampling
 from loadtests.report import svg_chart, write_report
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -129,3 +131,59 @@ def test_an_empty_series_gives_tables_without_charts(tmp_path):
     page = write_report(tmp_path, summary(), []).read_text(encoding="utf-8")
     assert "<svg" not in page
     assert "<table>" in page and "reconciliation gap" in page and "sessions held" in page
+
+
+ROLES = [role for role, _ in sampling.ROLES]
+
+
+def cpu_samples() -> list[dict]:
+    shares = {"ingest": 25.0, "workers": 15.0, "certifiers": 49.0, "reviewers": 3.0, "Postgres": 52.0,
+              "Redis": 8.0, "Locust": 22.0}
+    return [{"t": t, "accepted_per_s": 1000.0} | {sampling.cpu_key(role): share * (1 + t / 100)
+                                                  for role, share in shares.items()} for t in (0, 5, 10)]
+
+
+def detailed() -> dict:
+    return summary(
+        plan={"shape": "sessions", "ingest_p99_limit": 0.25, "server_p99_limit": 0.1, "think": "120,270"},
+        locust={"POST /v1/doses": {"Type": "POST", "Name": "POST /v1/doses", "Request Count": "4200",
+                                   "Failure Count": "0", "Requests/s": "70.1", "50%": "12", "95%": "40", "99%": "65",
+                                   "Max Response Time": "310.5", "Average Content Size": "61"},
+                "Aggregated": {"Type": "", "Name": "Aggregated", "Request Count": "5000", "Failure Count": "0"}},
+        reconciliation={"acknowledged": 10_000, "gap": 0, "missing": 0},
+        failures=["1629000000.000\tGET lookup: no certificate 10 s after the 202"],
+        locust_html="locust.html")
+
+
+def test_the_cpu_chart_has_a_line_per_process_role_and_comes_first(tmp_path):
+    # The report reads the keys the sampler writes (it stays standard library, so it names them itself).
+    chart = next(chart for chart in report.CHARTS if chart.title == "CPU per process role")
+    assert [key for _, key in chart.lines] == [sampling.cpu_key(role) for role in ROLES]
+    page = write_report(tmp_path, summary(), cpu_samples()).read_text(encoding="utf-8")
+    charts = [parsed(part.split("</figure>")[0]) for part in page.split("<figure>")[1:]]
+    assert [root.find(f"{SVG}title").text for root in charts] == ["CPU per process role", "Throughput"]
+    cpu = charts[0]
+    assert len(list(cpu.iter(f"{SVG}polyline"))) == len(ROLES)
+    assert set(ROLES) <= set(texts(cpu)) and "% of one core" in texts(cpu)
+
+
+def test_the_plots_follow_the_figures_and_the_details_are_tables_not_json(tmp_path):
+    page = write_report(tmp_path, detailed(), cpu_samples()).read_text(encoding="utf-8")
+    order = [page.index(marker) for marker in ("<h2>Thresholds", "<h2>Figures", "<figure>", "<h2>Plan",
+                                               "<h2>Locust statistics", "<h2>Reconciliation", "<h2>Phases",
+                                               "<h2>Failed requests")]
+    assert order == sorted(order)
+    assert "<th>server_p99_limit</th>" in page and "<th>gap</th>" in page and "<td>120,270</td>" in page
+    assert '<td>POST /v1/doses</td><td class="number">4,200</td>' not in page  # the CSV's text, as given
+    assert '<td>POST /v1/doses</td><td class="number">4200</td>' in page and '<td class="number">65</td>' in page
+    assert "<th>p99 (ms)</th>" in page and "Average Content Size" not in page
+    assert "<td>hold start</td>" in page and "<td>6:52</td>" in page and "<td>16:52</td>" in page
+    assert "<td>04:00:00 UTC</td><td>GET lookup: no certificate 10 s after the 202</td>" in page
+    assert '{"' not in page and "&quot;" not in page.split("<h2>Plan")[1]  # no JSON dumped anywhere
+    assert page.index('href="locust.html"') > page.index("<figure>")
+
+
+def test_a_key_the_report_does_not_know_is_shown_as_a_table_too(tmp_path):
+    page = write_report(tmp_path, summary(memory={"ingest": [210, 216]}, note="ran twice"), []).read_text()
+    assert "<h2>memory</h2>" in page and "<th>ingest</th><td>210, 216</td>" in page
+    assert "<th>note</th><td>ran twice</td>" in page
