@@ -11,6 +11,7 @@ from monitoring import metrics
 from tests.conftest import wait_until
 from tests.factory import batch, dose
 from tests.stack import running_stack
+from vaxline.enqueue import RETRY_MAX, RETRY_MIN
 
 
 async def persisted(stack, token, batch_id):
@@ -131,17 +132,36 @@ async def test_a_site_cannot_read_another_sites_receipt(settings):
 
 
 async def test_backlog_past_its_bound_answers_503_with_retry_after(make_settings, redis):
+    """Retry-After is whole seconds within [1, 30]. With no worker nothing drains: once ingest has measured
+    that, it sends clients away for the longest, jittered (10-30 s); a worker started, batches are taken again."""
     settings = make_settings(max_backlog_entries=2)
     async with running_stack(settings, workers=0) as stack:
         _, token = await stack.site()
 
-        async def refused():
+        async def retry_after() -> int | None:
             response = await stack.post(token, batch(0, 1))
-            return response if response.status == 503 else None
+            if response.status != 503:
+                return None
+            assert "backlog" in (await response.json())["error"]
+            header = response.headers["Retry-After"]
+            assert header.isdigit() and RETRY_MIN <= int(header) <= RETRY_MAX, header
+            return int(header)
 
-        response = await wait_until(refused, message="503 over the backlog bound")
-        assert int(response.headers["Retry-After"]) > 0
-        assert "backlog" in (await response.json())["error"]
+        await wait_until(retry_after, message="503 over the backlog bound")
+        await wait_until(lambda: _at_least(retry_after, 10), message="the longest Retry-After: nothing drains")
+        stack.start_worker()
+        await wait_until(lambda: _accepted(stack, token), message="a 202 once the worker drained the backlog")
+
+
+async def _at_least(retry_after, seconds: int) -> bool:
+    answer = await retry_after()
+    assert answer is not None, "a 202 with no worker draining the backlog"
+    return answer >= seconds
+
+
+async def _accepted(stack, token) -> bool:
+    response = await stack.post(token, batch(0, 1))
+    return response.status == 202
 
 
 async def test_health_and_readiness(settings):

@@ -3,6 +3,10 @@
 The batch id is returned only after XADD returned, so a 202 always names an
 entry that Redis has (with `appendfsync always`, on disk). The backlog is
 polled in the background, not per request, so the hot path costs one XADD.
+
+A refused batch is told when to come back: the time the backlog takes to fall
+back under its bound at the pace the workers drain it, measured from the
+readings, jittered so that the clients refused together do not return together.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
+import random
 import time
 from collections.abc import Callable
 
@@ -21,7 +27,7 @@ from vaxline.config import Settings
 from vaxline.doses import Dose
 from vaxline.entries import ENTRY_FIELD, batch_id, encode_correction, encode_entry
 from vaxline.sequence import VIETNAM
-from vaxline.streams import Backlog, check_shard_count, read_backlog
+from vaxline.streams import Backlog, added_key, check_shard_count, read_backlog
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +45,155 @@ class Overloaded(Exception):
         self.retry_after = retry_after
 
 
+# Retry-After is whole seconds (HTTP); 30 s is the longest a desk is sent away, even by a backlog that does not
+# drain (the clients come back to a 503 as cheap as the first).
+RETRY_MIN, RETRY_MAX = 1, 30
+RETRY_UNREACHABLE = 5  # the backlog cannot be read, or Redis cannot take an entry: nothing to derive it from
+# Past a bound before any drain was measured (the first refusals after start): a short answer costs at worst
+# one more 503, cheap, and the next readings measure the drain.
+RETRY_UNMEASURED = 2
+
+
+def jittered(seconds: float, rng: random.Random) -> int:
+    """A Retry-After within [RETRY_MIN, RETRY_MAX]: `seconds` times a random factor in [0.5, 1.5], to the
+    nearest second, so that the clients refused together come back spread out, not in one wave. Past
+    RETRY_MAX / 1.5, seconds count as that: the longest answers spread over 10-30 s rather than pile up on
+    the clamp."""
+    wait = math.floor(min(seconds, RETRY_MAX / 1.5) * rng.uniform(0.5, 1.5) + 0.5)
+    return min(max(wait, RETRY_MIN), RETRY_MAX)
+
+
+def bound_passed(backlog: Backlog, settings: Settings) -> str | None:
+    """Why batches are refused at this reading, or None."""
+    if max(backlog.entries_per_shard) > settings.max_backlog_entries:
+        return "the stream backlog is past its bound"
+    if backlog.redis_memory_bytes > settings.max_redis_memory_bytes:
+        return "the stream's memory is past its bound"
+    return None
+
+
+def seconds_to_bounds(backlog: Backlog, drain: tuple[float, ...], settings: Settings) -> float:
+    """Seconds until every shard is back under the entry bound and Redis under the memory bound, trimming
+    `drain` entries a second from each shard; infinite when what is past a bound does not drain."""
+    bound = settings.max_backlog_entries
+    waits = [_seconds(entries - bound, rate) for entries, rate in zip(backlog.entries_per_shard, drain)
+             if entries > bound]
+    memory_over = backlog.redis_memory_bytes - settings.max_redis_memory_bytes
+    if memory_over > 0:  # memory falls with the entries trimmed: taken as proportional to them
+        entries = sum(backlog.entries_per_shard)
+        waits.append(_seconds(entries * memory_over / backlog.redis_memory_bytes, sum(drain)) if entries
+                     else math.inf)  # the memory is not the streams': trimming will not free it
+    return max(waits, default=0.0)
+
+
+def _seconds(entries: float, rate: float) -> float:
+    return entries / rate if rate > 0 else math.inf
+
+
+class Drain:
+    """Entries trimmed from each shard per second, measured while ingest refuses batches: then the workers
+    have more than they can take, and their trims show their pace, not the arrivals'. Between two readings a
+    shard lost what was added to it minus its growth. The intervals spent refusing add up, across refusals,
+    to samples of at least `window` seconds (the workers' trim interval: a shorter one would see a trim or
+    none), smoothed exponentially over `smoothing` seconds; the rates are kept between refusals. A refusal
+    ends with a trim, so short refusals read the pace somewhat high: a client may come back a little early,
+    to a cheap 503, rather than late, which would cost throughput."""
+
+    def __init__(self, *, window: float, smoothing: float = 2.0):
+        self._window = window
+        self._smoothing = smoothing
+        self._last: tuple[Backlog, float] | None = None
+        self._trimmed: list[int] | None = None  # the sample being gathered, over _elapsed seconds
+        self._elapsed = 0.0
+        self.per_shard: tuple[float, ...] | None = None  # entries a second; None until measured
+
+    def observe(self, backlog: Backlog, at: float, *, refusing: bool) -> None:
+        """Take a reading; `refusing`: batches were refused since the previous one."""
+        last, self._last = self._last, (backlog, at)
+        if last is None or not _comparable(last[0], backlog):
+            self._trimmed, self._elapsed = None, 0.0
+            return
+        if not refusing:
+            return
+        trimmed = [max(0, added - grown) for added, grown in zip(
+            _deltas(last[0].added_per_shard, backlog.added_per_shard),
+            _deltas(last[0].entries_per_shard, backlog.entries_per_shard))]
+        self._trimmed = trimmed if self._trimmed is None else [a + b for a, b in zip(self._trimmed, trimmed)]
+        self._elapsed += at - last[1]
+        if self._elapsed >= self._window:
+            self._smooth([n / self._elapsed for n in self._trimmed], self._elapsed)
+            self._trimmed, self._elapsed = None, 0.0
+
+    def _smooth(self, rates: list[float], elapsed: float) -> None:
+        if self.per_shard is not None and len(self.per_shard) == len(rates):
+            weight = 1 - math.exp(-elapsed / self._smoothing)
+            rates = [old + weight * (new - old) for old, new in zip(self.per_shard, rates)]
+        self.per_shard = tuple(rates)
+
+
+def _comparable(before: Backlog, after: Backlog) -> bool:
+    """Same shards, and no count went back (its key lost: a Redis restarted without its AOF, a flush)."""
+    return len(before.added_per_shard) == len(after.added_per_shard) and all(
+        a <= b for a, b in zip(before.added_per_shard, after.added_per_shard))
+
+
+def _deltas(before: tuple[int, ...], after: tuple[int, ...]) -> list[int]:
+    return [b - a for a, b in zip(before, after)]
+
+
+class Backpressure:
+    """Whether batches are refused, and the Retry-After, from the backlog readings the Enqueuer takes."""
+
+    def __init__(self, settings: Settings, *, window: float, stale_after: float, rng: random.Random):
+        """`window`: the shortest drain sample; `stale_after`: seconds after which a reading is no longer
+        trusted (the poller is stuck)."""
+        self._settings = settings
+        self._drain = Drain(window=window)
+        self._stale_after = stale_after
+        self._rng = rng
+        self._read_at: float | None = None  # None: the backlog is unknown
+        self._refusal: tuple[str, float] | None = None  # (why, when the backlog is expected back under its bounds)
+
+    def take(self, backlog: Backlog | None, at: float) -> None:
+        """A reading at `at`, or None when the backlog could not be read: refuse until the next good one."""
+        if backlog is None:
+            self._read_at, self._refusal = None, None
+            return
+        self._drain.observe(backlog, at, refusing=self._refusal is not None)
+        self._read_at = at
+        reason = bound_passed(backlog, self._settings)
+        if reason is None:
+            self._refusal = None
+            return
+        drain = self._drain.per_shard
+        seconds = RETRY_UNMEASURED if drain is None else seconds_to_bounds(backlog, drain, self._settings)
+        self._refusal = (reason, at + seconds)
+
+    def check(self, now: float) -> None:
+        """Raise Overloaded past a bound, with the time left until the backlog is expected back under it."""
+        if self._read_at is None or now - self._read_at > self._stale_after:
+            raise Overloaded("the stream cannot be reached", retry_after=self.retry_after(RETRY_UNREACHABLE))
+        if self._refusal is not None:
+            reason, clear_at = self._refusal
+            raise Overloaded(reason, retry_after=self.retry_after(clear_at - now))
+
+    def retry_after(self, seconds: float) -> int:
+        return jittered(seconds, self._rng)
+
+
 class Enqueuer:
     def __init__(self, redis: aioredis.Redis, settings: Settings, *, poll_interval: float = 0.5,
-                 clock=time.monotonic, on_backlog: Callable[[int, int], None] = lambda shard, entries: None):
-        """`on_backlog(shard, entries)` hears each reading (ingest exports it as vaxline_stream_backlog)."""
+                 clock=time.monotonic, rng: random.Random | None = None,
+                 on_backlog: Callable[[int, int], None] = lambda shard, entries: None):
+        """`on_backlog(shard, entries)` hears each reading (ingest exports it as vaxline_stream_backlog);
+        `rng` jitters Retry-After."""
         self._redis = redis
         self._on_backlog = on_backlog
         self._settings = settings
         self._poll_interval = poll_interval
         self._clock = clock
-        self._backlog: Backlog | None = None
-        self._read_at = float("-inf")
+        self._backpressure = Backpressure(settings, window=max(settings.trim_interval, poll_interval),
+                                          stale_after=10 * poll_interval, rng=rng or random.Random())
         self._shards_checked = False
         self._poller: asyncio.Task | None = None
 
@@ -69,14 +213,9 @@ class Enqueuer:
                 await self._poller
 
     def check_capacity(self) -> None:
-        """Raise Overloaded when the last backlog reading is past a bound."""
-        backlog = self._backlog
-        if backlog is None or self._clock() - self._read_at > 10 * self._poll_interval:
-            raise Overloaded("the stream cannot be reached", retry_after=5)
-        if max(backlog.entries_per_shard) > self._settings.max_backlog_entries:
-            raise Overloaded("the stream backlog is past its bound", retry_after=10)
-        if backlog.redis_memory_bytes > self._settings.max_redis_memory_bytes:
-            raise Overloaded("the stream's memory is past its bound", retry_after=10)
+        """Raise Overloaded when the last backlog reading is past a bound, with a jittered Retry-After: the
+        time left until the backlog is expected back under its bounds."""
+        self._backpressure.check(self._clock())
 
     async def enqueue(self, *, site_id: int, doses: list[Dose], rejected: int = 0) -> str:
         """XADD the batch to its shard and count its doses per administration day as accepted, atomically
@@ -92,6 +231,7 @@ class Enqueuer:
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.xadd(self._settings.stream(shard), {ENTRY_FIELD: payload})
+                pipe.incr(added_key(self._settings, shard))  # what the drain is measured from
                 for day, count in days.items():
                     pipe.hincrby(accepted, f"{site_id}:{day}", count)
                 if rejected:
@@ -99,7 +239,7 @@ class Enqueuer:
                 entry_id, *_ = await pipe.execute()
         except RedisError as e:  # unreachable, out of memory, read-only after failover, AOF disk full
             log.warning("XADD failed: %s: %s", type(e).__name__, str(e)[:200])
-            raise Overloaded("the stream cannot take the batch now", retry_after=5) from e
+            raise Overloaded("the stream cannot take the batch now", retry_after=self._backpressure.retry_after(RETRY_UNREACHABLE)) from e
         return batch_id(shard, entry_id.decode())
 
     async def count_rejected(self, *, site_id: int, rejected: int) -> None:
@@ -115,10 +255,14 @@ class Enqueuer:
         payload = encode_correction(site_id=site_id, received_at=time.time(), op=op, record_id=record_id, dose=dose,
                                     changed_by=changed_by)
         try:
-            entry_id = await self._redis.xadd(self._settings.stream(shard), {ENTRY_FIELD: payload})
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.xadd(self._settings.stream(shard), {ENTRY_FIELD: payload})
+                pipe.incr(added_key(self._settings, shard))
+                entry_id, _ = await pipe.execute()
         except RedisError as e:
             log.warning("XADD failed: %s: %s", type(e).__name__, str(e)[:200])
-            raise Overloaded("the stream cannot take the correction now", retry_after=5) from e
+            raise Overloaded("the stream cannot take the correction now",
+                             retry_after=self._backpressure.retry_after(RETRY_UNREACHABLE)) from e
         return batch_id(shard, entry_id.decode())
 
     async def _warn_if_weakly_durable(self) -> None:
@@ -139,13 +283,13 @@ class Enqueuer:
             if not self._shards_checked:
                 await check_shard_count(self._redis, self._settings)
                 self._shards_checked = True
-            self._backlog = await read_backlog(self._redis, self._settings)
-            self._read_at = self._clock()
+            backlog = await read_backlog(self._redis, self._settings)
         except Exception as e:  # the poller must survive whatever Redis answers (a shard mismatch included)
             log.warning("reading the stream backlog failed: %s: %s", type(e).__name__, str(e)[:200])
-            self._backlog = None
+            self._backpressure.take(None, self._clock())
             return
-        for shard, entries in enumerate(self._backlog.entries_per_shard):
+        self._backpressure.take(backlog, self._clock())
+        for shard, entries in enumerate(backlog.entries_per_shard):
             self._on_backlog(shard, entries)
 
     async def _poll(self) -> None:

@@ -21,17 +21,25 @@ from .entries import batch_id, doses_by_day, entry_of
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Backlog:
-    entries_per_shard: tuple[int, ...]
+    entries_per_shard: tuple[int, ...]  # XLEN: entries not yet trimmed
     redis_memory_bytes: int
+    added_per_shard: tuple[int, ...]  # entries ever added (vaxline.enqueue counts each XADD): with the
+    # lengths, what was trimmed between two readings, which Redis 6.2 does not report (7.0's entries-added)
+
+
+def added_key(settings: Settings, shard: int) -> str:
+    """The count of entries ever added to a shard (hash-tagged with it: one MULTI in a Redis Cluster)."""
+    return f"{settings.stream_prefix}:added:{{{shard}}}"
 
 
 async def read_backlog(redis: aioredis.Redis, settings: Settings) -> Backlog:
     async with redis.pipeline(transaction=False) as pipe:
-        for stream in settings.streams:
+        for shard, stream in enumerate(settings.streams):
             pipe.xlen(stream)
+            pipe.get(added_key(settings, shard))
         pipe.info("memory")
-        *lengths, memory = await pipe.execute()
-    return Backlog(tuple(lengths), int(memory["used_memory"]))
+        *per_shard, memory = await pipe.execute()
+    return Backlog(tuple(per_shard[0::2]), int(memory["used_memory"]), tuple(int(n or 0) for n in per_shard[1::2]))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
