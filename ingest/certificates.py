@@ -12,18 +12,29 @@ wrong birth date exactly as an unknown person (same body, same status, at
 least `lookup_floor` seconds either way) and is rate-limited per client
 address in Redis, failing closed when Redis is unreachable. Neither a
 national ID nor a UVCI reaches a log line or a metric label.
+
+A lookup never waits for a certifier: it reads the person's history with
+their current certificate (one statement), and when the certificate does
+not state that history (a certifier backlog, or none issued yet) it issues
+it then, through storage.issuing, as a certifier would (one signing, the
+same compare-and-swap), so the certifier that comes later finds nothing to
+do. Without a signing key here (a deployment that signs elsewhere) it
+answers what is stored. A certificate never changes, so its QR image is
+rendered once per process and kept (`QrImages`, bounded in bytes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import dataclasses
 import datetime as dt
 import io
 import math
 import re
 import time
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import asyncpg
@@ -35,6 +46,7 @@ from redis.exceptions import RedisError
 
 from monitoring import metrics
 from storage import certificates as store
+from storage import issuing
 from vaxline.config import Settings
 from vaxline.dcc.keys import KeyStore, PublicKey
 from vaxline.dcc.trust import TrustList, uvci_hash
@@ -50,6 +62,7 @@ NOT_FOUND = "no current certificate for this national ID and birth date"
 REVOCATION_ALGORITHM = "SHA-256, first 16 bytes of the UVCI"
 REVOCATIONS_PAGE = 100_000  # one answer's bound: the whole list of a national deployment is millions
 NO_STORE = {"Cache-Control": "no-store"}  # personal data: no cache on the way may keep it
+QR_CACHE_BYTES = 16 << 20  # per ingest process: about 8,000 PNGs (2 KB) or 1,200 SVGs (14 KB)
 _uvci = re.compile(r"URN:UVCI:01:VN:[A-Z2-7]{32}")  # vaxline.dcc.issue.new_uvci
 
 
@@ -138,10 +151,43 @@ class TrustedKeys:
         return snapshot
 
 
+class QrImages:
+    """Rendered QR images by (UVCI, format), the least recently used dropped past `max_bytes`.
+
+    A certificate never changes (its hc1 is fixed per UVCI, and no certificate is ever deleted), so an
+    image once rendered is right for ever; only memory bounds how many are kept. Used on the event loop
+    only: no lock."""
+
+    def __init__(self, *, max_bytes: int = QR_CACHE_BYTES):
+        self.max_bytes = max_bytes
+        self.size = 0  # bytes held
+        self._images: collections.OrderedDict[tuple[str, str], bytes] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def get(self, uvci: str, fmt: str) -> bytes | None:
+        image = self._images.get((uvci, fmt))
+        if image is not None:
+            self._images.move_to_end((uvci, fmt))
+        return image
+
+    def put(self, uvci: str, fmt: str, image: bytes) -> None:
+        if len(image) > self.max_bytes or (uvci, fmt) in self._images:
+            return
+        self._images[(uvci, fmt)] = image
+        self.size += len(image)
+        while self.size > self.max_bytes:
+            _, dropped = self._images.popitem(last=False)
+            self.size -= len(dropped)
+
+
 @dataclasses.dataclass(frozen=True)
 class Certificates:
     limiter: LookupLimiter
     trusted: TrustedKeys
+    signing: issuing.Signing  # for a lookup that finds a certificate behind its history
+    qr_images: QrImages
     lookup_floor: float
     revocations_settled: dt.timedelta
 
@@ -150,8 +196,10 @@ CERTIFICATES = web.AppKey("certificates", Certificates)
 
 
 def register(app: web.Application, settings: Settings, redis: aioredis.Redis) -> None:
-    app[CERTIFICATES] = Certificates(LookupLimiter(redis, settings), TrustedKeys(KeyStore(settings.signing_keys_dir)),
-                                     settings.lookup_floor, dt.timedelta(seconds=settings.revocations_settled))
+    keys = KeyStore(settings.signing_keys_dir)
+    app[CERTIFICATES] = Certificates(LookupLimiter(redis, settings), TrustedKeys(keys), issuing.Signing(keys),
+                                     QrImages(), settings.lookup_floor,
+                                     dt.timedelta(seconds=settings.revocations_settled))
     # The fixed paths before /v1/certificates/{uvci}, which would match them too.
     app.router.add_post("/v1/certificates/lookup", post_lookup)
     app.router.add_post("/v1/certificates/verify", post_verify)
@@ -167,16 +215,20 @@ async def get_certificate(request: web.Request) -> web.Response:
     uvci = request.match_info["uvci"]
     if not _uvci.fullmatch(uvci):  # not one of ours: not found, without asking Postgres (which refuses a NUL)
         raise ApiError(404, "no certificate with this UVCI")
-    async with request.app[INGEST].pool.acquire() as conn:
-        record = await store.by_uvci(conn, uvci)
-    if record is None:
-        raise ApiError(404, "no certificate with this UVCI")
-    if fmt == "json":
-        response = certificate_response(record)
-        response.headers["Vary"] = "Accept"
-        return response
-    # 30-40 ms of pure Python: in a thread, the loop keeps answering doses between GIL switches
-    image = await asyncio.to_thread(qr_image, record["hc1"], fmt)
+    images = request.app[CERTIFICATES].qr_images
+    image = images.get(uvci, fmt) if fmt != "json" else None
+    if image is None:
+        async with request.app[INGEST].pool.acquire() as conn:
+            record = await store.by_uvci(conn, uvci)
+        if record is None:
+            raise ApiError(404, "no certificate with this UVCI")
+        if fmt == "json":
+            response = certificate_response(record)
+            response.headers["Vary"] = "Accept"
+            return response
+        # 30-40 ms of pure Python, once per image: in a thread, the loop keeps answering doses between GIL switches
+        image = await asyncio.to_thread(qr_image, record["hc1"], fmt)
+        images.put(uvci, fmt, image)
     return web.Response(body=image, content_type=FORMATS[fmt], headers={**NO_STORE, "Vary": "Accept"})
 
 
@@ -237,7 +289,7 @@ def qr_image(hc1: str, fmt: str) -> bytes:
     return out.getvalue()
 
 
-def certificate_response(record: asyncpg.Record) -> web.Response:
+def certificate_response(record: Mapping) -> web.Response:
     doses = record["doses"]  # asyncpg hands jsonb over as its text unless a codec is set: passed through as is
     view = CertificateView(
         uvci=record["uvci"], full_name=record["full_name"], birth_date=record["birth_date"],
@@ -255,8 +307,7 @@ async def post_lookup(request: web.Request) -> web.Response:
     certificates = request.app[CERTIFICATES]
     await _admit(certificates.limiter, request.remote or "unknown")
     query = await decoded_body(request, _lookup_decoder, LookupRequest)
-    async with request.app[INGEST].pool.acquire() as conn:
-        record = await store.current_for(conn, query.national_id, query.birth_date)
+    record = await current_certificate(request.app[INGEST].pool, certificates.signing, query)
     metrics.certificate_lookups.labels(result="found" if record else "not_found").inc()
     # Both answers are built, then held to the floor: neither body nor timing tells a wrong birth date
     # from an unknown person.
@@ -265,6 +316,25 @@ async def post_lookup(request: web.Request) -> web.Response:
     if isinstance(answer, ApiError):
         raise answer
     return answer
+
+
+async def current_certificate(pool: asyncpg.Pool, signing: issuing.Signing, query: LookupRequest) -> Mapping | None:
+    """The person's current certificate, stating every persisted dose: issued now when the stored one is
+    behind their history and a key here may sign; else what is stored."""
+    if signing.available() is None:  # a deployment that certifies elsewhere
+        async with pool.acquire() as conn:
+            return await store.current_for(conn, query.national_id, query.birth_date)
+    async with pool.acquire() as conn:
+        found = await store.lookup(conn, query.national_id, query.birth_date)
+    if found is None:
+        return None
+    if not issuing.behind(found.person):  # the common case: no second query, no signing
+        return found.certificate
+    # No connection held while signing; a lost race is rebuilt from a fresh read, as a certifier does.
+    await issuing.certify(pool, signing, {query.national_id: found.due_since()}, issuing.Outcome(),
+                          metrics=metrics, people=[found.person])
+    async with pool.acquire() as conn:
+        return await store.current_for(conn, query.national_id, query.birth_date)
 
 
 async def _admit(limiter: LookupLimiter, address: str) -> None:

@@ -6,7 +6,8 @@ current and its view unchanged), then insert the new one as current. A person wh
 certificate changed in between (another certifier was faster) is not written
 and is handed back, to be rebuilt from a fresh read of the history. The
 partial unique index keeps one current certificate per person whatever
-happens.
+happens. Building and signing what is written here is storage.issuing, for
+the certifiers and for a lookup that finds a certificate behind its history.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import dataclasses
 import datetime as dt
 
 import asyncpg
+import msgspec
 
 from vaxline.sequence import HistoryDose
 
@@ -23,6 +25,15 @@ from vaxline.sequence import HistoryDose
 # costs a probe into the one or few partitions that hold their doses, not one into every month since 2021.
 # The current certificate comes in the same statement, hence the same snapshot: whatever it states was
 # read from a history that this one contains, which is what makes replacing it safe.
+_DOSES = """
+CROSS JOIN LATERAL (
+    SELECT s.code AS site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at, d.counted, d.received_at
+    FROM doses d JOIN sites s ON s.site_id = d.site_id
+    WHERE d.national_id = p.national_id
+      AND d.administered_at BETWEEN p.first_administered_at AND p.last_administered_at
+) d
+"""
+
 _HISTORY = """
 SELECT p.national_id, p.full_name, p.birth_date, c.uvci AS current_uvci, c.fingerprint AS current_fingerprint,
        c.view_fingerprint AS current_view_fingerprint, d.site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at,
@@ -30,13 +41,25 @@ SELECT p.national_id, p.full_name, p.birth_date, c.uvci AS current_uvci, c.finge
 FROM unnest($1::text[]) AS i(national_id)
 JOIN persons p ON p.national_id = i.national_id
 LEFT JOIN certificates c ON c.national_id = p.national_id AND c.status = 'current'
-CROSS JOIN LATERAL (
-    SELECT s.code AS site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at, d.counted
-    FROM doses d JOIN sites s ON s.site_id = d.site_id
-    WHERE d.national_id = p.national_id
-      AND d.administered_at BETWEEN p.first_administered_at AND p.last_administered_at
-) d
-"""
+""" + _DOSES
+
+_COLUMNS = "uvci, national_id, status, full_name, birth_date, doses, hc1, issued_at, expires_at, revoked_at, superseded_by"
+
+# A citizen's lookup: one person by national ID and birth date, with their history and the whole current
+# certificate, from one snapshot, so whether the certificate is behind the history costs no second query.
+# (Unknown ID and wrong birth date alike: one primary-key probe, no row.) The ID comes through unnest, as in
+# _HISTORY: `p.national_id = $1` would let the planner carry the constant to `doses` and probe every monthly
+# partition's index instead of the person's range. received_at, each dose's 202, is for when the lookup has
+# to issue: the certificate's freshness counts from the earliest 202 it states first.
+_LOOKUP = f"""
+SELECT p.national_id, p.full_name, p.birth_date, c.uvci AS current_uvci, c.fingerprint AS current_fingerprint,
+       c.view_fingerprint AS current_view_fingerprint,
+       {", ".join(f"c.{column} AS c_{column}" for column in _COLUMNS.split(", "))},
+       d.site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at, d.counted, d.received_at
+FROM unnest(ARRAY[$1::text]) AS i(national_id)
+JOIN persons p ON p.national_id = i.national_id AND p.birth_date = $2
+LEFT JOIN certificates c ON c.national_id = p.national_id AND c.status = 'current'
+{_DOSES}"""
 
 _REVOKE = """
 UPDATE certificates c SET status = 'revoked', revoked_at = clock_timestamp(), superseded_by = i.new
@@ -63,9 +86,6 @@ FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[]) AS u(uvci, old, ne
 WHERE c.uvci = u.uvci AND c.status = 'current' AND c.view_fingerprint = u.old
 RETURNING c.national_id
 """
-
-_COLUMNS = "uvci, national_id, status, full_name, birth_date, doses, hc1, issued_at, expires_at, revoked_at, superseded_by"
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Person:
@@ -95,14 +115,55 @@ class NewCertificate:
 
 async def people(conn: asyncpg.Connection, national_ids: list[str]) -> list[Person]:
     """Each person's details, persisted doses and current certificate, from one snapshot."""
-    histories: dict[str, list[HistoryDose]] = {}
-    first: dict[str, asyncpg.Record] = {}
-    for r in await conn.fetch(_HISTORY, national_ids):
-        first.setdefault(r["national_id"], r)
-        histories.setdefault(r["national_id"], []).append(HistoryDose(
-            r["site"], r["record_id"], r["vaccine"], r["lot"], r["dose_number"], r["administered_at"], r["counted"]))
-    return [Person(nid, r["full_name"], r["birth_date"], histories[nid], r["current_uvci"],
-                   r["current_fingerprint"], r["current_view_fingerprint"]) for nid, r in first.items()]
+    return [_person(rows) for rows in _by_person(await conn.fetch(_HISTORY, national_ids))]
+
+
+def _by_person(rows: list[asyncpg.Record]) -> list[list[asyncpg.Record]]:
+    """Rows of person + dose, grouped by person."""
+    grouped: dict[str, list[asyncpg.Record]] = {}
+    for r in rows:
+        grouped.setdefault(r["national_id"], []).append(r)
+    return list(grouped.values())
+
+
+def _person(rows: list[asyncpg.Record]) -> Person:
+    first = rows[0]
+    history = [HistoryDose(r["site"], r["record_id"], r["vaccine"], r["lot"], r["dose_number"], r["administered_at"],
+                           r["counted"]) for r in rows]
+    return Person(first["national_id"], first["full_name"], first["birth_date"], history, first["current_uvci"],
+                  first["current_fingerprint"], first["current_view_fingerprint"])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lookup:
+    """A citizen's lookup: the person as the certifiers read them, and the current certificate as served."""
+
+    person: Person
+    certificate: dict | None  # the columns of by_uvci; None when the person has no certificate yet
+    received: dict[tuple[str, str], dt.datetime]  # each dose's 202, by (site code, record id)
+
+    def due_since(self) -> float:
+        """When a certificate stating the history was first due (epoch seconds): the earliest 202 of a dose
+        the current certificate does not list, or the latest 202 of all when it lists each record (one of
+        them was corrected since)."""
+        listed = set()
+        if self.certificate is not None:
+            doses = self.certificate["doses"]  # jsonb as its text, unless a codec is set
+            listed = {(d["site"], d["record_id"]) for d in (msgspec.json.decode(doses) if isinstance(doses, str)
+                                                            else doses)}
+        unlisted = [at for key, at in self.received.items() if key not in listed]
+        return (min(unlisted) if unlisted else max(self.received.values())).timestamp()
+
+
+async def lookup(conn: asyncpg.Connection, national_id: str, birth_date: dt.date) -> Lookup | None:
+    """The person with this national ID and birth date, with their persisted history and their current
+    certificate, from one snapshot; None for an unknown ID, a wrong birth date, or a person with no dose left."""
+    rows = await conn.fetch(_LOOKUP, national_id, birth_date)
+    if not rows:
+        return None
+    first = rows[0]
+    certificate = {column: first[f"c_{column}"] for column in _COLUMNS.split(", ")} if first["c_uvci"] else None
+    return Lookup(_person(rows), certificate, {(r["site"], r["record_id"]): r["received_at"] for r in rows})
 
 
 async def issue(conn: asyncpg.Connection, certificates: list[NewCertificate], *, kid: bytes,

@@ -5,10 +5,18 @@ Covers: the certificate JSON, SVG and PNG (the PNG decoded back to the same `HC1
 negotiation; lookup found / wrong birth date / unknown ID (byte-identical 404s, both held to the floor), the
 rate limit (429 with `Retry-After`) and its failing closed (503); verify valid, superseded (`revocation`)
 and garbage; trust list and revocations; no UVCI or national ID in metrics.
+
+A lookup never waits for a certifier (stacks without certifiers): it issues the certificate of persisted
+doses (verified with vaxline.dcc.verify), a certifier started afterwards finds nothing to do; a later dose
+makes the next lookup supersede it, a second record of a counted dose only updates the view; without a
+signing key it answers what is stored; the races both ways (a certifier that read before the lookup
+stored; a lookup that read before a certifier stored) and at once leave one certificate per person. A QR
+image is rendered once per certificate and format, and the image cache keeps within its bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
@@ -20,14 +28,20 @@ import pytest
 import redis.asyncio as aioredis
 import zxingcpp
 
+from ingest import certificates as certificate_routes
 from ingest.app import INGEST
-from ingest.certificates import CERTIFICATES, negotiated_format
+from ingest.certificates import CERTIFICATES, QrImages, negotiated_format, qr_image
 from monitoring import metrics
+from storage import certificates as store
+from storage import issuing
 from tests.conftest import wait_until
 from tests.factory import dose
 from tests.stack import running_stack
 from vaxline.dcc.keys import KeyStore
-from vaxline.dcc.trust import uvci_hash
+from vaxline.dcc.trust import TrustList, uvci_hash
+from vaxline.dcc.verify import verify
+from vaxline.streams import drained
+from workers.certify import Certifier
 
 VN = dt.timezone(dt.timedelta(hours=7))
 
@@ -251,3 +265,230 @@ async def test_the_trust_list_follows_the_keys_folder(settings, signing_key):
         relisted = await (await stack.client.get("/v1/trust-list")).json()
         assert [c["kid_hex"] for c in relisted["certificates"]] == [
             *(c["kid_hex"] for c in listed["certificates"]), added.kid.hex()]
+
+
+# A lookup never waits for a certifier: these stacks run no certifier unless a test starts one.
+
+def issued(stack) -> float:
+    return stack.client.app[INGEST].registry.get_sample_value(metrics.CERTIFICATES_ISSUED) or 0.0
+
+
+def unchanged(stack) -> float:
+    return stack.client.app[INGEST].registry.get_sample_value(metrics.CERTIFICATES_UNCHANGED) or 0.0
+
+
+async def persisted(stack, db, token: str, doses: list[dict]) -> None:
+    """Post the doses and wait until they are persisted and handed off to the (absent) certifiers."""
+    expected = await db.fetchval("SELECT count(*) FROM doses") + len(doses)
+    assert (await stack.post(token, {"doses": doses})).status == 202
+    await wait_until(lambda: db.fetchval("SELECT count(*) = $1 FROM doses", expected), message="persisted")
+    redis, settings = stack.client.app[INGEST].redis, stack.settings
+    await wait_until(lambda: all_drained(redis, settings.streams, settings.group), message="handed off and acked")
+
+
+async def all_drained(redis, streams, group) -> bool:
+    return all([await drained(redis, stream, group) for stream in streams])
+
+
+async def certificates_of(db, national_id: str) -> list:
+    return await db.fetch("SELECT uvci, status, superseded_by, doses, received_at FROM certificates"
+                          " WHERE national_id = $1 ORDER BY certified_at", national_id)
+
+
+async def looked_up(stack, person: dict) -> dict:
+    response, body, _ = await timed_lookup(stack, person["national_id"], person["birth_date"])
+    assert response.status == 200, body
+    return json.loads(body)
+
+
+def verified(hc1: str, settings) -> dict:
+    keys = KeyStore(settings.signing_keys_dir).public_keys()
+    verdict = verify(hc1, TrustList.from_der(k.der for k in keys))
+    assert verdict.valid, verdict.reason
+    return verdict.payload
+
+
+async def test_a_lookup_issues_the_certificate_no_certifier_has_made_and_the_certifier_then_has_nothing_to_do(
+        settings, db, signing_key):
+    async with running_stack(settings) as stack:
+        _, token = await stack.site()
+        first = dose(21, administered_at=at("2021-08-14"))
+        second = dose(21, record_id="R-second", dose_number=2, administered_at=at("2021-11-01"))
+        await persisted(stack, db, token, [first, second])
+        assert await certificates_of(db, first["national_id"]) == []  # no certifier runs
+        before = issued(stack)
+
+        certificate = await looked_up(stack, first)
+        assert [(d["dn"], d["record_id"]) for d in certificate["doses"]] == [(1, first["record_id"]), (2, "R-second")]
+        [v] = verified(certificate["hc1"], settings)["v"]
+        assert (v["ci"], v["dn"], v["sd"], v["dt"]) == (certificate["uvci"], 2, 2, "2021-11-01")
+        [stored] = await certificates_of(db, first["national_id"])
+        assert (stored["uvci"], stored["status"]) == (certificate["uvci"], "current")
+        assert stored["received_at"] == await db.fetchval("SELECT min(received_at) FROM doses")  # freshness from the 202
+        assert issued(stack) - before == 1
+        again = await looked_up(stack, first)  # up to date now: answered as stored, nothing signed
+        assert again == certificate and issued(stack) - before == 1
+
+        idle = unchanged(stack)
+        stack.start_worker("test-certifier-0", certify=True)
+        redis = stack.client.app[INGEST].redis
+        await wait_until(lambda: drained(redis, settings.certify_stream, settings.certify_group),
+                         message="the certifier handled the handoff")
+        assert unchanged(stack) - idle == 1 and issued(stack) - before == 1
+        assert [c["uvci"] for c in await certificates_of(db, first["national_id"])] == [certificate["uvci"]]
+
+
+async def test_a_dose_persisted_later_makes_the_next_lookup_reissue_and_supersede(settings, db, signing_key):
+    async with running_stack(settings) as stack:
+        _, token = await stack.site()
+        first = dose(22, administered_at=at("2021-08-14"))
+        await persisted(stack, db, token, [first])
+        one = await looked_up(stack, first)
+        assert [d["dn"] for d in one["doses"]] == [1]
+
+        second = dose(22, record_id="R-second", dose_number=2, administered_at=at("2021-11-01"))
+        await persisted(stack, db, token, [second])
+        two = await looked_up(stack, first)
+        assert two["uvci"] != one["uvci"] and [d["dn"] for d in two["doses"]] == [1, 2]
+        assert verified(two["hc1"], settings)["v"][0]["dn"] == 2
+        old, new = await certificates_of(db, first["national_id"])
+        assert (old["uvci"], old["status"], old["superseded_by"]) == (one["uvci"], "revoked", two["uvci"])
+        assert (new["uvci"], new["status"]) == (two["uvci"], "current")
+        assert new["received_at"] == await db.fetchval(  # the 202 of the dose it was waiting for
+            "SELECT received_at FROM doses WHERE record_id = 'R-second'")
+
+        # The same dose entered again by another site on the same day: the view alone, the QR stays valid.
+        _, district = await stack.site("DIST-1")
+        await persisted(stack, db, district, [dict(second, record_id="R-district", administered_at=at("2021-11-01"))])
+        three = await looked_up(stack, first)
+        assert (three["uvci"], three["hc1"]) == (two["uvci"], two["hc1"])
+        assert [(d["dn"], d["counted"]) for d in three["doses"]] == [(1, True), (2, True), (2, False)]
+        assert len(await certificates_of(db, first["national_id"])) == 2
+
+
+async def test_without_a_signing_key_a_lookup_answers_what_is_stored(settings, db):
+    async with running_stack(settings) as stack:
+        _, token = await stack.site()
+        person = dose(23)
+        await persisted(stack, db, token, [person])
+        response, body, elapsed = await timed_lookup(stack, person["national_id"], person["birth_date"])
+        _, unknown, _ = await timed_lookup(stack, "079090999999", person["birth_date"])
+        assert response.status == 404 and body == unknown and elapsed >= settings.lookup_floor
+        assert await db.fetchval("SELECT count(*) FROM certificates") == 0
+
+
+async def test_an_issuing_lookup_still_answers_a_wrong_birth_date_as_an_unknown_person(settings, db, signing_key):
+    async with running_stack(settings) as stack:
+        _, token = await stack.site()
+        person = dose(24)
+        await persisted(stack, db, token, [person])
+        wrong_birth = await timed_lookup(stack, person["national_id"], "1901-01-01")
+        unknown = await timed_lookup(stack, "079090999999", person["birth_date"])
+        for response, _, elapsed in (wrong_birth, unknown):
+            assert response.status == 404 and elapsed >= settings.lookup_floor
+        assert wrong_birth[1] == unknown[1]
+        assert await db.fetchval("SELECT count(*) FROM certificates") == 0  # nothing issued for a wrong birth date
+
+
+async def test_a_certifier_that_read_before_the_lookup_stored_finds_nothing_left_to_do(settings, db, signing_key):
+    """The race one way: the certifier read the history, the lookup issued, then the certifier stores."""
+    async with running_stack(settings) as stack:
+        _, token = await stack.site()
+        person = dose(25)
+        await persisted(stack, db, token, [person])
+        read_before = await store.people(db, [person["national_id"]])
+        certificate = await looked_up(stack, person)
+        outcome = issuing.Outcome()
+        pool = stack.client.app[INGEST].pool
+        await issuing.certify(pool, issuing.Signing(KeyStore(settings.signing_keys_dir)),
+                              {person["national_id"]: time.time()}, outcome, metrics=metrics, people=read_before)
+        assert (outcome.issued, outcome.revoked, outcome.unchanged) == (0, 0, 1)  # lost, re-read, nothing to do
+        [stored] = await certificates_of(db, person["national_id"])
+        assert (stored["uvci"], stored["status"]) == (certificate["uvci"], "current")
+
+
+async def test_a_lookup_that_read_before_a_certifier_stored_answers_the_certifiers_certificate(
+        settings, db, signing_key, monkeypatch):
+    """The race the other way, over an existing certificate: the lookup read the history, a certifier
+    superseded the certificate, then the lookup stores; its swap fails, it re-reads and signs nothing."""
+    async with running_stack(settings) as stack:
+        _, token = await stack.site()
+        first = dose(26, administered_at=at("2021-08-14"))
+        await persisted(stack, db, token, [first])
+        one = await looked_up(stack, first)
+        await persisted(stack, db, token, [dose(26, record_id="R-second", dose_number=2,
+                                                administered_at=at("2021-11-01"))])
+        pool = stack.client.app[INGEST].pool
+        certifier = Certifier(pool, KeyStore(settings.signing_keys_dir))
+        read = store.lookup
+
+        async def certifier_in_between(conn, national_id, birth_date):
+            found = await read(conn, national_id, birth_date)
+            assert (await certifier.certify({national_id: time.time()})).issued == 1
+            return found
+
+        monkeypatch.setattr(store, "lookup", certifier_in_between)
+        before = issued(stack)
+        two = await looked_up(stack, first)
+        assert issued(stack) - before == 1  # the certifier's; the lookup's swap lost and it signed nothing more
+        old, new = await certificates_of(db, first["national_id"])
+        assert (old["uvci"], old["status"], old["superseded_by"]) == (one["uvci"], "revoked", two["uvci"])
+        assert (new["uvci"], new["status"]) == (two["uvci"], "current") and len(two["doses"]) == 2
+
+
+async def test_lookups_and_a_certifier_at_once_leave_one_certificate_per_person(settings, db, signing_key):
+    async with running_stack(settings) as stack:
+        _, token = await stack.site()
+        people = [dose(n) for n in range(30, 40)]
+        await persisted(stack, db, token, people)
+        certifier = Certifier(stack.client.app[INGEST].pool, KeyStore(settings.signing_keys_dir))
+        *answers, _ = await asyncio.gather(*(looked_up(stack, p) for p in people),
+                                           certifier.certify({p["national_id"]: time.time() for p in people}))
+        rows = await db.fetch("SELECT national_id, uvci, status FROM certificates")
+        assert sorted(r["national_id"] for r in rows) == sorted(p["national_id"] for p in people)  # one each
+        assert {r["status"] for r in rows} == {"current"}
+        assert {a["uvci"] for a in answers} == {r["uvci"] for r in rows}
+
+
+# A certificate's QR image is rendered once.
+
+async def test_a_qr_image_is_rendered_once_per_certificate_and_format(settings, db, signing_key, monkeypatch):
+    renders = []
+
+    def counted(hc1, fmt):
+        renders.append(fmt)
+        return qr_image(hc1, fmt)
+
+    monkeypatch.setattr(certificate_routes, "qr_image", counted)
+    async with running_stack(settings) as stack:
+        _, token = await stack.site()
+        person = dose(27)
+        await persisted(stack, db, token, [person])
+        uvci = (await looked_up(stack, person))["uvci"]
+        _, png = await get(stack, f"/v1/certificates/{uvci}?format=png")
+        response, again = await get(stack, f"/v1/certificates/{uvci}", headers={"Accept": "image/png"})
+        assert response.status == 200 and response.content_type == "image/png" and again == png
+        assert response.headers["Cache-Control"] == "no-store"
+        assert renders == ["png"]
+        _, svg = await get(stack, f"/v1/certificates/{uvci}?format=svg")
+        _, svg_again = await get(stack, f"/v1/certificates/{uvci}?format=svg")
+        assert svg == svg_again and b"<svg" in svg and renders == ["png", "svg"]
+        response, _ = await get(stack, "/v1/certificates/URN:UVCI:01:VN:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA?format=png")
+        assert response.status == 404 and renders == ["png", "svg"]  # an unknown UVCI is neither rendered nor kept
+        assert len(stack.client.app[CERTIFICATES].qr_images) == 2
+
+
+def test_the_qr_cache_keeps_within_its_bytes_dropping_the_least_recently_used():
+    images = QrImages(max_bytes=10)
+    images.put("A", "png", b"aaaa")
+    images.put("B", "png", b"bbbb")
+    assert images.get("A", "png") == b"aaaa"  # A is now the most recently used
+    images.put("C", "png", b"cccc")
+    assert (images.get("A", "png"), images.get("B", "png"), images.get("C", "png")) == (b"aaaa", None, b"cccc")
+    assert (len(images), images.size) == (2, 8)
+    images.put("D", "svg", b"d" * 11)  # larger than the whole bound: not kept, nothing dropped for it
+    assert (images.get("D", "svg"), len(images), images.size) == (None, 2, 8)
+    for n in range(100):
+        images.put(f"U{n}", "png", b"xyz")
+        assert images.size <= images.max_bytes
+    assert images.size == 9 and len(images) == 3

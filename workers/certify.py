@@ -10,15 +10,15 @@ their history says (a redelivered batch; a second record of a dose already
 counted only updates the certificate's view): fingerprints decide.
 Signing happens outside any transaction; the write is a compare-and-swap
 per person (storage.certificates.issue), and a person who lost a race with
-another certifier is simply rebuilt from a fresh read.
+another certifier is simply rebuilt from a fresh read. Reading, building and
+storing live in storage.issuing, shared with the citizen's lookup, which
+issues a certificate that is behind its history at once: the certifier that
+reaches that person later finds nothing to do.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import dataclasses
-import datetime as dt
 import logging
 import time
 
@@ -26,13 +26,11 @@ import asyncpg
 import msgspec
 
 from monitoring import metrics
-from storage import certificates as store
-from storage import ACQUIRE_TIMEOUT
+from storage import issuing
 from storage.errors import POISON
+from storage.issuing import Outcome, Signing
 from vaxline.config import Settings
-from vaxline.dcc.issue import Signer, expiry, new_uvci
 from vaxline.dcc.keys import KeyStore
-from vaxline.dcc.payload import statement
 from vaxline.streams import ensure_groups
 
 from . import handoff
@@ -43,107 +41,23 @@ from .trim import trim_stream
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass
-class Outcome:
-    issued: int = 0
-    revoked: int = 0
-    updated: int = 0  # views updated in place
-    unchanged: int = 0
-
-
 class Certifier:
+    """The certify stream's side of storage.issuing: the persons of a gathered round, a chunk at a time."""
+
     def __init__(self, pool: asyncpg.Pool, keys: KeyStore, *, chunk: int = 1000):
         self._pool = pool
-        self._keys = keys
+        self._signing = Signing(keys)
         self._chunk = chunk  # persons signed, then stored, at a time: certificates appear as they are made
-        self._signer: Signer | None = None
-        self._keys_version: int | None = None
-
-    def signer(self) -> Signer:
-        """The newest key's signer, reloaded when a key is added (rotation needs no restart)."""
-        version = self._keys.version()
-        if self._signer is None or version != self._keys_version:
-            self._signer = Signer(self._keys.signing_key())
-            self._keys_version = version
-            # As the EU trust lists write a kid: base64 (a hex kid may look like a run of ID digits).
-            log.info("signing with key kid=%s", base64.b64encode(self._signer.key.kid).decode())
-        return self._signer
 
     async def certify(self, persons: dict[str, float]) -> Outcome:
         """Bring the certificates of these persons (national id -> earliest 202) up to date."""
         outcome = Outcome()
         ids = list(persons)
         for start in range(0, len(ids), self._chunk):
-            await self._certify({nid: persons[nid] for nid in ids[start:start + self._chunk]}, outcome)
+            chunk = {nid: persons[nid] for nid in ids[start:start + self._chunk]}
+            await issuing.certify(self._pool, self._signing, chunk, outcome, metrics=metrics)
         metrics.certificates_unchanged.inc(outcome.unchanged)
         return outcome
-
-    async def _certify(self, todo: dict[str, float], outcome: Outcome) -> None:
-        while todo:
-            started = time.perf_counter()
-            signer = self.signer()
-            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-                people = await store.people(conn, list(todo))
-                # Persons with no dose left (withdrawn, or moved to another person): no certificate either.
-                found = {p.national_id for p in people}
-                if gone := [nid for nid in todo if nid not in found]:
-                    orphaned = await store.revoke_without_doses(conn, gone)
-                    outcome.revoked += orphaned
-                    metrics.certificates_revoked.inc(orphaned)
-            issued_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)  # the CWT counts whole seconds
-            expires_at = expiry(issued_at)
-            new: list[store.NewCertificate] = []
-            views: list[store.ViewUpdate] = []
-            for person in people:
-                try:
-                    change = self._build(person, signer, issued_at, expires_at, todo[person.national_id])
-                except Exception as e:  # a bug for this person's data: the others still get theirs
-                    metrics.certify_failures.labels(error=type(e).__name__).inc()
-                    log.error("building a certificate failed (%s); the person keeps the previous one",
-                              type(e).__name__)
-                    continue
-                if change is None:
-                    outcome.unchanged += 1
-                elif isinstance(change, store.ViewUpdate):
-                    views.append(change)
-                else:
-                    new.append(change)
-            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-                written, revoked = await store.issue(conn, new, kid=signer.key.kid, issued_at=issued_at,
-                                                     expires_at=expires_at)
-                updated = await store.update_views(conn, views) if views else set()
-            now = time.time()
-            for nid in written | updated:
-                metrics.freshness.labels(stage="certified").observe(max(0.0, now - todo[nid]))
-            outcome.issued += len(written)
-            outcome.revoked += revoked
-            outcome.updated += len(updated)
-            metrics.certificates_issued.inc(len(written))
-            metrics.certificates_revoked.inc(revoked)
-            metrics.certificates_updated.inc(len(updated))
-            metrics.certify_duration.observe(time.perf_counter() - started)
-            # Whoever lost a race with another certifier is built again from a fresh read.
-            todo = {c.national_id: todo[c.national_id] for c in [*new, *views]
-                    if c.national_id not in written and c.national_id not in updated}
-
-    @staticmethod
-    def _build(person: store.Person, signer: Signer, issued_at: dt.datetime, expires_at: dt.datetime,
-               received_at: float) -> store.NewCertificate | store.ViewUpdate | None:
-        """A new certificate when what the DCC states changed; the view alone when only it changed (a second
-        record of a dose already counted: the QR in the citizen's hands stays valid); else None."""
-        stated = statement(person.full_name, person.birth_date, person.history)
-        fingerprint, view = stated.fingerprint(), stated.view_fingerprint()
-        if fingerprint == person.current_fingerprint:
-            if view == person.current_view_fingerprint:
-                return None
-            return store.ViewUpdate(person.national_id, person.current_uvci, person.current_view_fingerprint, view,
-                                    msgspec.json.encode(stated.doses).decode())
-        uvci = new_uvci()
-        return store.NewCertificate(
-            uvci, person.national_id, person.current_uvci, person.current_view_fingerprint, fingerprint, view,
-            person.full_name, person.birth_date,
-            msgspec.json.encode(stated.doses).decode(), signer.sign(stated.dcc(uvci), issued_at, expires_at),
-            dt.datetime.fromtimestamp(received_at, dt.timezone.utc))
 
 
 async def run_certifier(settings: Settings, *, consumer: str, stop: asyncio.Event) -> None:
