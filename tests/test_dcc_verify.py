@@ -8,7 +8,10 @@ Covers: every file and every expected result of the EU DCC test data (`EXPECTEDU
 `EXPECTEDB45DECODE`, `EXPECTEDCOMPRESSION`, `EXPECTEDDECODE`, `EXPECTEDVERIFY`, `EXPECTEDEXPIRATIONCHECK` at
 `VALIDATIONCLOCK`, `EXPECTEDKEYUSAGE`, `EXPECTEDSCHEMAVALIDATION`), the `known_issues.csv` entries marked
 xfail with their link; base45 (RFC 9285 examples), kid, UVCI hash, DSC loading, a seeded fuzz of malformed
-inputs (the verifier never raises).
+inputs (the verifier never raises); each payload judged by the schema release its `ver` states (1.0.0 and
+1.2.1 with two `v` entries valid, 1.3 with two not, later minors by the newest release); value-set misses as
+the `rules` stage, apart from the schema; `vaxline verify --clock` in the EU test data's formats (no offset
+is UTC, fractions, `Z`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import functools
 import json
 import os
 import random
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -33,7 +38,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from vaxline.dcc.base45 import b45decode, b45encode
-from vaxline.dcc.schema import GROUPS, schema_errors
+from vaxline.dcc.schema import GROUPS, release_for, schema_errors, valueset_misses
 from vaxline.dcc.trust import (
     EKU_TEST,
     EKU_VACCINATION,
@@ -43,7 +48,7 @@ from vaxline.dcc.trust import (
     load_dsc,
     uvci_hash,
 )
-from vaxline.dcc.verify import STAGES, Verdict, verify
+from vaxline.dcc.verify import STAGES, Verdict, parse_clock, verify
 
 
 def _testdata() -> Path:
@@ -70,7 +75,10 @@ EXPECTATIONS = {
     "EXPECTEDVERIFY": ("signature", STAGES[:5] + ("signature",), ("cose", "signature")),
     "EXPECTEDEXPIRATIONCHECK": ("expiry", STAGES[:5] + ("expiry",), ("expiry",)),
     "EXPECTEDKEYUSAGE": ("key_usage", STAGES[:5] + ("key_usage",), ("key_usage",)),
-    "EXPECTEDSCHEMAVALIDATION": ("schema", STAGES[:5] + ("schema",), ("schema",)),
+    # True: the schema of the stated `ver` passes (a value-set miss may still fail `rules`). False: the
+    # schema or the value sets refuse it. The EU harness asserts only True expectations; its False ones
+    # (PL 7, 8, 9) name a code outside a value set, which this verifier judges as a business rule.
+    "EXPECTEDSCHEMAVALIDATION": ("schema", STAGES[:5] + ("schema",), ("schema", "rules")),
 }
 # known_issues.csv names the EU harness's test functions; test_cbor_json
 # compares the file's own CBOR and JSON stages, which nothing here reads.
@@ -144,7 +152,7 @@ def _verdict(path: Path) -> tuple[dict, Verdict]:
     case = json.loads(path.read_text(encoding="utf-8"))
     context = case["TESTCTX"]
     ders = [base64.b64decode(context["CERTIFICATE"])] if "CERTIFICATE" in context else []
-    clock = dt.datetime.fromisoformat(context["VALIDATIONCLOCK"].replace("Z", "+00:00"))
+    clock = parse_clock(context["VALIDATIONCLOCK"])
     return case, verify(_hc1(case), TrustList.from_der(ders), clock=clock)
 
 
@@ -181,7 +189,7 @@ DCC = {
 }
 
 
-def _dsc(*ekus: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def _dsc(*ekus: str, around: dt.datetime = CLOCK) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vaxline test DSC")])
     builder = (
@@ -190,17 +198,17 @@ def _dsc(*ekus: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(1)
-        .not_valid_before(CLOCK - dt.timedelta(days=365))
-        .not_valid_after(CLOCK + dt.timedelta(days=365))
+        .not_valid_before(around - dt.timedelta(days=365))
+        .not_valid_after(around + dt.timedelta(days=365))
     )
     if ekus:
         builder = builder.add_extension(x509.ExtendedKeyUsage([x509.ObjectIdentifier(o) for o in ekus]), False)
     return key, builder.sign(key, hashes.SHA256())
 
 
-def _issue(key, certificate, dcc=DCC, *, iat=CLOCK - dt.timedelta(days=1)) -> str:
+def _issue(key, certificate, dcc=DCC, *, iat=CLOCK - dt.timedelta(days=1), lifetime=dt.timedelta(days=365)) -> str:
     """An HC1 as an issuer makes it: CWT, COSE_Sign1 ES256, zlib, base45."""
-    claims = {1: "VN", 6: int(iat.timestamp()), 4: int(iat.timestamp()) + 365 * 86400, -260: {1: dcc}}
+    claims = {1: "VN", 6: int(iat.timestamp()), 4: int((iat + lifetime).timestamp()), -260: {1: dcc}}
     payload = cbor2.dumps(claims)
     protected = cbor2.dumps({1: -7, 4: kid_of(certificate.public_bytes(Encoding.DER))})
     der = key.sign(cbor2.dumps(["Signature1", protected, b"", payload]), ec.ECDSA(hashes.SHA256()))
@@ -332,12 +340,140 @@ def test_load_dsc_refuses_what_is_not_a_certificate(arg):
 
 
 def test_schema_names_path_and_reason():
-    wrong = {**DCC, "v": [{**DCC["v"][0], "co": "XY", "dn": 0}], "t": []}
+    wrong = {**DCC, "v": [{**DCC["v"][0], "co": "xy", "dn": 0}], "t": []}
     assert schema_errors(DCC) == []
     assert schema_errors(wrong) == ["(root): needs exactly one of v, t, r; found v, t"]
     errors = schema_errors({**DCC, "nam": {"fnt": "Dang"}, "v": wrong["v"]})
     assert errors == [
         "nam.fnt: 'Dang' does not match [A-Z<]*",
         "v[0].dn: 0 is not a positive integer",
-        "v[0].co: 'XY' is not in value set country-2-codes",
+        "v[0].co: 'xy' does not match [A-Z]{1,10}",
     ]
+
+
+# --- the schema of the stated version; value sets as business rules ---
+
+SECOND_DOSE = DCC["v"][0]
+FIRST_DOSE = {**SECOND_DOSE, "dn": 1, "dt": "2026-04-20", "ci": "URN:UVCI:01:VN:ABC122"}
+
+
+@pytest.mark.parametrize("ver", ["1.0.0", "1.2.1"])
+def test_payloads_before_1_3_may_hold_several_entries(signer, ver):
+    key, certificate = signer
+    dcc = {**DCC, "ver": ver, "v": [FIRST_DOSE, SECOND_DOSE]}
+    verdict = verify(_issue(key, certificate, dcc), TrustList([certificate]), clock=CLOCK)
+    assert verdict.valid and verdict.stage is None, verdict.reason
+    assert set(verdict.outcomes.values()) == {True} and verdict.rules == ()
+
+
+def test_from_1_3_a_group_holds_one_entry(signer):
+    key, certificate = signer
+    dcc = {**DCC, "ver": "1.3.0", "v": [FIRST_DOSE, SECOND_DOSE]}
+    verdict = verify(_issue(key, certificate, dcc), TrustList([certificate]), clock=CLOCK)
+    assert (verdict.valid, verdict.stage) == (False, "schema")
+    assert "v: schema 1.3.0 allows 1 entry, found 2" in verdict.reason
+
+
+@pytest.mark.parametrize("ver, release", [
+    ("1.0.0", "1.0.0"), ("1.0.1", "1.0.1"), ("1.0.7", "1.0.1"), ("1.1.0", "1.1.0"), ("1.2.0", "1.2.0"),
+    ("1.2.1", "1.2.1"), ("1.2.9", "1.2.1"), ("1.3.0", "1.3.0"), ("1.3.2", "1.3.2"), ("1.3.9", "1.3.2"),
+    ("1.4.0", "1.3.2"), ("1.12.0", "1.3.2"), ("2.0.0", None), ("0.9.0", None), ("1.3", None), (130, None),
+])
+def test_each_version_is_judged_by_its_own_release_or_the_newest_of_its_major(ver, release):
+    found = release_for(ver)
+    assert (found.name if found else None) == release
+
+
+@pytest.mark.parametrize("ver, change, valid", [
+    ("1.2.1", {"v": [{**SECOND_DOSE, "dn": 10, "sd": 10}]}, False),  # doses 1-9 before 1.3
+    ("1.3.0", {"v": [{**SECOND_DOSE, "dn": 10, "sd": 10}]}, True),
+    ("1.2.1", {"v": [{**SECOND_DOSE, "is": "I" * 60}]}, False),  # 50 characters before 1.3, then 80
+    ("1.3.0", {"v": [{**SECOND_DOSE, "is": "I" * 60}]}, True),
+    ("1.3.0", {"v": [{**SECOND_DOSE, "is": "I" * 81}]}, False),
+    ("1.0.1", {"dob": "1990"}, False),  # 1.0.1 wants a full date; 1.1 a partial one too, 1.3 an empty one too
+    ("1.0.0", {"dob": "1990-04-30T00:00:00"}, True),
+    ("1.0.0", {"dob": "30/04/1990"}, False),
+    ("1.1.0", {"dob": "1990"}, True),
+    ("1.2.1", {"dob": ""}, False),
+    ("1.3.0", {"dob": ""}, True),
+    ("1.3.0", {"nam": {"gnt": "TUYET"}}, False),  # fnt required until 1.3.1; 1.3.2 wants fnt or gnt
+    ("1.3.2", {"nam": {"gnt": "TUYET"}}, True),
+    ("1.4.0", {"nam": {"gnt": "TUYET"}}, True),  # a later minor: the newest known release
+    ("1.3.2", {"nam": {"gn": "Tuyết"}}, False),
+    ("2.0.0", {}, False),  # an unknown major
+])
+def test_rules_that_differ_between_releases(ver, change, valid):
+    errors = schema_errors({**DCC, "ver": ver, **change})
+    assert (errors == []) is valid, errors
+
+
+TEST_DCC = {
+    "ver": "1.3.0", "nam": DCC["nam"], "dob": DCC["dob"],
+    "t": [{"tg": "840539006", "tt": "LP6464-4", "sc": "2026-05-30T08:00:00Z", "tr": "260415000",
+           "tc": "Bệnh viện Bạch Mai", "co": "VN", "is": "Bộ Y tế", "ci": "URN:UVCI:01:VN:T0001"}],
+}
+
+
+def test_a_value_set_miss_passes_the_schema_and_fails_the_rules(signer):
+    key, certificate = signer
+    assert verify(_issue(key, certificate, TEST_DCC), TrustList([certificate]), clock=CLOCK).valid
+    odd = {**TEST_DCC, "t": [{**TEST_DCC["t"][0], "tt": "LP0000-0"}]}
+    assert schema_errors(odd) == []
+    verdict = verify(_issue(key, certificate, odd), TrustList([certificate]), clock=CLOCK)
+    assert (verdict.valid, verdict.stage) == (False, "rules")
+    assert [stage for stage, passed in verdict.outcomes.items() if not passed] == ["rules"]
+    miss = "t[0].tt: 'LP0000-0' is not in value set covid-19-lab-test-type"
+    assert verdict.rules == (miss,) and verdict.reason == f"rules: {miss}"
+    assert verdict.to_json()["rules"] == [miss] and verdict.to_json()["stage"] == "rules"
+
+
+def test_value_sets_are_checked_in_every_entry():
+    dcc = {**DCC, "ver": "1.2.1", "v": [{**FIRST_DOSE, "co": "XY"}, {**SECOND_DOSE, "ma": "ORG-0"}]}
+    assert schema_errors(dcc) == []
+    assert valueset_misses(dcc) == [
+        "v[0].co: 'XY' is not in value set country-2-codes",
+        "v[1].ma: 'ORG-0' is not in value set vaccines-covid-19-auth-holders",
+    ]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2021-10-01T00:15:17", "2021-10-01T00:15:17+00:00"),  # no offset: UTC, as the EU's reference apps read it
+    ("2021-10-01T00:15:17Z", "2021-10-01T00:15:17+00:00"),
+    ("2021-10-01t00:15:17z", "2021-10-01T00:15:17+00:00"),
+    ("2021-08-19T10:01:55.429915Z", "2021-08-19T10:01:55.429915+00:00"),
+    ("2021-05-21T12:26:07.3900791234Z", "2021-05-21T12:26:07.390079+00:00"),
+    ("2021-06-14T17:07:36.622", "2021-06-14T17:07:36.622000+00:00"),
+    ("2021-08-18T16:36:53+02:00", "2021-08-18T14:36:53+00:00"),
+    ("2021-08-18T16:36:53-0230", "2021-08-18T19:06:53+00:00"),
+])
+def test_parse_clock_reads_the_eu_test_data_formats(text, expected):
+    assert parse_clock(text).isoformat() == expected
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2021-02-30T00:00:00Z", "2021-10-01T25:00:00Z", "2021-10-01T00:00:00+24:00"])
+def test_parse_clock_refuses_what_is_no_time(text):
+    with pytest.raises(ValueError):
+        parse_clock(text)
+
+
+def test_cli_verify_clock_without_an_offset_is_utc(tmp_path):
+    """`vaxline verify --clock 2021-10-01T00:15:17` answers 0 or 1, never 2, and reads the clock as UTC
+    whatever the machine's time zone (the certificate expires at exactly 00:15:17Z)."""
+    expires = dt.datetime(2021, 10, 1, 0, 15, 17, tzinfo=dt.timezone.utc)
+    key, certificate = _dsc(around=expires)
+    hc1 = _issue(key, certificate, iat=expires - dt.timedelta(days=1), lifetime=dt.timedelta(days=1))
+    dsc = base64.b64encode(certificate.public_bytes(Encoding.DER)).decode()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")} | {"TZ": "Asia/Ho_Chi_Minh"}
+
+    def exit_code(clock: str) -> int:
+        command = [sys.executable, "-m", "commands", "--data-dir", str(tmp_path), "verify", "--dsc", dsc, "--clock",
+                   clock, hc1]
+        result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True,
+                                text=True, timeout=60, check=False)
+        return result.returncode
+
+    assert exit_code("2021-10-01T00:15:17") == 0
+    assert exit_code("2021-10-01T00:15:18") == 1  # read as local time (UTC+7) it would still be valid
+    assert exit_code("2021-10-01T00:15:16.999999999Z") == 0
+    assert exit_code("2021-10-01T00:15:17.5") == 1
+    assert exit_code("2021-10-01 00:15:17") == 0

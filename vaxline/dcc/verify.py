@@ -10,15 +10,23 @@ on bad input: whatever it is given, it answers with a `Verdict`.
 Where the EU test data settles a question, it is followed: a certificate is
 still valid at the very second of its `exp` (DK 1-12), and the signer
 certificate (DSC) must be valid at the clock as well.
+
+The payload is held to the schema of the version it states (`ver`); whether
+its codes belong to the EU value sets is a business rule, the last stage
+(`rules`), judged apart from the technical checks as the EU's verifier apps
+do. A value-set miss still makes the verdict not valid (a vaccine or test
+the EU does not list is not accepted); `stage` then says `rules`, and every
+technical stage before it reads passed.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import zlib
 from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -30,10 +38,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.hashes import SHA256
 
 from .base45 import b45decode
-from .schema import GROUPS, schema_errors
+from .schema import GROUPS, schema_errors, valueset_misses
 from .trust import TrustList, allowed_types, uvci_hash
 
-STAGES = ("prefix", "base45", "zlib", "cose", "cbor", "signature", "expiry", "key_usage", "schema", "revocation")
+STAGES = ("prefix", "base45", "zlib", "cose", "cbor", "signature", "expiry", "key_usage", "schema", "revocation",
+          "rules")
 
 PREFIX = "HC1:"
 ES256, PS256 = -7, -37
@@ -57,6 +66,7 @@ class Verdict:
     issued_at: int | None
     expires_at: int | None
     outcomes: Mapping[str, bool | None]  # per stage: True passed, False failed, None not run
+    rules: tuple[str, ...] = ()  # the business rules broken (value-set misses), each with its field
 
     @property
     def uvci(self) -> str | None:
@@ -78,6 +88,7 @@ class Verdict:
             "issuer": self.issuer,
             "issued_at": self.issued_at,
             "expires_at": self.expires_at,
+            "rules": list(self.rules),
         }
 
 
@@ -126,6 +137,7 @@ def verify(
         issued_at=claims.issued_at,
         expires_at=claims.expires_at,
         outcomes=MappingProxyType(outcomes),
+        rules=tuple(valueset_misses(claims.dcc)),
     )
 
 
@@ -142,6 +154,40 @@ def _decode(hc1: object, outcomes: dict[str, bool | None]) -> _Claims | tuple[st
         if isinstance(layer, _Sign1):
             kid = layer.kid
     return layer
+
+
+_CLOCK = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})"
+    r"(?:[Tt ](?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:[.,](?P<fraction>\d+))?)?)?"
+    r"\s*(?P<offset>[Zz]|[+-]\d{2}(?::?\d{2})?)?"
+)
+
+
+def parse_clock(text: str) -> datetime:
+    """A validation clock as the EU test data writes it (`VALIDATIONCLOCK`), always aware.
+
+    RFC 3339 with `Z` or an offset, any number of fractional digits, and
+    also without an offset (`2021-10-01T00:15:17`), which the EU's
+    reference apps read as UTC, and so does this. Raises ValueError.
+    """
+    match = _CLOCK.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a date-time (e.g. 2021-08-14T09:30:00Z)")
+    day = date.fromisoformat(match["date"])  # raises on 2021-02-30
+    fraction = (match["fraction"] or "0")[:6].ljust(6, "0")
+    clock = datetime(day.year, day.month, day.day, int(match["hour"] or 0), int(match["minute"] or 0),
+                     int(match["second"] or 0), int(fraction), tzinfo=_offset(match["offset"]))
+    return clock.astimezone(timezone.utc)
+
+
+def _offset(text: str | None) -> timezone:
+    if not text or text in "Zz":
+        return timezone.utc
+    digits = text[1:].replace(":", "")
+    delta = timedelta(hours=int(digits[:2]), minutes=int(digits[2:] or 0))
+    if delta >= timedelta(hours=24):
+        raise ValueError(f"UTC offset {text} out of range")
+    return timezone(delta if text[0] == "+" else -delta)
 
 
 def _aware(clock: datetime | None) -> datetime:
@@ -169,6 +215,7 @@ def _judge(
         "key_usage": _key_usage(claims.dcc, dsc) if dsc else None,
         "schema": _schema(claims.dcc),
         "revocation": _revocation(claims.dcc, revoked),
+        "rules": _rules(claims.dcc),
     }
     for stage, reason in reasons.items():
         outcomes[stage] = reason is None
@@ -363,6 +410,11 @@ def _key_usage(dcc: dict, dsc: x509.Certificate) -> str | None:
 def _schema(dcc: dict) -> str | None:
     errors = schema_errors(dcc)
     return f"schema: {', '.join(errors)}" if errors else None
+
+
+def _rules(dcc: dict) -> str | None:
+    misses = valueset_misses(dcc)
+    return f"rules: {', '.join(misses)}" if misses else None
 
 
 def _revocation(dcc: dict, revoked: Container[str]) -> str | None:
