@@ -15,6 +15,7 @@ from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
+from vaxline import csvsafe
 from vaxline.doses import FieldError
 
 from .readers import Sheet
@@ -61,7 +62,11 @@ class ReportFile:
         if self._sheet.kind == "csv":
             out = self._partial.open("w", newline="", encoding="utf-8-sig", errors="surrogateescape")
             self._close = out.close
-            return csv.writer(out, delimiter=self._sheet.delimiter).writerow
+            write = csv.writer(out, delimiter=self._sheet.delimiter).writerow
+            # A site's text opened in a spreadsheet stays text (backentry.rows reads it back as it was); a
+            # cell of an earlier report is neutralised once, not once more per round.
+            return lambda values: write([csvsafe.cell(csvsafe.restored(v) if type(v) is str else v)
+                                         for v in values])
         book = Workbook(write_only=True)
         sheet = book.create_sheet(self._sheet.title)
         self._close = lambda: book.save(self._partial)

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from vaxline import csvsafe
 from vaxline.doses import Dose, FieldError, dose_from_fields, field_errors
 from vaxline.valuesets import VACCINE_PRODUCTS
 
@@ -336,11 +337,12 @@ def read_time(cell: Any) -> dt.time:
 
 def _text(cell: Any) -> str:
     """A cell as text: numbers without a spurious `.0` (an ID typed into a number cell). U+FFFD is what
-    a wrong encoding, or an error report that could not hold a control character, leaves: refused."""
+    a wrong encoding, or an error report that could not hold a control character, leaves: refused. The
+    `'` a CSV error report put before `+84...` or `=...` (vaxline.csvsafe) is taken off again."""
     if isinstance(cell, str):
         if "\ufffd" in cell:
             raise Unreadable("contains an unreadable character (\ufffd): retype it")
-        return cell.strip()
+        return csvsafe.restored(cell).strip()
     if isinstance(cell, float) and cell.is_integer():
         return str(int(cell))
     return str(cell).strip()

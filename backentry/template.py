@@ -11,6 +11,8 @@ from openpyxl.styles import Alignment, Font, PatternFill
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.datavalidation import DataValidation
 
+from vaxline import csvsafe
+
 from .rows import (
     COLUMNS,
     ERRORS_COLUMN,
@@ -27,8 +29,8 @@ def write_template(path: Path) -> None:
     if path.suffix.lower() == ".csv":
         with path.open("w", newline="", encoding="utf-8-sig") as out:
             writer = csv.writer(out)
-            writer.writerow([c.header for c in COLUMNS])
-            writer.writerow([c.field for c in COLUMNS])
+            writer.writerow(csvsafe.row(c.header for c in COLUMNS))
+            writer.writerow(csvsafe.row(c.field for c in COLUMNS))
         return
     book = Workbook()
     sheet = book.active
