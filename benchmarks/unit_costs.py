@@ -300,13 +300,17 @@ def qr_costs(args, stack: Stack, count: int = 20) -> tuple[float, float]:
     """(ingest CPU per QR image served again, per first rendering), over `count` certificates."""
     import urllib.request
 
+    from vaxline.links import CertificateLinks, server_secret
+
     pid = next(p for name, p in stack.pids.items() if name.startswith("ingest-"))
+    links = CertificateLinks(server_secret(stack.settings), ttl=600)  # as the lookup hands them out
     uvcis = asyncio.run(_some_uvcis(stack.settings, count))
     spent = []
     for _ in range(2):
         meter = Meter(ingest=lambda: cpu_seconds(pid)).start()
         for uvci in uvcis:
-            with urllib.request.urlopen(f"http://127.0.0.1:{args.port}/v1/certificates/{uvci}?format=png") as r:
+            url = f"http://127.0.0.1:{args.port}/v1/certificates/{uvci}?{links.query(uvci)[0]}&format=png"
+            with urllib.request.urlopen(url) as r:
                 r.read()
         spent.append(meter.stop()["ingest"] / len(uvcis))
     return spent[1], spent[0]

@@ -10,6 +10,7 @@ from deploy import local
 from deploy.local import ConfigError  # noqa: F401 (a usage error: exit 2; raised by the command modules)
 from deploy.stack import on_database  # noqa: F401 (a command's own connection to the deployment's database)
 from storage.sites import site_id_by_code
+from vaxline import csvsafe
 
 PAGE = 10_000
 
@@ -46,7 +47,7 @@ def write_csv(path: Path | None, columns, rows: list[dict]) -> None:
     try:
         writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(map(csvsafe.record, rows))  # spreadsheets read names and notes as text, never formulas
     finally:
         if path:
             out.close()

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sys
 from pathlib import Path
-
 
 from vaxline.config import Settings
 from vaxline.dcc.keys import KeyStore
@@ -29,7 +27,9 @@ def add_parsers(commands) -> None:
     verify.add_argument("hc1", metavar="HC1_OR_DASH", help="the HC1: text, or - to read it from standard input")
     verify.add_argument("--dsc", action="append", metavar="FILE_OR_BASE64_DER",
                         help="a trusted signer certificate (repeatable); default: this deployment's trust list")
-    verify.add_argument("--clock", metavar="RFC3339", help="verify as of this time instead of now")
+    verify.add_argument("--clock", metavar="RFC3339",
+                        help="verify as of this time instead of now; without an offset it is UTC, as the EU test"
+                             " data's VALIDATIONCLOCK (2021-10-01T00:15:17)")
     verify.add_argument("--revocations", metavar="FILE",
                         help="revoked UVCI hashes as GET /v1/revocations serves them; without --dsc the"
                              " deployment's own list is read from its database when it is reachable")
@@ -72,16 +72,12 @@ def cmd_keys_list(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    import datetime as dt
-
     from vaxline.dcc.trust import TrustList, load_dsc, uvci_hash
-    from vaxline.dcc.verify import verify
+    from vaxline.dcc.verify import parse_clock, verify
 
     try:
         hc1 = sys.stdin.read() if args.hc1 == "-" else args.hc1
-        clock = dt.datetime.fromisoformat(re.sub(r"[zZ]$", "+00:00", args.clock)) if args.clock else None
-        if clock and clock.tzinfo is None:
-            raise ValueError("--clock needs a UTC offset, e.g. 2021-08-14T09:30:00Z")
+        clock = parse_clock(args.clock) if args.clock else None
         # Expired DSCs too: the verifier judges each at the clock, which may be in the past.
         ders = ([load_dsc(dsc) for dsc in args.dsc] if args.dsc
                 else [k.der for k in keys_of(args).public_keys(include_expired=True)])

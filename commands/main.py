@@ -12,6 +12,7 @@
     vaxline reconcile [--from --to --site] [--json]        every acknowledged dose accounted for
     vaxline import FILE --site CODE [--resume] [--no-wait] | --template OUT.xlsx   back-entry from CSV/XLSX
     vaxline corrections [--site | --province] [--status] [--out]   citizen correction requests as CSV
+    vaxline deadletters list | replay BATCH_ID... | --all | --certify   dead letters and failed handoffs, re-driven
     vaxline keys init|rotate|list         signing keys and their signer certificates (DSC)
     vaxline verify [--dsc ...] [--clock] [--json] HC1_OR_DASH
     vaxline loadtest sessions|day|overload [...]   Locust capacity proof: thresholds, reconciliation, report
@@ -30,13 +31,14 @@ import sys
 from pathlib import Path
 
 from monitoring.logs import configure
+from vaxline.dcc.keys import KeyPermissions
 
-from . import imports, keys, loadtest, records, services, sites
+from . import deadletters, imports, keys, loadtest, records, services, sites
 from .common import ConfigError
 
 # Commands that print their own output: only warnings and errors are logged beside it.
 _QUIET = ("sites", "status", "keys", "verify", "tokens", "provinces", "review", "reconcile", "registry",
-          "corrections", "import", "loadtest")
+          "corrections", "import", "loadtest", "deadletters")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     configure(logging.WARNING if args.command in _QUIET else None)
     try:
         return args.func(args) or 0
-    except ConfigError as e:
+    except (ConfigError, KeyPermissions) as e:  # a key folder open to others: a usage error, with its chmod
         print(f"vaxline: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -79,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="vaxline", description=__doc__.split("\n\n")[0])
     top.set_defaults(data_dir=Path(os.environ.get("VAXLINE_DATA_DIR", ".vaxline")))
     commands = top.add_subparsers(dest="command", required=True)
-    for group in (services, sites, keys, records, imports, loadtest):
+    for group in (services, sites, keys, records, imports, deadletters, loadtest):
         group.add_parsers(commands)
     return top
 

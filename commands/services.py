@@ -11,6 +11,7 @@ from pathlib import Path
 
 from deploy.local import announce, withdraw
 from deploy.stack import Stack, on_database
+from vaxline import otp
 from vaxline.config import Settings
 from vaxline.dcc.keys import KeyStore, NoSigningKey
 
@@ -76,8 +77,14 @@ def _metrics_dir(args, role: str) -> Path:
 
 
 def cmd_serve(args) -> int:
+    settings = settings_for(args.data_dir)
+    try:  # before any process starts: a deployment without an SMS gateway must say so, not log codes
+        otp.sender(settings)
+    except otp.NoOtpSender as e:
+        raise ConfigError(str(e)) from None
+    KeyStore(settings.signing_keys_dir).check_modes()  # KeyPermissions: exit 2 with the chmod to run
     stack = Stack(args.data_dir)
-    stack.attach(settings_for(args.data_dir), metrics_dir=_metrics_dir(args, "serve"))
+    stack.attach(settings, metrics_dir=_metrics_dir(args, "serve"))
     stack.start_ingest(hosts=args.host, port=args.port, processes=args.processes)
     stack.supervise()
     return 0
@@ -173,7 +180,7 @@ curl -s -X POST {url}/v1/doses -H 'Authorization: Bearer {token}' -H 'Content-Ty
 read it back:
 curl -s {url}/v1/persons/001099012345/doses -H 'Authorization: Bearer {token}'
 
-look up the certificate issued a moment later (its "hc1" is the QR text; GET {url}/v1/certificates/<uvci>?format=png is the QR):
+look up the certificate issued a moment later (its "hc1" is the QR text; GET {url}<its "link">&format=png is the QR):
 curl -s -X POST {url}/v1/certificates/lookup -H 'Content-Type: application/json' -d '{{"national_id": "001099012345", "birth_date": "1990-04-02"}}'
 
 verify it offline:

@@ -32,6 +32,7 @@ from monitoring.exposition import ENV, prepare_multiprocess_dir, process_exited
 from storage.migrate import migrate
 from storage.reconcile import reconcile as reconcile_store
 from storage.sites import add_site
+from vaxline import otp
 from vaxline.config import Settings
 from vaxline.dcc.keys import KeyStore
 from vaxline.streams import connect_redis, read_ingest_counts
@@ -85,7 +86,10 @@ class Stack:
             redis_url = self._redis_server.url
             self.service_pids["redis"] = self._redis_server.process.pid
             self.embedded_redis = True
-        self.attach(Settings.from_env(**{"data_dir": self.folder, **settings, "database_url": database_url,
+        # A stack started here is the demo's, a benchmark's or a load test's: the development OTP sender,
+        # unless the environment names a real one (`vaxline serve` has no such default).
+        defaults = {"data_dir": self.folder, "otp_sender": given.otp_sender or otp.DEVELOPMENT}
+        self.attach(Settings.from_env(**{**defaults, **settings, "database_url": database_url,
                                          "redis_url": redis_url}), metrics_dir=metrics_dir)
         self.migrated = asyncio.run(on_database(self.settings, migrate))
         return self.settings

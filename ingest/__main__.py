@@ -3,6 +3,7 @@
 import argparse
 
 from monitoring.logs import configure
+from vaxline import otp
 from vaxline.config import Settings
 
 from .server import run_process
@@ -12,4 +13,9 @@ parser.add_argument("--host", default="127.0.0.1")
 parser.add_argument("--port", type=int, default=8080)
 args = parser.parse_args()
 configure()
-run_process(Settings.from_env(), args.host, args.port)
+settings = Settings.from_env()
+try:  # as `vaxline serve`: no start without a sender of one-time codes, chosen by name
+    otp.sender(settings)
+except otp.NoOtpSender as e:
+    parser.exit(2, f"python -m ingest: {e}\n")
+run_process(settings, args.host, args.port)

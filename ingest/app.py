@@ -11,13 +11,15 @@ import asyncio
 import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 
 from monitoring import metrics
 from storage import doses as dose_store
 from vaxline.doses import BatchTooLarge, MalformedBatch
 from vaxline.entries import entry_of, parse_batch_id
+from vaxline.streams import eviction_risk
 
-from . import certificates, citizen, deadlines, openapi, quality
+from . import certificates, citizen, deadlines, decisions, housekeeping, openapi, quality, revocations
 from .http import (  # noqa: F401 (Ingest and INGEST: the app's context, imported from here by the server and tests)
     BODY_FORMATS,
     INGEST,
@@ -136,10 +138,16 @@ async def readyz(request: web.Request) -> web.Response:
         checks["redis"] = "ok"
     except Exception as e:
         checks["redis"] = f"unreachable: {type(e).__name__}"
+    else:  # not ready while Redis may evict: a 202 would promise a dose that Redis can drop
+        try:
+            checks["redis_eviction"] = await asyncio.wait_for(eviction_risk(ingest.redis), 2) or "ok"
+        except (TimeoutError, OSError, RedisError) as e:
+            checks["redis_eviction"] = f"unknown: {type(e).__name__}"
     ready = all(v == "ok" for v in checks.values())
     body = {"status": "ready" if ready else "not ready", "checks": checks}
     if not ready:
-        body["error"] = "a backing service is unreachable"
+        unreachable = any(v.startswith("unreachable") for v in checks.values())
+        body["error"] = "a backing service is unreachable" if unreachable else checks["redis_eviction"]
     return json_response(body, status=200 if ready else 503)
 
 
@@ -160,6 +168,9 @@ def build_app(ingest: Ingest) -> web.Application:
     app.router.add_get("/openapi.json", openapi.get_openapi)
 
     certificates.register(app, ingest.settings, ingest.redis)
+    revocations.register(app, ingest.settings)
     quality.register(app)
     citizen.register(app)
+    decisions.register(app)
+    housekeeping.register(app)
     return app

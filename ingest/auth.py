@@ -6,17 +6,25 @@ A desk posts every few minutes over a held connection; looking its token up in P
 would put the database on the ingest path. Answers (known and unknown tokens alike) are cached for
 `ttl` seconds, so a rotated or deactivated token stops working within that time, and ingest keeps
 accepting from known sites while Postgres is briefly unreachable.
+
+Unknown tokens are what an attacker can make without end, so they are kept apart: cached in their own
+bounded LRU (a flood of them pushes out only older unknown tokens, never a site's entry), looked up one
+query each (sites and tokens in one statement), and at most `unknown_lookups` at a time, so they never
+hold more than that many of the pool's connections; a lookup that waits past `lookup_wait` for its turn
+fails as Postgres being unavailable (503). A known token's refresh after its ttl takes no turn.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import dataclasses
 import time
 
 import asyncpg
 
 from storage import tokens
-from storage.sites import Site, site_by_token_hash
+from storage.sites import Site
 from vaxline.tokens import token_hash
 
 
@@ -33,12 +41,58 @@ class Principal:
         return self.role == tokens.OPERATOR
 
 
+MAX_KNOWN = 100_000  # more than the tokens of every site, province and operator of a country
+MAX_UNKNOWN = 100_000  # about 20 MB per ingest process
+UNKNOWN_LOOKUPS = 2  # of ingest's 4 Postgres connections: the others stay for doses, receipts and lookups
+LOOKUP_WAIT = 2.0  # seconds an unknown token waits for its turn, as long as a pool acquire may
+
+
+class TokenCache:
+    """Answers by token digest, (expires, principal): known tokens and unknown ones in two LRUs, each
+    bounded, the least recently used dropped first. Used on the event loop only: no lock."""
+
+    def __init__(self, *, max_known: int = MAX_KNOWN, max_unknown: int = MAX_UNKNOWN):
+        self._known: collections.OrderedDict[bytes, tuple[float, Principal]] = collections.OrderedDict()
+        self._unknown: collections.OrderedDict[bytes, tuple[float, None]] = collections.OrderedDict()
+        self._max_known, self._max_unknown = max_known, max_unknown
+
+    def __len__(self) -> int:
+        return len(self._known) + len(self._unknown)
+
+    def get(self, key: bytes) -> tuple[float, Principal | None] | None:
+        for entries in (self._known, self._unknown):
+            entry = entries.get(key)
+            if entry is not None:
+                entries.move_to_end(key)
+                return entry
+        return None
+
+    def put(self, key: bytes, expires: float, principal: Principal | None) -> None:
+        if principal is not None:
+            entries, other, bound = self._known, self._unknown, self._max_known
+        else:
+            entries, other, bound = self._unknown, self._known, self._max_unknown
+        other.pop(key, None)  # a token that became known, or stopped being
+        entries[key] = (expires, principal)
+        entries.move_to_end(key)
+        while len(entries) > bound:
+            entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._known.clear()
+        self._unknown.clear()
+
+
 class SiteAuth:
-    def __init__(self, pool: asyncpg.Pool, *, ttl: float = 30.0, clock=time.monotonic):
+    def __init__(self, pool: asyncpg.Pool, *, ttl: float = 30.0, clock=time.monotonic,
+                 cache: TokenCache | None = None, unknown_lookups: int = UNKNOWN_LOOKUPS,
+                 lookup_wait: float = LOOKUP_WAIT):
         self._pool = pool
         self._ttl = ttl
         self._clock = clock
-        self._cache: dict[bytes, tuple[float, Principal | None]] = {}
+        self._cache = cache or TokenCache()
+        self._turns = asyncio.BoundedSemaphore(unknown_lookups)  # lookups of tokens not known to be real
+        self._lookup_wait = lookup_wait
 
     async def site(self, authorization: str | None) -> Site | None:
         """The site a `Bearer` header names, or None (also for a province or operator token)."""
@@ -51,23 +105,38 @@ class SiteAuth:
         if scheme.lower() != "bearer" or not token.strip():
             return None
         key = token_hash(token.strip())
-        now = self._clock()
         cached = self._cache.get(key)
-        if cached and cached[0] > now:
+        if cached and cached[0] > self._clock():
             return cached[1]
+        if cached and cached[1] is not None:  # a real token's refresh: attackers cannot make these
+            return await self._lookup(key)
+        return await self._lookup_unknown(key)
+
+    async def _lookup_unknown(self, key: bytes) -> Principal | None:
+        """A token not known to be real: one of `unknown_lookups` at a time, then asked of Postgres unless
+        a lookup of the same token answered while this one waited."""
+        async with asyncio.timeout(self._lookup_wait):  # TimeoutError: a 503, as a pool that is exhausted
+            await self._turns.acquire()
+        try:
+            cached = self._cache.get(key)
+            if cached and cached[0] > self._clock():
+                return cached[1]
+            return await self._lookup(key)
+        finally:
+            self._turns.release()
+
+    async def _lookup(self, key: bytes) -> Principal | None:
         async with self._pool.acquire() as conn:
-            principal = await _lookup(conn, key)
-        if len(self._cache) > 100_000:  # bounded: unknown tokens must not grow it forever
-            self._cache.clear()
-        self._cache[key] = (now + self._ttl, principal)
+            row = await tokens.principal_by_hash(conn, key)
+        principal = _principal(row)
+        self._cache.put(key, self._clock() + self._ttl, principal)
         return principal
 
 
-async def _lookup(conn: asyncpg.Connection, key: bytes) -> Principal | None:
-    site = await site_by_token_hash(conn, key)
-    if site is not None:
-        return Principal("site", site=site, province=site.province)
-    row = await tokens.by_hash(conn, key)
+def _principal(row) -> Principal | None:
     if row is None:
         return None
+    if row["role"] == "site":
+        site = Site(row["site_id"], row["code"], row["scope"])
+        return Principal("site", site=site, province=site.province)
     return Principal(row["role"], province=row["scope"] if row["role"] == tokens.PROVINCE else None)

@@ -1,17 +1,26 @@
 """The certificate routes of ingest: read, look up, verify, and what verifiers download.
 
-    GET  /v1/certificates/{uvci}     the certificate as JSON, or its QR code (SVG/PNG)
-    POST /v1/certificates/lookup     the current certificate of a national ID + birth date
+    GET  /v1/certificates/{uvci}     what the QR states; with a lookup's signed link, the whole certificate
+                                     as JSON, or its QR code (SVG/PNG)
+    POST /v1/certificates/lookup     the current certificate of a national ID + birth date (+ a code)
     POST /v1/certificates/verify     the verdict on an HC1 string (200 whether valid or not)
     GET  /v1/trust-list              the signer certificates (DSCs) this deployment trusts
-    GET  /v1/revocations             hashes of revoked UVCIs, as the EU gateway distributes them
 
-No route needs a site token: a UVCI is a 160-bit bearer secret, and a
-lookup needs the birth date as well as the national ID. A lookup answers a
-wrong birth date exactly as an unknown person (same body, same status, at
-least `lookup_floor` seconds either way) and is rate-limited per client
-address in Redis, failing closed when Redis is unreachable. Neither a
-national ID nor a UVCI reaches a log line or a metric label.
+(GET /v1/revocations, what verifiers download beside the trust list, is ingest.revocations.)
+
+No route needs a site token. A UVCI is printed in every QR, so it is no
+secret: by UVCI alone a certificate answers only what its QR states (the
+status and the DCC's name, birth date and vaccination entry); the whole
+view (doses, sites, record ids, the successor) and the QR image need the
+short-lived signed link that a lookup hands out (vaxline.links). A lookup
+needs the birth date as well as the national ID, answers a wrong birth date
+exactly as an unknown person (same body, same status, at least
+`lookup_floor` seconds either way), is rate-limited per client address (an
+IPv6 /64; ingest.clients) and, past `lookup_guess_limit` wrong birth dates
+per national ID from any addresses, needs a one-time code sent to a phone
+on record (ingest.lookup_guard). Redis counts both, and failing Redis
+fails the lookup closed. Neither a national ID nor a UVCI reaches a log
+line or a metric label.
 
 A lookup never waits for a certifier: it reads the person's history with
 their current certificate (one statement), and when the certificate does
@@ -52,15 +61,19 @@ from vaxline.dcc.keys import KeyStore, PublicKey
 from vaxline.dcc.trust import TrustList, uvci_hash
 from vaxline.dcc.verify import verify
 from vaxline.doses import FIELD_RULES, NationalId, field_errors
+from vaxline.links import CertificateLinks, server_secret
 
+from .clients import client_address, limit_key
 from .http import INGEST, ApiError, json_response
+from .lookup_guard import LookupGuard
 
 MAX_HC1 = 8192  # a QR code holds at most 4296 alphanumeric characters; twice that is not a DCC
 QR_SCALE, QR_BORDER = 4, 4  # pixels per module; the quiet zone of 4 modules the QR standard asks for
 FORMATS = {"json": "application/json", "svg": "image/svg+xml", "png": "image/png"}  # server preference order
 NOT_FOUND = "no current certificate for this national ID and birth date"
-REVOCATION_ALGORITHM = "SHA-256, first 16 bytes of the UVCI"
-REVOCATIONS_PAGE = 100_000  # one answer's bound: the whole list of a national deployment is millions
+CODE_NEEDED = ("code: too many wrong birth dates for this national ID: a one-time code is needed. One is sent to"
+               " the phone a vaccination site recorded for the person, if there is one; give it as `code`")
+NO_TRUST = TrustList.from_der([])  # decoding an hc1 we stored needs no signature check
 NO_STORE = {"Cache-Control": "no-store"}  # personal data: no cache on the way may keep it
 QR_CACHE_BYTES = 16 << 20  # per ingest process: about 8,000 PNGs (2 KB) or 1,200 SVGs (14 KB)
 _uvci = re.compile(r"URN:UVCI:01:VN:[A-Z2-7]{32}")  # vaxline.dcc.issue.new_uvci
@@ -69,6 +82,7 @@ _uvci = re.compile(r"URN:UVCI:01:VN:[A-Z2-7]{32}")  # vaxline.dcc.issue.new_uvci
 class LookupRequest(msgspec.Struct, forbid_unknown_fields=True):
     national_id: NationalId
     birth_date: dt.date
+    code: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{6}$")] | None = None  # past the guess limit
 
 
 class VerifyRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -88,7 +102,25 @@ class CertificateView(msgspec.Struct):
     hc1: str
 
 
-RULES = {**FIELD_RULES, "birth_date": "must be a date YYYY-MM-DD", "hc1": f"must be a string of 1-{MAX_HC1} characters"}
+class LookupAnswer(CertificateView):
+    """The whole view, and a link to it (and to its QR image, with `&format=`) valid a few minutes."""
+
+    link: str
+    link_expires_at: dt.datetime
+
+
+class CertificateSummary(msgspec.Struct):
+    """What a UVCI alone is answered: no more than the QR states."""
+
+    uvci: str
+    status: str  # current, superseded or revoked
+    full_name: str
+    birth_date: dt.date
+    vaccination: dict | None  # the DCC's `v` entry, as signed
+
+
+RULES = {**FIELD_RULES, "birth_date": "must be a date YYYY-MM-DD", "hc1": f"must be a string of 1-{MAX_HC1} characters",
+         "code": "must be the 6-digit code sent to the phone"}
 
 
 class RateLimited(Exception):
@@ -112,10 +144,11 @@ class LookupLimiter:
         self._clock = clock  # wall time: every process must agree on the window number
 
     async def admit(self, address: str) -> None:
-        """Count one lookup; raises RateLimited past the limit, RedisError when Redis fails."""
+        """Count one lookup of this client (an IPv6 address counts as its /64); raises RateLimited past the
+        limit, RedisError when Redis fails."""
         now = self._clock()
         window = int(now // self._window)
-        key = f"{self._prefix}:{address}:{window}"
+        key = f"{self._prefix}:{limit_key(address)}:{window}"
         async with self._redis.pipeline(transaction=True) as pipe:  # never a counter without its expiry
             pipe.incr(key)
             pipe.expire(key, math.ceil(self._window) + 1)
@@ -185,11 +218,12 @@ class QrImages:
 @dataclasses.dataclass(frozen=True)
 class Certificates:
     limiter: LookupLimiter
+    guard: LookupGuard  # wrong birth dates per national ID, and the code past them
+    links: CertificateLinks
     trusted: TrustedKeys
     signing: issuing.Signing  # for a lookup that finds a certificate behind its history
     qr_images: QrImages
     lookup_floor: float
-    revocations_settled: dt.timedelta
 
 
 CERTIFICATES = web.AppKey("certificates", Certificates)
@@ -197,15 +231,15 @@ CERTIFICATES = web.AppKey("certificates", Certificates)
 
 def register(app: web.Application, settings: Settings, redis: aioredis.Redis) -> None:
     keys = KeyStore(settings.signing_keys_dir)
-    app[CERTIFICATES] = Certificates(LookupLimiter(redis, settings), TrustedKeys(keys), issuing.Signing(keys),
-                                     QrImages(), settings.lookup_floor,
-                                     dt.timedelta(seconds=settings.revocations_settled))
+    secret = server_secret(settings)
+    app[CERTIFICATES] = Certificates(LookupLimiter(redis, settings), LookupGuard(redis, settings, secret=secret),
+                                     CertificateLinks(secret, ttl=settings.certificate_link_ttl),
+                                     TrustedKeys(keys), issuing.Signing(keys), QrImages(), settings.lookup_floor)
     # The fixed paths before /v1/certificates/{uvci}, which would match them too.
     app.router.add_post("/v1/certificates/lookup", post_lookup)
     app.router.add_post("/v1/certificates/verify", post_verify)
     app.router.add_get("/v1/certificates/{uvci}", get_certificate)
     app.router.add_get("/v1/trust-list", get_trust_list)
-    app.router.add_get("/v1/revocations", get_revocations)
 
 
 # GET /v1/certificates/{uvci}
@@ -215,6 +249,9 @@ async def get_certificate(request: web.Request) -> web.Response:
     uvci = request.match_info["uvci"]
     if not _uvci.fullmatch(uvci):  # not one of ours: not found, without asking Postgres (which refuses a NUL)
         raise ApiError(404, "no certificate with this UVCI")
+    linked = signed_link(request.app[CERTIFICATES].links, uvci, request.query)
+    if not linked and fmt != "json":
+        raise ApiError(403, "the QR image needs the link a lookup hands out (?expires=...&token=...)")
     images = request.app[CERTIFICATES].qr_images
     image = images.get(uvci, fmt) if fmt != "json" else None
     if image is None:
@@ -223,13 +260,27 @@ async def get_certificate(request: web.Request) -> web.Response:
         if record is None:
             raise ApiError(404, "no certificate with this UVCI")
         if fmt == "json":
-            response = certificate_response(record)
+            response = certificate_response(record) if linked else summary_response(record)
             response.headers["Vary"] = "Accept"
             return response
         # 30-40 ms of pure Python, once per image: in a thread, the loop keeps answering doses between GIL switches
         image = await asyncio.to_thread(qr_image, record["hc1"], fmt)
         images.put(uvci, fmt, image)
     return web.Response(body=image, content_type=FORMATS[fmt], headers={**NO_STORE, "Vary": "Accept"})
+
+
+def signed_link(links: CertificateLinks, uvci: str, query: Mapping[str, str]) -> bool:
+    """Whether the request carries a valid link to this certificate; 403 for an expired or a false one."""
+    token, expires = query.get("token"), query.get("expires")
+    if token is None and expires is None:
+        return False
+    match links.check(uvci, token or "", expires or ""):
+        case None:
+            return True
+        case "expired":
+            raise ApiError(403, "this certificate link expired: look the certificate up again for a new one")
+        case _:
+            raise ApiError(403, "this certificate link is not valid")
 
 
 def requested_format(query: str | None, accept: str | None) -> str:
@@ -289,15 +340,32 @@ def qr_image(hc1: str, fmt: str) -> bytes:
     return out.getvalue()
 
 
-def certificate_response(record: Mapping) -> web.Response:
+def _view(record: Mapping) -> dict:
     doses = record["doses"]  # asyncpg hands jsonb over as its text unless a codec is set: passed through as is
-    view = CertificateView(
-        uvci=record["uvci"], full_name=record["full_name"], birth_date=record["birth_date"],
-        doses=msgspec.Raw(doses.encode() if isinstance(doses, str) else msgspec.json.encode(doses)),
-        status=record["status"], issued_at=record["issued_at"], expires_at=record["expires_at"],
-        revoked_at=record["revoked_at"], superseded_by=record["superseded_by"], hc1=record["hc1"],
-    )
-    return json_response(view, headers=NO_STORE)
+    return {
+        "uvci": record["uvci"], "full_name": record["full_name"], "birth_date": record["birth_date"],
+        "doses": msgspec.Raw(doses.encode() if isinstance(doses, str) else msgspec.json.encode(doses)),
+        "status": record["status"], "issued_at": record["issued_at"], "expires_at": record["expires_at"],
+        "revoked_at": record["revoked_at"], "superseded_by": record["superseded_by"], "hc1": record["hc1"],
+    }
+
+
+def certificate_response(record: Mapping) -> web.Response:
+    return json_response(CertificateView(**_view(record)), headers=NO_STORE)
+
+
+def lookup_response(record: Mapping, links: CertificateLinks) -> web.Response:
+    query, expires = links.query(record["uvci"])
+    return json_response(LookupAnswer(**_view(record), link=f"/v1/certificates/{record['uvci']}?{query}",
+                                      link_expires_at=dt.datetime.fromtimestamp(expires, dt.UTC)), headers=NO_STORE)
+
+
+def summary_response(record: Mapping) -> web.Response:
+    payload = verify(record["hc1"], NO_TRUST).payload or {}
+    status = "superseded" if record["status"] == "revoked" and record["superseded_by"] else record["status"]
+    return json_response(CertificateSummary(
+        uvci=record["uvci"], status=status, full_name=record["full_name"], birth_date=record["birth_date"],
+        vaccination=(payload.get("v") or [None])[0]), headers=NO_STORE)
 
 
 # POST /v1/certificates/lookup
@@ -305,17 +373,38 @@ def certificate_response(record: Mapping) -> web.Response:
 async def post_lookup(request: web.Request) -> web.Response:
     started = time.monotonic()
     certificates = request.app[CERTIFICATES]
-    await _admit(certificates.limiter, request.remote or "unknown")
+    await _admit(certificates.limiter, client_address(request))
     query = await decoded_body(request, _lookup_decoder, LookupRequest)
-    record = await current_certificate(request.app[INGEST].pool, certificates.signing, query)
-    metrics.certificate_lookups.labels(result="found" if record else "not_found").inc()
-    # Both answers are built, then held to the floor: neither body nor timing tells a wrong birth date
-    # from an unknown person.
-    answer = certificate_response(record) if record else ApiError(404, NOT_FOUND)
-    await asyncio.sleep(max(0.0, started + certificates.lookup_floor - time.monotonic()))
+    deadline = started + certificates.lookup_floor
+    try:
+        answer = await _guarded_lookup(request.app[INGEST].pool, certificates, query, deadline)
+    except (TimeoutError, RedisError, OSError) as e:  # fail closed: no count per national ID, no lookup
+        raise ApiError(503, "the lookup limiter is unavailable; retry later", headers={"Retry-After": "5"}) from e
+    # Every answer is built, then held to the floor: neither body nor timing tells a wrong birth date from an
+    # unknown person, nor (past the guess limit) a person with a phone on record from an unknown ID.
+    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
     if isinstance(answer, ApiError):
         raise answer
     return answer
+
+
+async def _guarded_lookup(pool: asyncpg.Pool, certificates: Certificates, query: LookupRequest,
+                          deadline: float) -> web.Response | ApiError:
+    """Counted as a wrong guess of this national ID until found; past the limit, only with the right code."""
+    guard, national_id = certificates.guard, query.national_id
+    if not await guard.guess(national_id) and not (query.code and await guard.redeem(national_id, query.code)):
+        async def phones() -> list[str]:
+            async with pool.acquire() as conn:
+                return await store.phones_on_record(conn, national_id)
+        await guard.challenge(national_id, phones, wait=deadline - time.monotonic())
+        metrics.certificate_lookups.labels(result="code_required").inc()
+        return ApiError(403, CODE_NEEDED)
+    record = await current_certificate(pool, certificates.signing, query)
+    metrics.certificate_lookups.labels(result="found" if record else "not_found").inc()
+    if record is None:
+        return ApiError(404, NOT_FOUND)
+    await guard.found(national_id)
+    return lookup_response(record, certificates.links)
 
 
 async def current_certificate(pool: asyncpg.Pool, signing: issuing.Signing, query: LookupRequest) -> Mapping | None:
@@ -388,7 +477,7 @@ async def post_verify(request: web.Request) -> web.Response:
     return json_response(verdict.to_json())
 
 
-# GET /v1/trust-list, GET /v1/revocations
+# GET /v1/trust-list
 
 async def get_trust_list(request: web.Request) -> web.Response:
     keys = request.app[CERTIFICATES].trusted.current().keys
@@ -398,35 +487,3 @@ async def get_trust_list(request: web.Request) -> web.Response:
         "certificate": base64.b64encode(key.der).decode(),
         "not_after": key.not_after,
     } for key in keys]})
-
-
-async def get_revocations(request: web.Request) -> web.Response:
-    since = request.query.get("since")
-    since_at = parse_rfc3339(since) if since is not None else None
-    async with request.app[INGEST].pool.acquire() as conn:
-        rows = await store.revocations(conn, since=since_at, limit=REVOCATIONS_PAGE,
-                                       settled=request.app[CERTIFICATES].revocations_settled)
-    # Not complete: ask again with since = the last revoked_at.
-    return json_response({
-        "hashes": [{"hash": row["hash"], "revoked_at": row["revoked_at"]} for row in rows],
-        "algorithm": REVOCATION_ALGORITHM,
-        "complete": len(rows) < REVOCATIONS_PAGE,
-    })
-
-
-def parse_rfc3339(text: str) -> dt.datetime:
-    """An RFC 3339 date-time with its offset; 400 otherwise."""
-    try:
-        at = dt.datetime.fromisoformat(text)
-    except ValueError:
-        try:  # an unescaped `+07:00` arrives as ` 07:00` (a query string's `+` is a space)
-            at = dt.datetime.fromisoformat(text.replace(" ", "+"))
-        except ValueError:
-            at = None
-    if at is None or at.tzinfo is None:
-        raise ApiError(400, "since must be an RFC 3339 date-time with a UTC offset, e.g. 2021-10-01T00:00:00Z")
-    try:
-        at.astimezone(dt.timezone.utc)  # 0001-01-01T00:00+01:00 is no time in UTC, nor in Postgres
-    except OverflowError:
-        raise ApiError(400, "since is out of range: years 1 to 9999 in UTC") from None
-    return at

@@ -1,7 +1,12 @@
-"""Citizen correction requests over HTTP: filed without a token, confirmed by a one-time code, decided by
-the site they are routed to, applied through the pipeline.
+"""Citizen correction requests over HTTP: filed without a token, confirmed by a one-time code sent to a phone
+on record for the person (or checked in person at the province when there is none), decided by the site
+they are routed to (ingest.decisions), applied through the pipeline.
 
-    POST /v1/corrections                      JSON, or multipart (a `request` JSON part and up to 3 `evidence` images)
+Filing is limited before its body is read (per client address, and the room left for unconfirmed
+requests), then per national ID and per phone once the small JSON part is read, before any image is.
+
+    POST /v1/corrections                      JSON, or multipart (a `request` JSON part first, then up to 3
+                                              `evidence` images)
     POST /v1/corrections/{id}/confirm         {"code"}: the request becomes `submitted`
     POST /v1/corrections/{id}/code            a new code (the old one stops working)
     GET  /v1/corrections/{id}?birth_date=     the citizen's view: status and message
@@ -14,10 +19,12 @@ the site they are routed to, applied through the pipeline.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
 import re
+import time
 from typing import Any
 
 import msgspec
@@ -27,30 +34,25 @@ from redis.exceptions import RedisError
 
 from monitoring import metrics
 from storage import citizen as store
-from storage.sites import site_by_code
 from vaxline import otp
 from vaxline.citizen import (
-    FINAL,
     MAX_EVIDENCE,
     MAX_EVIDENCE_BYTES,
     RULES,
     Confirmation,
-    Decision,
     RequestBody,
-    administered_at,
     claim_problems,
     code_hash,
     image_type,
     new_code,
     new_request_id,
 )
-from vaxline.doses import Dose, dose_from_fields, field_errors
-from vaxline.entries import REPLACE
+from vaxline.doses import field_errors
 from vaxline.provinces import PROVINCES
-from vaxline.sequence import VIETNAM
 
 from .auth import Principal
 from .certificates import LookupLimiter, RateLimited
+from .clients import client_address
 from .http import INGEST, ApiError, json_response
 from .quality import authenticated, scope_of
 from .schemas import REQUEST_ID_PATTERN
@@ -118,54 +120,111 @@ def _plain(error: Exception) -> str:
 async def post_request(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
     state = request.app[CITIZEN]
+    await _admit(state["by_address"], client_address(request), "from this address")  # before the body
+    async with ingest.pool.acquire() as conn:
+        await _room_for_unconfirmed(conn, ingest.settings, _declared_size(request))
     try:
-        raw, images = await _request_parts(request)
+        body, images = await _request_parts(request, functools.partial(_filed_body, state))
     except (ValueError, HttpProcessingError) as e:  # aiohttp's multipart parser, on a body that is not multipart
         raise ApiError(400, f"malformed multipart body: {getattr(e, 'message', None) or e}") from None
-    body = _decoded(raw, RequestBody)
-    if problems := claim_problems(body):
-        raise ApiError(422, "; ".join(f"{field}: {reason}" for field, reason in problems))
-    try:
-        await state["limiter"].admit(request.remote or "unknown")
-    except RateLimited as e:
-        raise ApiError(429, f"too many correction requests from this address; retry after {e.retry_after} s",
-                       headers={"Retry-After": str(e.retry_after)}) from None
-    except RedisError:
-        raise ApiError(503, "the rate limiter is unavailable; retry later", headers={"Retry-After": "5"}) from None
-    request_id, code = new_request_id(), new_code()
-    expires_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=ingest.settings.otp_ttl)
+    settings = ingest.settings
+    now = dt.datetime.fromtimestamp(state["clock"](), dt.UTC)
+    request_id = new_request_id()
     async with ingest.pool.acquire() as conn:
         route = await store.route(conn, body, set(PROVINCES))
         if route is None:
             raise ApiError(422, "dose.province: the place is not a registered site; name its province")
+        code = new_code() if route.phone is not None else None
+        ttl = settings.correction_unconfirmed_ttl if code else settings.correction_in_person_ttl
+        expires_at = now + dt.timedelta(seconds=ttl)
+        code_expires_at = min(now + dt.timedelta(seconds=settings.otp_ttl), expires_at) if code else None
         await store.create(conn, request_id=request_id, body=body, route=route,
-                           code_hash=code_hash(request_id, code), expires_at=expires_at, evidence=images)
-    await state["sender"].send(phone=body.phone, code=code, request_id=request_id)
-    metrics.correction_requests.labels(event="created").inc()
-    log.info("correction request created", extra={"request_id": request_id, "site_id": route.site_id})
-    return json_response({"request_id": request_id, "status": "pending_otp", "code_expires_at": expires_at.isoformat(),
-                          "evidence": len(images)}, status=202)
+                           code_hash=code and code_hash(request_id, code), code_expires_at=code_expires_at,
+                           expires_at=expires_at, evidence=images)
+    if code is not None:
+        await state["sender"].send(phone=route.phone, code=code, request_id=request_id)
+    metrics.correction_requests.labels(event="created" if code else "created_in_person").inc()
+    log.info("correction request created", extra={"request_id": request_id, "site_id": route.site_id,
+                                                   "identity": route.identity})
+    return json_response({"request_id": request_id, "status": "pending_otp" if code else "submitted",
+                          "code_expires_at": code_expires_at and code_expires_at.isoformat(),
+                          "evidence": len(images), "identity": route.identity}, status=202)
 
 
-async def _request_parts(request: web.Request) -> tuple[bytes, list[tuple[str, bytes, bytes]]]:
-    """The request's JSON and its evidence images (type, sha256, bytes), each checked by its content."""
+async def _admit(limiter: LookupLimiter, key: str, what: str) -> None:
+    try:
+        await limiter.admit(key)
+    except RateLimited as e:
+        raise ApiError(429, f"too many correction requests {what}; retry after {e.retry_after} s",
+                       headers={"Retry-After": str(e.retry_after)}) from None
+    except RedisError:
+        raise ApiError(503, "the rate limiter is unavailable; retry later", headers={"Retry-After": "5"}) from None
+
+
+def _declared_size(request: web.Request) -> int:
+    """What the body may weigh: its declared length, else the most a body of its type may."""
+    if request.content_length is not None:
+        return request.content_length
+    return _multipart_limit() if request.content_type == "multipart/form-data" else _JSON_LIMIT
+
+
+async def _room_for_unconfirmed(conn, settings, size: int) -> None:
+    """503 while unconfirmed requests fill their room: hostile filing from many addresses cannot grow the
+    database past correction_unconfirmed_max requests and correction_unconfirmed_bytes of evidence (plus
+    what is in flight); the retention job frees the room as they expire."""
+    count, stored = await store.unconfirmed_load(conn)
+    if count >= settings.correction_unconfirmed_max or stored + size > settings.correction_unconfirmed_bytes:
+        metrics.correction_requests.labels(event="refused_full").inc()
+        raise ApiError(503, "too many unconfirmed correction requests are waiting; retry later",
+                       headers={"Retry-After": "60"})
+
+
+def _keyed(kind: str, value: str) -> str:
+    """A limiter key for a national ID or a phone: hashed, so Redis holds no personal data in clear."""
+    return kind + ":" + hashlib.sha256(f"vaxline:{kind}:{value}".encode()).hexdigest()[:32]
+
+
+async def _filed_body(state: dict, raw: bytes) -> RequestBody:
+    """The request's JSON, checked, and counted per national ID and per phone (before any image is read)."""
+    body = _decoded(raw, RequestBody)
+    if problems := claim_problems(body):
+        raise ApiError(422, "; ".join(f"{field}: {reason}" for field, reason in problems))
+    await _admit(state["by_person"], _keyed("person", body.national_id), "for this person")
+    await _admit(state["by_phone"], _keyed("phone", body.phone), "from this phone")
+    return body
+
+
+_JSON_LIMIT = 64 * 1024
+
+
+def _multipart_limit() -> int:
+    return MAX_EVIDENCE * MAX_EVIDENCE_BYTES + 128 * 1024
+
+
+async def _request_parts(request: web.Request, checked) -> tuple[RequestBody, list[tuple[str, bytes, bytes]]]:
+    """The request, checked by `checked(raw JSON)` before any image is read, and its evidence images (type,
+    sha256, bytes), each checked by its content."""
     if request.content_type == "application/json":
-        if request.content_length and request.content_length > 64 * 1024:
+        if request.content_length and request.content_length > _JSON_LIMIT:
             raise ApiError(413, "the request is over 64 KiB; evidence images go in a multipart body")
-        return await request.read(), []
+        return await checked(await request.read()), []
     if request.content_type != "multipart/form-data":
         raise ApiError(415, f"unsupported content type {request.content_type!r}; send application/json, or"
                             " multipart/form-data with a `request` part and up to 3 `evidence` images")
-    limit = MAX_EVIDENCE * MAX_EVIDENCE_BYTES + 128 * 1024
+    limit = _multipart_limit()
     if request.content_length and request.content_length > limit:
         raise ApiError(413, f"body of {request.content_length} bytes; at most {MAX_EVIDENCE} images of"
                             f" {MAX_EVIDENCE_BYTES // 1024 // 1024} MiB each")
     reader = await request.multipart()
-    raw, images = None, []
+    raw, body, images = None, None, []
     while (part := await reader.next()) is not None:
-        if part.name == "request":
-            raw = await _read_part(part, 64 * 1024, "request")
+        if raw is not None and body is None:  # checked once the next part's headers parse: before its bytes
+            body = await checked(raw)
+        if part.name == "request" and raw is None:
+            raw = await _read_part(part, _JSON_LIMIT, "request")
         elif part.name == "evidence":
+            if raw is None:
+                raise ApiError(422, "request: the JSON part comes first, before any `evidence` image")
             if len(images) == MAX_EVIDENCE:
                 raise ApiError(422, f"evidence: at most {MAX_EVIDENCE} images")
             content = await _read_part(part, MAX_EVIDENCE_BYTES, f"evidence {len(images) + 1}")
@@ -175,10 +234,10 @@ async def _request_parts(request: web.Request) -> tuple[bytes, list[tuple[str, b
                                     " content, whatever its name or declared type)")
             images.append((kind, hashlib.sha256(content).digest(), content))
         else:
-            raise ApiError(422, f"{part.name}: unknown part; send `request` and `evidence`")
+            raise ApiError(422, f"{part.name}: unknown part; send one `request`, then `evidence`")
     if raw is None:
         raise ApiError(422, "request: required (the JSON part)")
-    return raw, images
+    return body or await checked(raw), images
 
 
 async def _read_part(part, limit: int, what: str) -> bytes:
@@ -220,11 +279,10 @@ async def post_code(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
     request_id = _request_id(request)
     code = new_code()
-    expires_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=ingest.settings.otp_ttl)
+    expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ingest.settings.otp_ttl)
     async with ingest.pool.acquire() as conn:
-        outcome = await store.resend(conn, request_id, code_hash(request_id, code), expires_at,
-                                     max_sends=ingest.settings.otp_max_sends)
-        phone = (await store.get(conn, request_id))["phone"] if outcome == "sent" else None
+        outcome, phone = await store.resend(conn, request_id, code_hash(request_id, code), expires_at,
+                                            max_sends=ingest.settings.otp_max_sends)
     match outcome:
         case None:
             raise ApiError(404, "no such correction request")
@@ -341,127 +399,27 @@ def _page_param(query, name: str, default: int) -> int:
     return int(value)
 
 
-# -- deciding ------------------------------------------------------------------
-
-async def post_decision(request: web.Request) -> web.Response:
-    ingest = request.app[INGEST]
-    principal = await authenticated(request)
-    if principal.site is None and not principal.is_operator:
-        raise ApiError(403, "a province token is read-only: the site the request is routed to decides it")
-    request_id = _request_id(request)
-    decision = _decoded(await request.read(), Decision)
-    actor = f"site:{principal.site.code}" if principal.site else "operator"
-    status = {"approve": "approved", "defer": "deferred", "reject": "rejected"}[decision.decision]
-    async with ingest.pool.acquire() as conn:
-        async with conn.transaction():
-            row = await store.get(conn, request_id, lock=True)
-            if row is None:
-                raise ApiError(404, "no such correction request")
-            if principal.site is not None and row["site_id"] != principal.site.site_id:
-                raise ApiError(403, "this request is routed to another site: only that site decides it")
-            if row["status"] == "pending_otp":
-                raise ApiError(409, "this request is not confirmed yet")
-            if row["status"] in FINAL:
-                raise ApiError(409, f"this request is {row['status']} already")
-            applied = await _approve(request, conn, row, decision, actor) if status == "approved" else None
-            await store.decide(conn, request_id, status=status, message=decision.message, actor=actor,
-                               applied=applied, before_status=row["status"])
-            row = await store.get(conn, request_id)
-    metrics.correction_requests.labels(event=status).inc()
-    log.info("correction request decided", extra={"request_id": request_id, "decision": status})
-    return json_response(_request_view(row))
-
-
-async def _approve(request: web.Request, conn, row, decision: Decision, actor: str) -> list[dict]:
-    """Put the approved change through the pipeline; what was enqueued, with each record before and after."""
-    claimed = json.loads(row["claimed"])
-    override = decision.dose
-    changed_by = f"{actor} (correction request {row['request_id']})"
-    enqueuer = request.app[INGEST].enqueuer
-    if row["kind"] == "wrong_personal_details":
-        records = await store.person_records(conn, row["national_id"])
-        changes = []
-        for record in records:
-            fields = _dose_fields(record) | {"full_name": row["full_name"], "birth_date": row["birth_date"]}
-            if fields != _dose_fields(record):
-                changes.append(await _replace(enqueuer, record, fields, changed_by))
-        if not changes:
-            raise ApiError(422, "the person has no persisted record that differs from the requested details")
-        return changes
-    site_id, site_code = await _deciding_site(conn, row, decision)
-    date = (override and override.date) or dt.date.fromisoformat(claimed["date"])
-    if row["kind"] == "missing_dose":
-        fields = {"record_id": row["request_id"], "national_id": row["national_id"], "full_name": row["full_name"],
-                  "birth_date": row["birth_date"], "phone": row["phone"],
-                  "vaccine": (override and override.vaccine) or claimed.get("vaccine"),
-                  "lot": (override and override.lot) or claimed.get("lot"),
-                  "dose_number": (override and override.dose_number) or claimed.get("dose_number"),
-                  "administered_at": administered_at(date, override and override.time)}
-        dose = _valid_dose(fields)
-        batch_id = await enqueuer.enqueue(site_id=site_id, doses=[dose])
-        return [{"op": "insert", "site_id": site_id, "site": site_code, "record_id": dose.record_id,
-                 "batch_id": batch_id, "before": None, "after": _jsonable(fields)}]
-    record_id = decision.record_id or claimed.get("record_id")
-    if record_id is None:
-        raise ApiError(422, "record_id: name the site's record to fix")
-    record = await store.record(conn, site_id, record_id)
-    if record is None or record["national_id"] != row["national_id"]:
-        raise ApiError(422, f"record_id: {record_id!r} is not a current record of this person at site {site_code}")
-    fields = _dose_fields(record)
-    when = record["administered_at"].astimezone(VIETNAM)
-    fields.update({key: value for key, value in (
-        ("vaccine", (override and override.vaccine) or claimed.get("vaccine")),
-        ("lot", (override and override.lot) or claimed.get("lot")),
-        ("dose_number", (override and override.dose_number) or claimed.get("dose_number")),
-        ("administered_at", administered_at(date, (override and override.time) or when.time())),
-    ) if value is not None})
-    return [await _replace(enqueuer, record, fields, changed_by)]
-
-
-async def _deciding_site(conn, row, decision: Decision) -> tuple[int, str]:
-    """The routed site; for a request in a province's queue, the site the operator names (in that province)."""
-    if row["site_id"] is not None:
-        return row["site_id"], await conn.fetchval("SELECT code FROM sites WHERE site_id = $1", row["site_id"])
-    if decision.site is None:
-        raise ApiError(422, "site: this request is in its province's queue; name the site the dose belongs to")
-    site = await site_by_code(conn, decision.site)
-    if site is None or site["province"] != row["province"]:
-        raise ApiError(422, f"site: {decision.site!r} is not a registered site of province {row['province']}")
-    return site["site_id"], decision.site
-
-
-def _dose_fields(record) -> dict:
-    return {name: record[name] for name in ("record_id", "national_id", "full_name", "birth_date", "sex", "phone",
-                                            "vaccine", "lot", "dose_number", "administered_at")}
-
-
-def _valid_dose(fields: dict) -> Dose:
-    dose, errors = dose_from_fields(fields, dt.datetime.now(dt.timezone.utc))
-    if dose is None or errors:
-        raise ApiError(422, "; ".join(f"dose.{e.field}: {e.reason}" for e in errors) or "invalid dose")
-    return dose
-
-
-async def _replace(enqueuer, record, fields: dict, changed_by: str) -> dict:
-    dose = _valid_dose(fields)
-    batch_id = await enqueuer.enqueue_correction(site_id=record["site_id"], op=REPLACE,
-                                                 record_id=record["record_id"], dose=dose, changed_by=changed_by)
-    return {"op": "replace", "site_id": record["site_id"], "site": record["site"], "record_id": record["record_id"],
-            "batch_id": batch_id, "before": _jsonable(_dose_fields(record)), "after": _jsonable(fields)}
-
-
 def register(app: web.Application) -> None:
     ingest = app[INGEST]
-    app[CITIZEN] = {
-        "limiter": LookupLimiter(ingest.redis, ingest.settings, name="corrections",
-                                 limit=ingest.settings.correction_rate_limit, window=3600.0),
-        "sender": otp.sender(ingest.settings),
-    }
+    settings = ingest.settings
+    state = {"clock": time.time, "sender": otp.sender(settings)}
+
+    def clock() -> float:  # the state's clock when asked: a test may turn it
+        return state["clock"]()
+
+    state.update({
+        "by_address": LookupLimiter(ingest.redis, settings, name="corrections", clock=clock,
+                                    limit=settings.correction_rate_limit, window=3600.0),
+        "by_person": LookupLimiter(ingest.redis, settings, name="corrections-person", clock=clock,
+                                   limit=settings.correction_person_limit, window=86400.0),
+        "by_phone": LookupLimiter(ingest.redis, settings, name="corrections-phone", clock=clock,
+                                  limit=settings.correction_phone_limit, window=86400.0),
+    })
+    app[CITIZEN] = state
     app.router.add_post("/v1/corrections", post_request)
     app.router.add_get("/v1/corrections", get_queue)
     app.router.add_post("/v1/corrections/{request_id}/confirm", post_confirm)
     app.router.add_post("/v1/corrections/{request_id}/code", post_code)
-    app.router.add_post("/v1/corrections/{request_id}/decision", post_decision)
     app.router.add_get("/v1/corrections/{request_id}", get_request)
     app.router.add_get("/v1/corrections/{request_id}/evidence/{n}", get_evidence)
     app.router.add_get("/v1/corrections/{request_id}/audit", get_audit)

@@ -29,6 +29,7 @@ from aiohttp import web
 from storage import corrections, reconcile, review, stats
 from storage import doses as dose_store
 from storage.sites import Site, site_by_code
+from vaxline import csvsafe
 from vaxline.doses import NATIONAL_ID_PATTERN, Dose, dose_from_fields
 from vaxline.entries import REPLACE, WITHDRAW
 from vaxline.review import FLAGS
@@ -247,7 +248,7 @@ def csv_response(columns: list[str], rows: list[dict], filename: str) -> web.Res
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(map(csvsafe.record, rows))  # record ids come from sites: text, never a formula
     return web.Response(text=out.getvalue(), content_type="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 

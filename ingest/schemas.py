@@ -34,6 +34,7 @@ from vaxline.sequence import DOSE_NUMBER_MISMATCH, SAME_DAY
 BATCH_ID_PATTERN = r"^[0-9]{1,4}-[0-9]{1,19}-[0-9]{1,19}$"  # <shard>-<stream entry id>, vaxline.entries
 UVCI_PATTERN = r"^URN:UVCI:01:VN:[A-Z2-7]{32}$"  # vaxline.dcc.issue.new_uvci
 REQUEST_ID_PATTERN = r"^CR-[A-Z]{28}$"  # vaxline.citizen.new_request_id
+LINK_PATTERN = r"^/v1/certificates/URN:UVCI:01:VN:[A-Z2-7]{32}\?expires=[0-9]+&token=[A-Za-z0-9_-]+$"  # vaxline.links
 
 BatchId = Annotated[str, msgspec.Meta(pattern=BATCH_ID_PATTERN, examples=["1-1795329669214-0"])]
 Uvci = Annotated[str, msgspec.Meta(pattern=UVCI_PATTERN)]
@@ -248,6 +249,23 @@ class Certificate(msgspec.Struct, **_Struct):
     hc1: Annotated[str, msgspec.Meta(pattern=r"^HC1:")]
 
 
+class LookupAnswer(Certificate, **_Struct):
+    """A lookup's certificate, and a signed link to it, valid a few minutes (its QR image: `&format=png`)."""
+
+    link: Annotated[str, msgspec.Meta(pattern=LINK_PATTERN)]
+    link_expires_at: dt.datetime
+
+
+class CertificateSummary(msgspec.Struct, **_Struct):
+    """What a UVCI alone answers: no more than the certificate's QR states."""
+
+    uvci: Uvci
+    status: Literal["current", "superseded", "revoked"]
+    full_name: FullName
+    birth_date: dt.date
+    vaccination: dict[str, Any] | None  # the DCC's `v` entry, as signed (tg, vp, mp, ma, dn, sd, dt, co, is, ci)
+
+
 class Verdict(msgspec.Struct, **_Struct):
     """What `vaxline verify --json` prints (vaxline.dcc.verify.Verdict.to_json)."""
 
@@ -259,6 +277,7 @@ class Verdict(msgspec.Struct, **_Struct):
     issuer: str | None
     issued_at: int | None
     expires_at: int | None
+    rules: list[str]  # business rules broken (codes outside the EU value sets); stage "rules" when any
 
 
 class TrustedCertificate(msgspec.Struct, **_Struct):
@@ -275,21 +294,28 @@ class TrustListBody(msgspec.Struct, **_Struct):
 class Revocation(msgspec.Struct, **_Struct):
     hash: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")]  # first 16 bytes of SHA-256 of the UVCI
     revoked_at: dt.datetime
+    seq: Annotated[int, msgspec.Meta(ge=1)]  # the revocation's number: the feed's order and cursor
 
 
 class Revocations(msgspec.Struct, **_Struct):
     hashes: list[Revocation]
     algorithm: Literal["SHA-256, first 16 bytes of the UVCI"]
-    complete: bool  # false: ask again with since = the last revoked_at
+    complete: bool  # false: a full page, follow `next` at once
+    # the feed after the last revocation listed: /v1/revocations?after=<number>
+    next: Annotated[str, msgspec.Meta(pattern=r"^/v1/revocations\?after=[0-9]+$")]
 
 
 # Citizen correction requests
 
+Identity = Literal["code", "in_person"]  # a code to a phone on record, or a check in person at the province
+
+
 class CorrectionFiled(msgspec.Struct, **_Struct):
     request_id: RequestId
-    status: Literal["pending_otp"]
-    code_expires_at: dt.datetime
+    status: Literal["pending_otp", "submitted"]  # submitted: no phone on record, checked in person
+    code_expires_at: dt.datetime | None  # null: no code was sent (identity in_person)
     evidence: Annotated[int, msgspec.Meta(ge=0, le=MAX_EVIDENCE)]
+    identity: Identity
 
 
 class CodeSent(msgspec.Struct, **_Struct):
@@ -330,7 +356,7 @@ class AppliedChange(msgspec.Struct, **_Struct):
     site_id: int
     site: str
     record_id: RecordId
-    batch_id: BatchId
+    batch_id: BatchId | None  # null: approved, not yet in the stream (re-driven)
     before: dict[str, Any] | None
     after: dict[str, Any]
 
@@ -349,6 +375,7 @@ class CorrectionRequest(msgspec.Struct, **_Struct):
     note: str
     site_id: int | None  # the site it is routed to; null: its province's queue
     province: int
+    identity: Identity
     message: str | None
     decided_by: str | None
     decided_at: dt.datetime | None
@@ -370,6 +397,7 @@ class QueuedRequest(msgspec.Struct, **_Struct):
     note: str
     site: str | None  # null: the province's queue
     province: int
+    identity: Identity
     message: str | None
     decided_by: str | None
     decided_at: dt.datetime | None
@@ -386,8 +414,9 @@ class CorrectionQueue(msgspec.Struct, **_Struct):
 class AuditEntry(msgspec.Struct, **_Struct):
     entry_id: int
     at: dt.datetime
-    actor: str  # "citizen", "site:<code>", "operator"
-    action: str  # created, wrong_code, code_resent, confirmed, decision:<status>, applied:<op>
+    actor: str  # "citizen", "site:<code>", "operator", "system" (the re-drive), "retention"
+    action: str  # created, wrong_code, code_resent, confirmed, decision:<status>, decision_failed,
+    # applied:<op> (the change entered the stream), enqueue_failed (it will be re-driven), expired
     site_id: int | None
     record_id: str | None
     before: dict[str, Any] | None
@@ -408,6 +437,9 @@ class Health(msgspec.Struct, **_Struct):
 class ReadinessChecks(msgspec.Struct, **_Struct):
     postgres: str  # "ok", or "unreachable: <error class>"
     redis: str
+    # "ok", or why Redis may evict acknowledged doses (a maxmemory-policy other than noeviction); only
+    # when Redis answers
+    redis_eviction: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class Readiness(msgspec.Struct, **_Struct):
@@ -417,6 +449,6 @@ class Readiness(msgspec.Struct, **_Struct):
 
 
 RESPONSES = (Error, BatchAccepted, BatchReceipt, BatchFailed, PersonDoses, CorrectionAccepted, DoseHistory, Person,
-             Stats, ReviewList, Reconciliation, Certificate, Verdict, TrustListBody, Revocations, CorrectionFiled,
-             CodeSent, CorrectionConfirmed, CitizenView, CorrectionRequest, CorrectionQueue, AuditLog, Health,
-             Readiness)
+             Stats, ReviewList, Reconciliation, Certificate, LookupAnswer, CertificateSummary, Verdict, TrustListBody,
+             Revocations, CorrectionFiled, CodeSent, CorrectionConfirmed, CitizenView, CorrectionRequest,
+             CorrectionQueue, AuditLog, Health, Readiness)

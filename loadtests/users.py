@@ -470,9 +470,9 @@ class CitizenLookup(SessionUser):
             if response.status_code != 200 or not response.json().get("hc1", "").startswith("HC1:"):
                 response.failure(f"no certificate {LOOKUP_AFTER:.0f} s after the 202: {response.status_code}")
                 return
-            uvci = response.json()["uvci"]
+            link = response.json()["link"]  # the QR image needs the lookup's signed link: a UVCI alone is no secret
         if self.rng.random() < 0.3:
-            self.client.get(f"/v1/certificates/{uvci}?format=png", name="/v1/certificates/[uvci]?format=png")
+            self.client.get(f"{link}&format=png", name="/v1/certificates/[uvci]?format=png")
 
     def _someone_vaccinated_a_while_ago(self) -> people.Person | None:
         """A random person acknowledged at least LOOKUP_AFTER ago (the deque is in acknowledgement order)."""

@@ -23,13 +23,16 @@ from .names import (  # noqa: F401 (every name, for whoever reads metrics by nam
     CERTIFY_FAILURES,
     CERTIFY_RETRIES,
     CLIENT_TIMEOUTS,
+    CORRECTION_CHANGES_PENDING,
     CORRECTION_REQUESTS,
+    CORRECTION_REQUESTS_EXPIRED,
     CORRECTIONS_APPLIED,
     DEAD_LETTERS,
     DOSES_ACCEPTED,
     DOSES_DUPLICATE,
     DOSES_INSERTED,
     DOSES_REJECTED,
+    FAILED_HANDOFFS,
     FRESHNESS,
     GATHERED_DOSES,
     HTTP_LATENCY,
@@ -138,7 +141,19 @@ review_retries = Counter(REVIEW_RETRIES, "Transient review failures retried", ["
 reviewers_running = Gauge(REVIEWERS_RUNNING, "Reviewer processes", multiprocess_mode="livesum")
 review_backlog = Gauge(REVIEW_BACKLOG, "Persons due for review (new or changed history)",
                        multiprocess_mode="mostrecent")
+failed_handoffs = Counter(FAILED_HANDOFFS, "Persons whose certify handoff failed on an error of the data, kept in"
+                          " failed_handoffs for `vaxline deadletters replay --certify`")
+correction_requests_expired = Counter(
+    CORRECTION_REQUESTS_EXPIRED, "Unconfirmed citizen correction requests deleted with their evidence at expiry,"
+    " by how their identity was to be checked (code, in_person)", ["identity"],
+)
+correction_changes_pending = Gauge(
+    CORRECTION_CHANGES_PENDING, "Approved correction-request changes not yet in the stream (re-driven)",
+    multiprocess_mode="mostrecent",
+)
 
 # Known label values are exported from the start (at zero), so a dashboard shows 0, not "no data".
 for _stage in ("persisted", "certified"):
     freshness.labels(stage=_stage)
+for _identity in ("code", "in_person"):
+    correction_requests_expired.labels(identity=_identity)

@@ -235,21 +235,70 @@ async def current_for(conn: asyncpg.Connection, national_id: str, birth_date: dt
         national_id, birth_date)
 
 
+async def phones_on_record(conn: asyncpg.Connection, national_id: str, *, limit: int = 3) -> list[str]:
+    """The phones sites recorded for this person, the most recently recorded first, at most `limit`
+    (none for an unknown ID). Only what a site wrote down counts: never a phone a citizen typed into a
+    request. The person's range of administration times keeps the probe to their partitions."""
+    rows = await conn.fetch(
+        "SELECT d.phone FROM unnest(ARRAY[$1::text]) AS i(national_id)"
+        " JOIN persons p ON p.national_id = i.national_id"
+        " JOIN doses d ON d.national_id = p.national_id"
+        "  AND d.administered_at BETWEEN p.first_administered_at AND p.last_administered_at"
+        " WHERE d.phone IS NOT NULL GROUP BY d.phone ORDER BY max(d.administered_at) DESC LIMIT $2",
+        national_id, limit)
+    return [r["phone"] for r in rows]
+
+
 async def is_revoked(conn: asyncpg.Connection, uvci: str) -> bool:
     return bool(await conn.fetchval("SELECT status = 'revoked' FROM certificates WHERE uvci = $1", uvci))
 
 
-async def revocations(conn: asyncpg.Connection, *, since: dt.datetime | None, settled: dt.timedelta,
-                      limit: int) -> list[asyncpg.Record]:
-    """Revoked certificates as the EU gateway lists them (the first 16 bytes of SHA-256 of the UVCI, hex),
-    oldest first, at most `limit`, revoked after `since` and at least `settled` ago.
+# The feed's bound: the number of the latest revocation (by revoked_at) at least `settled` old. Every
+# smaller number was drawn before that revocation's was, hence by a transaction open for longer than
+# `settled`: committed (or rolled back) by now, so nothing can appear below the bound later. One probe of
+# certificates_revoked, whatever the rate of revocations.
+_SETTLED_BOUND = """
+SELECT revocation_seq FROM certificates
+WHERE status = 'revoked' AND revoked_at <= clock_timestamp() - $1::interval
+ORDER BY revoked_at DESC LIMIT 1
+"""
 
-    A revocation is stamped at its UPDATE and visible at its COMMIT, so revocations become visible out of
-    `revoked_at` order by up to a transaction's length; listing only those older than that lets a client
-    continue from the last `revoked_at` it saw and never miss one."""
-    return await conn.fetch(
-        "SELECT encode(substring(sha256(convert_to(uvci, 'UTF8')) FROM 1 FOR 16), 'hex') AS hash, revoked_at"
-        " FROM certificates"
-        " WHERE status = 'revoked' AND revoked_at > $1 AND revoked_at <= clock_timestamp() - $2::interval"
-        " ORDER BY revoked_at, uvci LIMIT $3",
-        since or dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc), settled, limit)
+_FEED = """
+SELECT revocation_seq AS seq, encode(substring(sha256(convert_to(uvci, 'UTF8')) FROM 1 FOR 16), 'hex') AS hash,
+       revoked_at
+FROM certificates
+WHERE revocation_seq > $1 AND revocation_seq <= $2
+ORDER BY revocation_seq LIMIT $3
+"""
+
+# `since`, for clients of the time-based feed: the number to start after, from the first revocation (by
+# revoked_at) a second before `since`. A revocation's number is drawn microseconds after its revoked_at, so
+# the second's margin covers any made after `since` with a smaller number than that one; the client gets
+# the margin's few again, which a set of hashes absorbs.
+_SINCE = """
+SELECT revocation_seq - 1 FROM certificates
+WHERE status = 'revoked' AND revoked_at >= $1::timestamptz - interval '1 second'
+ORDER BY revoked_at LIMIT 1
+"""
+
+SINCE_MARGIN = dt.timedelta(seconds=1)
+
+
+async def revocations(conn: asyncpg.Connection, *, settled: dt.timedelta, limit: int, after: int = 0,
+                      since: dt.datetime | None = None) -> tuple[list[asyncpg.Record], int]:
+    """Revoked certificates as the EU gateway lists them (the first 16 bytes of SHA-256 of the UVCI, hex),
+    with their number (`seq`) and revoked_at, by number, at most `limit`, numbered after `after` (or from
+    about `since`), and only up to the settled bound, so a client that continues after the last number it
+    saw never misses one: none can become visible below it later. Returns (rows, the number to continue
+    after).
+
+    Two index probes and one range scan of at most `limit` rows, whatever the size of the list."""
+    bound = await conn.fetchval(_SETTLED_BOUND, settled)
+    if since is not None:
+        start = await conn.fetchval(_SINCE, since)
+        # Nothing revoked since then: whatever comes later is numbered above the bound.
+        after = max(after, bound or 0) if start is None else max(after, start)
+    if bound is None or bound <= after:  # nothing settled yet, or nothing new
+        return [], after
+    rows = await conn.fetch(_FEED, after, bound, limit)
+    return rows, rows[-1]["seq"] if rows else after

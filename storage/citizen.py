@@ -2,7 +2,9 @@
 
 Every change of a request is written with its audit entry in the same transaction. The one-time code is
 stored only as a hash, checked under the request's row lock (so two guesses cannot both pass the attempt
-limit), and cleared once used.
+limit), and cleared once used. It goes to a phone on record for the person, never to the phone a request
+names. An unconfirmed request carries an expiry (cleared once confirmed or decided); `expire` deletes the
+expired ones with their evidence. An approval's changes go through the outbox in storage.approvals.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import msgspec
 from vaxline.citizen import RequestBody, code_matches
 
 _COLUMNS = ("request_id, status, kind, national_id, full_name, birth_date, phone, claimed, note, site_id, province,"
-            " message, decided_by, decided_at, applied, created_at, submitted_at, updated_at")
+            " identity, message, decided_by, decided_at, applied, created_at, submitted_at, updated_at")
 
 
 def _json(value) -> str | None:
@@ -43,50 +45,100 @@ async def audit_of(conn: asyncpg.Connection, request_id: str) -> list[dict]:
 class Route:
     site_id: int | None  # None: the province's queue
     province: int
+    phone: str | None  # the phone on record the code goes to; None: an identity check in person
+
+    @property
+    def identity(self) -> str:
+        return "code" if self.phone is not None else "in_person"
+
+
+async def phone_on_record(conn: asyncpg.Connection, national_id: str) -> str | None:
+    """The phone a site recorded for the person on their latest record that has one, or None."""
+    return await conn.fetchval("SELECT phone FROM doses WHERE national_id = $1 AND phone IS NOT NULL"
+                               " ORDER BY administered_at DESC LIMIT 1", national_id)
 
 
 async def route(conn: asyncpg.Connection, body: RequestBody, provinces: set[int]) -> Route | None:
-    """Where a request goes. A registered site it names: that site. A place it names that is not a
-    registered site (a mobile team, a typo): the province's queue (the province it gives, else its
-    CCCD's, else that of the person's latest record). No place named (personal details): the site of
-    the person's latest record. None: nowhere known."""
+    """Where a request goes, and the phone its code goes to. None: no province known.
+
+    - a missing dose at a registered site: that site (its approval adds the site's own record);
+    - wrong dose details at a registered site that holds a record of the person: that site;
+    - wrong personal details of a person whose records are all at one site: that site;
+    - anything else (an unregistered place, a site without a record of the person, records at several
+      sites, a person with no phone on record): the province's queue, decided by the operator. The
+      province is the named site's, else `dose.province`, else that of the person's latest record, else
+      the CCCD's."""
     claimed = body.dose
+    named = None
     if claimed is not None and claimed.site is not None:
-        site = await conn.fetchrow("SELECT site_id, province FROM sites WHERE code = $1", claimed.site)
-        if site is not None:
-            return Route(site["site_id"], site["province"])
-    latest = await conn.fetchrow(
-        "SELECT d.site_id, s.province FROM doses d JOIN sites s USING (site_id) WHERE d.national_id = $1"
-        " ORDER BY d.administered_at DESC LIMIT 1", body.national_id)
-    names_place = claimed is not None and (claimed.site is not None or claimed.place is not None)
-    if not names_place and latest is not None:
-        return Route(latest["site_id"], latest["province"])
-    for province in (claimed.province if claimed else None,
-                     int(body.national_id[:3]) if len(body.national_id) == 12 else None,
-                     latest["province"] if latest else None):
+        named = await conn.fetchrow("SELECT site_id, province FROM sites WHERE code = $1", claimed.site)
+    held = await conn.fetch(
+        "SELECT d.site_id, s.province, max(d.administered_at) AS latest FROM doses d JOIN sites s USING (site_id)"
+        " WHERE d.national_id = $1 GROUP BY d.site_id, s.province ORDER BY latest DESC", body.national_id)
+    phone = await phone_on_record(conn, body.national_id)
+    site_id = None
+    if body.kind == "wrong_personal_details":
+        site_id = held[0]["site_id"] if len(held) == 1 else None
+    elif named is not None and (body.kind == "missing_dose" or named["site_id"] in {h["site_id"] for h in held}):
+        site_id = named["site_id"]
+    for province in (named["province"] if named else None, claimed.province if claimed else None,
+                     held[0]["province"] if held else None,
+                     int(body.national_id[:3]) if len(body.national_id) == 12 else None):
         if province in provinces:
-            return Route(None, province)
+            return Route(site_id if phone is not None else None, province, phone)
     return None
 
 
-async def create(conn: asyncpg.Connection, *, request_id: str, body: RequestBody, route: Route, code_hash: bytes,
-                 expires_at: dt.datetime, evidence: list[tuple[str, bytes, bytes]]) -> None:
-    """A new request awaiting its code; evidence is (content type, sha256, bytes)."""
+async def unconfirmed_load(conn: asyncpg.Connection) -> tuple[int, int]:
+    """How many requests are unconfirmed (awaiting a code or an identity check in person), and the bytes
+    of their evidence: what hostile filing could pile up, capped by the settings."""
+    row = await conn.fetchrow("SELECT count(*) AS n, coalesce(sum(evidence_bytes), 0) AS size"
+                              " FROM correction_requests WHERE expires_at IS NOT NULL")
+    return row["n"], row["size"]
+
+
+async def create(conn: asyncpg.Connection, *, request_id: str, body: RequestBody, route: Route,
+                 code_hash: bytes | None, code_expires_at: dt.datetime | None, expires_at: dt.datetime,
+                 evidence: list[tuple[str, bytes, bytes]]) -> None:
+    """A new request, kept until `expires_at` unless confirmed or decided: awaiting its code, or, without a
+    phone on record (`code_hash` None), submitted to the province's queue for an identity check in person.
+    Evidence is (content type, sha256, bytes)."""
+    status = "pending_otp" if route.phone is not None else "submitted"
+    size = sum(len(content) for _, _, content in evidence)
     async with conn.transaction():
         await conn.execute(
             "INSERT INTO correction_requests (request_id, status, kind, national_id, full_name, birth_date, phone,"
-            " claimed, note, site_id, province, otp_hash, otp_expires_at)"
-            " VALUES ($1, 'pending_otp', $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12)",
-            request_id, body.kind, body.national_id, body.full_name, body.birth_date, body.phone,
-            _json(body.dose or {}), body.note, route.site_id, route.province, code_hash, expires_at)
+            " claimed, note, site_id, province, otp_hash, otp_expires_at, identity, otp_phone, evidence_bytes,"
+            " expires_at, submitted_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12, $13, $14, $15, $16, $17,"
+            "  CASE WHEN $2 = 'submitted' THEN now() END)",
+            request_id, status, body.kind, body.national_id, body.full_name, body.birth_date, body.phone,
+            _json(body.dose or {}), body.note, route.site_id, route.province, code_hash, code_expires_at,
+            route.identity, route.phone, size, expires_at)
         for n, (content_type, digest, content) in enumerate(evidence, start=1):
             await conn.execute("INSERT INTO correction_evidence (request_id, n, content_type, sha256, content)"
                                " VALUES ($1, $2, $3, $4, $5)", request_id, n, content_type, digest, content)
         await audit(conn, "citizen", "created", request_id=request_id, site_id=route.site_id,
-                    after={"status": "pending_otp", "kind": body.kind, "claimed": body.dose,
+                    after={"status": status, "kind": body.kind, "claimed": body.dose, "identity": route.identity,
                            "routed_to": {"site_id": route.site_id, "province": route.province},
                            "evidence": [{"n": n, "type": t, "sha256": d.hex()}
                                         for n, (t, d, _) in enumerate(evidence, start=1)]})
+
+
+async def expire(conn: asyncpg.Connection, now: dt.datetime, *, limit: int = 500) -> list[asyncpg.Record]:
+    """Delete up to `limit` unconfirmed requests past their expiry, with their evidence, each with an audit
+    entry; what was deleted (request id, status, evidence bytes). Rows another process holds are skipped."""
+    async with conn.transaction():
+        gone = await conn.fetch(
+            "DELETE FROM correction_requests WHERE request_id IN ("
+            " SELECT request_id FROM correction_requests WHERE expires_at IS NOT NULL AND expires_at <= $1"
+            " ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            " RETURNING request_id, status, identity, evidence_bytes", now, limit)
+        for row in gone:
+            await audit(conn, "retention", "expired", request_id=row["request_id"],
+                        before={"status": row["status"], "identity": row["identity"]},
+                        after={"deleted": True, "evidence_bytes": row["evidence_bytes"]})
+    return gone
 
 
 async def confirm(conn: asyncpg.Connection, request_id: str, code: str, *, max_attempts: int) -> str | None:
@@ -101,7 +153,7 @@ async def confirm(conn: asyncpg.Connection, request_id: str, code: str, *, max_a
             return "used"
         if row["otp_attempts"] >= max_attempts:
             return "locked"
-        if row["otp_expires_at"] is None or row["otp_expires_at"] <= dt.datetime.now(dt.timezone.utc):
+        if row["otp_expires_at"] is None or row["otp_expires_at"] <= dt.datetime.now(dt.UTC):
             return "expired"
         if not code_matches(request_id, code, row["otp_hash"]):
             await conn.execute("UPDATE correction_requests SET otp_attempts = otp_attempts + 1, updated_at = now()"
@@ -111,29 +163,32 @@ async def confirm(conn: asyncpg.Connection, request_id: str, code: str, *, max_a
             return "locked" if row["otp_attempts"] + 1 >= max_attempts else "wrong"
         await conn.execute(
             "UPDATE correction_requests SET status = 'submitted', otp_hash = NULL, otp_expires_at = NULL,"
-            " submitted_at = now(), updated_at = now() WHERE request_id = $1", request_id)
+            " expires_at = NULL, submitted_at = now(), updated_at = now() WHERE request_id = $1", request_id)
         await audit(conn, "citizen", "confirmed", request_id=request_id, before={"status": "pending_otp"},
                     after={"status": "submitted"})
         return "submitted"
 
 
 async def resend(conn: asyncpg.Connection, request_id: str, code_hash: bytes, expires_at: dt.datetime, *,
-                 max_sends: int) -> str | None:
-    """A new code replaces the old (attempts start again): 'sent', 'used', 'exhausted' or None (unknown)."""
+                 max_sends: int) -> tuple[str | None, str | None]:
+    """A new code replaces the old (attempts start again): ('sent', the phone on record it goes to), or
+    ('used' | 'exhausted' | None for an unknown request, None). The code never outlives the request."""
     async with conn.transaction():
-        row = await conn.fetchrow("SELECT status, otp_sends FROM correction_requests WHERE request_id = $1"
-                                  " FOR UPDATE", request_id)
+        row = await conn.fetchrow("SELECT status, otp_sends, otp_phone, expires_at FROM correction_requests"
+                                  " WHERE request_id = $1 FOR UPDATE", request_id)
         if row is None:
-            return None
+            return None, None
         if row["status"] != "pending_otp":
-            return "used"
+            return "used", None
         if row["otp_sends"] >= max_sends:
-            return "exhausted"
+            return "exhausted", None
+        if row["expires_at"] is not None:
+            expires_at = min(expires_at, row["expires_at"])
         await conn.execute(
             "UPDATE correction_requests SET otp_hash = $2, otp_expires_at = $3, otp_attempts = 0,"
             " otp_sends = otp_sends + 1, updated_at = now() WHERE request_id = $1", request_id, code_hash, expires_at)
         await audit(conn, "citizen", "code_resent", request_id=request_id, after={"sends": row["otp_sends"] + 1})
-        return "sent"
+        return "sent", row["otp_phone"]
 
 
 async def get(conn: asyncpg.Connection, request_id: str, *, lock: bool = False) -> asyncpg.Record | None:
@@ -162,7 +217,7 @@ async def listing(conn: asyncpg.Connection, *, site_id: int | None, province: in
     total = await conn.fetchval(f"SELECT count(*) FROM correction_requests r WHERE {condition}", *args)
     rows = await conn.fetch(
         f"SELECT r.request_id, r.status, r.kind, r.national_id, r.full_name, r.birth_date, r.claimed, r.note,"
-        f" s.code AS site, r.province, r.message, r.decided_by, r.decided_at, r.submitted_at"
+        f" s.code AS site, r.province, r.identity, r.message, r.decided_by, r.decided_at, r.submitted_at"
         f" FROM correction_requests r LEFT JOIN sites s USING (site_id) WHERE {condition}"
         f" ORDER BY r.submitted_at NULLS LAST, r.request_id LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
         *args, limit, offset)
@@ -171,16 +226,15 @@ async def listing(conn: asyncpg.Connection, *, site_id: int | None, province: in
 
 async def decide(conn: asyncpg.Connection, request_id: str, *, status: str, message: str, actor: str,
                  applied: list[dict] | None, before_status: str) -> None:
-    """Record a decision and its audit entries, inside the caller's transaction (the request row locked)."""
+    """Record a decision and its audit entry, inside the caller's transaction (the request row locked); a
+    decided request no longer expires. `applied` is what an approval is to put through the stream (each
+    change is audited as it enters it: storage.approvals)."""
     await conn.execute(
         "UPDATE correction_requests SET status = $2, message = $3, decided_by = $4, decided_at = now(),"
-        " applied = $5::jsonb, updated_at = now() WHERE request_id = $1",
+        " applied = $5::jsonb, expires_at = NULL, updated_at = now() WHERE request_id = $1",
         request_id, status, message, actor, _json(applied))
     await audit(conn, actor, f"decision:{status}", request_id=request_id, before={"status": before_status},
-                after={"status": status, "message": message})
-    for change in applied or []:
-        await audit(conn, actor, f"applied:{change['op']}", request_id=request_id, site_id=change["site_id"],
-                    record_id=change["record_id"], before=change.get("before"), after=change.get("after"))
+                after={"status": status, "message": message, **({"changes": len(applied)} if applied else {})})
 
 
 async def person_records(conn: asyncpg.Connection, national_id: str, *, site_id: int | None = None

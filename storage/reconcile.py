@@ -71,7 +71,8 @@ async def reconcile(conn: asyncpg.Connection, ingest: IngestCounts, *, first: dt
     """{"rows": [one per site and day], "totals": {...}, "unexplained": N}.
 
     `ingest` is Redis's side (vaxline.streams.read_ingest_counts), read before this is called: a batch
-    persisted in between is then found done here, never counted twice."""
+    persisted in between is then found done here, never counted twice; a dead letter replayed in between
+    is found replayed here only once its replay is persisted (or dead-lettered again)."""
     figures: dict[tuple[int, dt.date], dict[str, int]] = defaultdict(lambda: dict.fromkeys(COLUMNS[2:-2], 0))
 
     def keep(site: int, day: dt.date) -> bool:
@@ -85,16 +86,22 @@ async def reconcile(conn: asyncpg.Connection, ingest: IngestCounts, *, first: dt
     start = dt.datetime(first.year, first.month, first.day, tzinfo=VIETNAM)
     end = dt.datetime(last.year, last.month, last.day, tzinfo=VIETNAM) + dt.timedelta(days=1)
     async with conn.transaction(isolation="repeatable_read", readonly=True):  # one snapshot for every count
+        replays = ingest.replays | dict(await conn.fetch(
+            "SELECT batch_id, replayed_as FROM dead_letters WHERE replayed_as IS NOT NULL"))
         done = {r["batch_id"] for r in await conn.fetch(
             "SELECT batch_id FROM batches WHERE batch_id = ANY($1::text[])"
-            " UNION SELECT batch_id FROM dead_letters WHERE batch_id = ANY($1::text[])", list(stream_batches))}
+            " UNION SELECT batch_id FROM dead_letters WHERE batch_id = ANY($1::text[])",
+            [*stream_batches, *replays.values()])}
         for bid, (site, days) in stream_batches.items():
             if bid not in done:
                 for day, count in days.items():
                     if keep(site, day):
                         figures[(site, day)]["pending"] += count
-        # Dead letters from before reconciliation began (migration 0003) were never counted by ingest.
-        for payload, in await conn.fetch("SELECT payload FROM dead_letters WHERE counted_by_ingest"):
+        # Dead letters from before reconciliation began (migration 0003) were never counted by ingest. A
+        # replayed one is counted where its replay is: pending, received, or dead-lettered again.
+        for dead, payload in await conn.fetch("SELECT batch_id, payload FROM dead_letters WHERE counted_by_ingest"):
+            if replays.get(dead) in done or replays.get(dead) in stream_batches:
+                continue
             for site, day, count in _doses_by_day(payload):
                 if keep(site, day):
                     figures[(site, day)]["dead_lettered"] += count

@@ -24,5 +24,17 @@ async def issue(conn: asyncpg.Connection, role: str, scope: int = 0) -> str:
     return token
 
 
-async def by_hash(conn: asyncpg.Connection, digest: bytes) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT role, scope FROM tokens WHERE token_hash = $1", digest)
+# Whoever a digest names, site or province/operator token, in one statement: an unknown token (every guess)
+# costs one round trip of two unique-index probes, not two round trips.
+_PRINCIPAL = """
+SELECT 'site' AS role, site_id, code, province AS scope FROM sites WHERE token_hash = $1 AND active
+UNION ALL
+SELECT role, NULL, NULL, scope FROM tokens WHERE token_hash = $1
+LIMIT 1
+"""
+
+
+async def principal_by_hash(conn: asyncpg.Connection, digest: bytes) -> asyncpg.Record | None:
+    """(role, site_id, code, scope) of an active site's token (role "site", scope its province) or of a
+    province or operator token (site_id and code NULL); None for an unknown digest."""
+    return await conn.fetchrow(_PRINCIPAL, digest)

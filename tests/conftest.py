@@ -132,7 +132,8 @@ def make_settings(services, database_url, tmp_path):
 
     def make(**overrides) -> Settings:
         values = dict(database_url=database_url, redis_url=services[1], stream_prefix=prefix,
-                      claim_idle_ms=1000, gather_max_wait=0.02, trim_interval=0.2, data_dir=tmp_path)
+                      claim_idle_ms=1000, gather_max_wait=0.02, trim_interval=0.2, data_dir=tmp_path,
+                      otp_sender="dev")
         values.update(overrides)
         return Settings(**values)
 

@@ -168,7 +168,8 @@ async def test_health_and_readiness(settings):
     async with running_stack(settings, workers=0) as stack:
         assert (await stack.client.get("/healthz")).status == 200
         ready = await stack.client.get("/readyz")
-        assert ready.status == 200 and (await ready.json())["checks"] == {"postgres": "ok", "redis": "ok"}
+        assert ready.status == 200 and (await ready.json())["checks"] == {"postgres": "ok", "redis": "ok",
+                                                                          "redis_eviction": "ok"}
         exposition = await (await stack.client.get("/metrics")).text()
         assert metrics.DOSES_ACCEPTED in exposition
 

@@ -51,6 +51,7 @@ class World:
     stack: object
     tokens: dict[str, str | None]
     ids: dict[str, str]  # names used in paths -> values (batch ids, national ids, request ids)
+    people: tuple = ()  # whom the correction requests are about
 
     def headers(self, principal: str) -> dict:
         token = self.tokens[principal]
@@ -186,13 +187,19 @@ async def build_world(stack, db, settings) -> World:
         assert response.status == 202
         world.ids[{A: "batch_a", A2: "batch_a2", B: "batch_b"}[code]] = (await response.json())["batch_id"]
     world.ids["person_b"] = posted[B][0]["national_id"]
+    world.people = (posted[A][0], posted[B][0], posted[B][1])
+    return world
 
-    # Correction requests: to A-001, to B-079 (with an image), and to province 79's queue (a mobile team).
+
+async def file_requests(world: World, settings) -> None:
+    """Correction requests, once the people's records (and so their phones) are persisted: to A-001, to B-079
+    (with an image), and to province 79's queue (a mobile team)."""
+    stack, (person_a, person_b, other_b) = world.stack, world.people
     when = {"date": "2021-09-01", "vaccine": "EU/1/21/1529", "lot": "ABV5300", "dose_number": 2}
     for name, body, images in (
-            ("cr_a", claim(posted[A][0], site=A, **when), ()),
-            ("cr_b", claim(posted[B][0], site=B, **when), [("anh.png", picture("PNG"), "image/png")]),
-            ("cr_p79", claim(posted[B][1], place="Đội tiêm lưu động số 3", province=79, **when), ())):
+            ("cr_a", claim(person_a, site=A, **when), ()),
+            ("cr_b", claim(person_b, site=B, **when), [("anh.png", picture("PNG"), "image/png")]),
+            ("cr_p79", claim(other_b, place="Đội tiêm lưu động số 3", province=79, **when), ())):
         response = await file(stack, body, images)
         assert response.status == 202, await response.text()
         request_id = (await response.json())["request_id"]
@@ -200,7 +207,6 @@ async def build_world(stack, db, settings) -> World:
                                             json={"code": last_code(settings, request_id)})
         assert confirmed.status == 200
         world.ids[name] = request_id
-    return world
 
 
 async def call(world: World, case: Case, principal: str):
@@ -223,6 +229,7 @@ async def test_every_endpoint_that_takes_a_token_keeps_each_principal_in_its_sco
 
         stack.start_worker("authz-0")
         await wait_until(lambda: db.fetchval("SELECT count(*) = 3 FROM batches"), message="persisted")
+        await file_requests(world, settings)
         await wait_until(lambda: db.fetchval("SELECT count(DISTINCT site_id) = 3 FROM review_flags"),
                          message="each site's flagged record reviewed")
 

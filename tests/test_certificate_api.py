@@ -1,8 +1,8 @@
 """The certificate routes of ingest, end to end: doses posted, persisted and certified by the stack,
 then read as JSON and QR, looked up, verified, and listed for verifiers (trust list, revocations).
 
-Covers: the certificate JSON, SVG and PNG (the PNG decoded back to the same `HC1:` with zxing-cpp), content
-negotiation; lookup found / wrong birth date / unknown ID (byte-identical 404s, both held to the floor), the
+Covers: the certificate JSON, SVG and PNG through the lookup's signed link (the PNG decoded back to the same
+`HC1:` with zxing-cpp), content negotiation; lookup found / wrong birth date / unknown ID (byte-identical 404s, both held to the floor), the
 rate limit (429 with `Retry-After`) and its failing closed (503); verify valid, superseded (`revocation`)
 and garbage; trust list and revocations; no UVCI or national ID in metrics.
 
@@ -96,7 +96,8 @@ async def timed_lookup(stack, national_id: str, birth_date: str):
 async def test_a_certificate_reads_as_json_and_as_a_qr_code_of_its_hc1(settings, db, signing_key):
     async with running_stack(settings, certifiers=1) as stack:
         person, uvci = await certified(stack, db)
-        response, body = await get(stack, f"/v1/certificates/{uvci}")
+        link = (await looked_up(stack, person))["link"]
+        response, body = await get(stack, link)
         assert response.status == 200 and response.content_type == "application/json"
         assert response.headers["Cache-Control"] == "no-store"
         certificate = json.loads(body)
@@ -109,21 +110,20 @@ async def test_a_certificate_reads_as_json_and_as_a_qr_code_of_its_hc1(settings,
         hc1 = certificate["hc1"]
         assert hc1.startswith("HC1:")
 
-        response, png = await get(stack, f"/v1/certificates/{uvci}", headers={"Accept": "image/png"})
+        response, png = await get(stack, link, headers={"Accept": "image/png"})
         assert response.status == 200 and response.content_type == "image/png"
         assert response.headers["Cache-Control"] == "no-store"
         assert zxingcpp.read_barcode(PIL.Image.open(BytesIO(png))).text == hc1
 
-        response, svg = await get(stack, f"/v1/certificates/{uvci}",
-                                  headers={"Accept": "text/html;q=0.9, image/svg+xml, */*;q=0.1"})
+        response, svg = await get(stack, link, headers={"Accept": "text/html;q=0.9, image/svg+xml, */*;q=0.1"})
         assert response.status == 200 and response.content_type == "image/svg+xml"
         assert b"<svg" in svg
 
-        response, queried = await get(stack, f"/v1/certificates/{uvci}?format=png",
+        response, queried = await get(stack, f"{link}&format=png",
                                       headers={"Accept": "application/json"})  # the query wins
         assert response.content_type == "image/png" and queried == png
 
-        response, body = await get(stack, f"/v1/certificates/{uvci}?format=gif")
+        response, body = await get(stack, f"{link}&format=gif")
         assert response.status == 400 and "format" in json.loads(body)["error"]
         response, body = await get(stack, "/v1/certificates/URN:UVCI:01:VN:NOSUCHCERTIFICATE")
         assert response.status == 404 and "error" in json.loads(body)
@@ -194,8 +194,8 @@ async def test_verify_judges_against_the_trust_list_and_revocations(make_setting
     settings = make_settings(revocations_settled=0.0)  # list revocations at once (the default waits a minute)
     async with running_stack(settings, certifiers=1) as stack:
         person, uvci = await certified(stack, db)
-        _, body = await get(stack, f"/v1/certificates/{uvci}")
-        old_hc1 = json.loads(body)["hc1"]
+        found = await looked_up(stack, person)
+        old_hc1, old_link = found["hc1"], found["link"]
         verdict = await (await stack.client.post("/v1/certificates/verify", json={"hc1": old_hc1})).json()
         assert verdict["valid"] is True and verdict["stage"] is None
         assert verdict["payload"]["v"][0]["ci"] == uvci
@@ -213,9 +213,11 @@ async def test_verify_judges_against_the_trust_list_and_revocations(make_setting
 
         verdict = await (await stack.client.post("/v1/certificates/verify", json={"hc1": old_hc1})).json()
         assert verdict["valid"] is False and verdict["stage"] == "revocation"
-        _, body = await get(stack, f"/v1/certificates/{uvci}")
+        _, body = await get(stack, old_link)
         old = json.loads(body)
         assert old["status"] == "revoked" and old["superseded_by"] == new_uvci and old["revoked_at"]
+        _, body = await get(stack, f"/v1/certificates/{uvci}")  # the UVCI alone: no trail to the next one
+        assert json.loads(body)["status"] == "superseded" and new_uvci not in body.decode()
 
         revocations = await (await stack.client.get("/v1/revocations")).json()
         assert revocations["algorithm"] == "SHA-256, first 16 bytes of the UVCI"
@@ -327,7 +329,9 @@ async def test_a_lookup_issues_the_certificate_no_certifier_has_made_and_the_cer
         assert stored["received_at"] == await db.fetchval("SELECT min(received_at) FROM doses")  # freshness from the 202
         assert issued(stack) - before == 1
         again = await looked_up(stack, first)  # up to date now: answered as stored, nothing signed
-        assert again == certificate and issued(stack) - before == 1
+        def unlinked(answer):  # a new link at every lookup
+            return {k: v for k, v in answer.items() if k not in ("link", "link_expires_at")}
+        assert unlinked(again) == unlinked(certificate) and issued(stack) - before == 1
 
         idle = unchanged(stack)
         stack.start_worker("test-certifier-0", certify=True)
@@ -464,16 +468,18 @@ async def test_a_qr_image_is_rendered_once_per_certificate_and_format(settings, 
         _, token = await stack.site()
         person = dose(27)
         await persisted(stack, db, token, [person])
-        uvci = (await looked_up(stack, person))["uvci"]
-        _, png = await get(stack, f"/v1/certificates/{uvci}?format=png")
-        response, again = await get(stack, f"/v1/certificates/{uvci}", headers={"Accept": "image/png"})
+        link = (await looked_up(stack, person))["link"]
+        _, png = await get(stack, f"{link}&format=png")
+        response, again = await get(stack, link, headers={"Accept": "image/png"})
         assert response.status == 200 and response.content_type == "image/png" and again == png
         assert response.headers["Cache-Control"] == "no-store"
         assert renders == ["png"]
-        _, svg = await get(stack, f"/v1/certificates/{uvci}?format=svg")
-        _, svg_again = await get(stack, f"/v1/certificates/{uvci}?format=svg")
+        _, svg = await get(stack, f"{link}&format=svg")
+        _, svg_again = await get(stack, f"{link}&format=svg")
         assert svg == svg_again and b"<svg" in svg and renders == ["png", "svg"]
-        response, _ = await get(stack, "/v1/certificates/URN:UVCI:01:VN:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA?format=png")
+        unknown = "URN:UVCI:01:VN:" + "A" * 32
+        query = stack.client.app[CERTIFICATES].links.query(unknown)[0]
+        response, _ = await get(stack, f"/v1/certificates/{unknown}?{query}&format=png")
         assert response.status == 404 and renders == ["png", "svg"]  # an unknown UVCI is neither rendered nor kept
         assert len(stack.client.app[CERTIFICATES].qr_images) == 2
 

@@ -66,6 +66,18 @@ async def file(stack, body: dict, images: list[tuple[str, bytes, str]] = ()):
     return await stack.client.post("/v1/corrections", data=form)
 
 
+async def on_record(stack, token: str, *people: dict) -> None:
+    """The people recorded by the token's site and persisted: their phones are on record."""
+    assert (await stack.post(token, {"doses": list(people)})).status == 202
+    conn = await asyncpg.connect(stack.settings.database_url)
+    try:
+        ids = [p["record_id"] for p in people]
+        await wait_until(lambda: conn.fetchval("SELECT count(*) = $2 FROM doses WHERE record_id = ANY($1)",
+                                               ids, len(ids)), message="the records persisted")
+    finally:
+        await conn.close()
+
+
 async def filed_and_confirmed(stack, settings, body, images=()) -> str:
     response = await file(stack, body, images)
     assert response.status == 202, await response.text()
@@ -115,6 +127,7 @@ async def test_a_missing_dose_goes_from_request_to_a_reissued_certificate(settin
     assert (citizen["status"], citizen["message"]) == ("approved", "Đã bổ sung mũi 2.") and wrong_birth.status == 404
     assert [e["action"] for e in audit["entries"]] == ["created", "confirmed", "decision:approved", "applied:insert"]
     assert audit["entries"][2]["actor"] == "site:TYT-01" and audit["entries"][3]["after"]["lot"] == "ABV5300"
+    assert audit["entries"][3]["after"]["batch_id"] == applied[0]["batch_id"] is not None
     assert len(seen["evidence"]) == 2 and seen["status"] == "submitted"
 
 
@@ -147,7 +160,9 @@ async def confirm(stack, request_id, code) -> int:
     return (await stack.client.post(f"/v1/corrections/{request_id}/confirm", json={"code": code})).status
 
 
-async def new_request(stack, person, site) -> str:
+async def new_request(stack, person, site, token=None) -> str:
+    if token is not None:
+        await on_record(stack, token, person)
     response = await file(stack, claim(person, site=site, date="2021-08-05", vaccine="EU/1/20/1528"))
     assert response.status == 202, await response.text()
     return (await response.json())["request_id"]
@@ -156,16 +171,16 @@ async def new_request(stack, person, site) -> str:
 async def test_an_expired_code_is_refused(make_settings):
     settings = make_settings(otp_ttl=0.0)  # expired the moment it is sent
     async with running_stack(settings) as stack:
-        await stack.site("TYT-03")
-        request_id = await new_request(stack, dose(62), "TYT-03")
+        _, token = await stack.site("TYT-03")
+        request_id = await new_request(stack, dose(62), "TYT-03", token)
         assert await confirm(stack, request_id, last_code(settings, request_id)) == 410
 
 
 async def test_guessing_locks_the_code_and_a_new_code_starts_afresh(make_settings, db):
     settings = make_settings(otp_max_attempts=3, otp_max_sends=2)
     async with running_stack(settings) as stack:
-        await stack.site("TYT-03")
-        request_id = await new_request(stack, dose(62), "TYT-03")
+        _, token = await stack.site("TYT-03")
+        request_id = await new_request(stack, dose(62), "TYT-03", token)
         right = last_code(settings, request_id)
         wrong = f"{(int(right) + 1) % 1_000_000:06d}"
         guesses = [await confirm(stack, request_id, wrong) for _ in range(3)]
@@ -173,7 +188,7 @@ async def test_guessing_locks_the_code_and_a_new_code_starts_afresh(make_setting
         resent = (await stack.client.post(f"/v1/corrections/{request_id}/code")).status
         stale = await confirm(stack, request_id, right)  # the old code stopped working
         fresh = await confirm(stack, request_id, last_code(settings, request_id))
-        exhausted = (await stack.client.post(f"/v1/corrections/{await new_request(stack, dose(63), 'TYT-03')}/code")
+        exhausted = (await stack.client.post(f"/v1/corrections/{await new_request(stack, dose(63), 'TYT-03', token)}/code")
                      ).status
     assert guesses == [422, 422, 429] and after_lock == 429
     assert (resent, fresh) == (202, 200) and (stale == 422 or right == last_code(settings, request_id))
@@ -185,7 +200,8 @@ async def test_guessing_locks_the_code_and_a_new_code_starts_afresh(make_setting
 async def test_a_code_confirms_once(settings, db):
     person = dose(63)
     async with running_stack(settings) as stack:
-        await stack.site("TYT-04")
+        _, token = await stack.site("TYT-04")
+        await on_record(stack, token, person)
         response = await file(stack, claim(person, site="TYT-04", date="2021-08-05", vaccine="EU/1/20/1528"))
         request_id = (await response.json())["request_id"]
         code = last_code(settings, request_id)
@@ -227,6 +243,7 @@ async def test_sites_decide_only_their_own_requests_and_provinces_only_read(sett
         _, other = await stack.site("HN-OTHER", province=1)
         province = await tokens.issue(db, tokens.PROVINCE, 1)
         other_province = await tokens.issue(db, tokens.PROVINCE, 79)
+        await on_record(stack, mine, person)
         request_id = await filed_and_confirmed(stack, settings, claim(person, site="HN-TYT", date="2021-08-05",
                                                                     vaccine="EU/1/20/1528"))
         decide = {"decision": "reject", "message": "Không có hồ sơ."}
@@ -254,7 +271,8 @@ async def test_sites_decide_only_their_own_requests_and_provinces_only_read(sett
 async def test_an_unknown_place_goes_to_the_province_queue_and_the_operator_names_the_site(settings, db):
     person = dose(66)
     async with running_stack(settings, reviewers=1) as stack:
-        site_id, _ = await stack.site("SG-TYT", province=79)
+        site_id, site_token = await stack.site("SG-TYT", province=79)
+        await on_record(stack, site_token, person)
         operator = await tokens.issue(db, tokens.OPERATOR, 0)
         province = await tokens.issue(db, tokens.PROVINCE, 79)
         body = claim(person, place="Đội tiêm lưu động Quận 1", province=79, date="2021-08-05",

@@ -52,7 +52,8 @@ def routes_of(app) -> set[tuple[str, str]]:
 
 
 def test_the_document_names_every_route_and_only_those(tmp_path):
-    settings = Settings(database_url="postgresql://unused", redis_url="redis://unused", data_dir=tmp_path)
+    settings = Settings(database_url="postgresql://unused", redis_url="redis://unused", data_dir=tmp_path,
+                        otp_sender="dev")
     # build_app only registers routes and stores what it is given: no service is reached.
     app = build_app(Ingest(settings=settings, pool=None, redis=None, auth=None, enqueuer=None, validator=None))
     documented = {(method.upper(), path) for path, item in openapi.document()["paths"].items() for method in item}
@@ -206,12 +207,16 @@ async def test_every_operation_answers_as_documented(make_settings, db):
         uvci = await wait_until(lambda: db.fetchval(
             "SELECT uvci FROM certificates WHERE national_id = $1 AND status = 'current'"
             " AND jsonb_array_length(doses) = 2", nid), message="a certificate with two doses")
-        certificate = await api.call("GET", "/v1/certificates/{uvci}", path={"uvci": uvci})
-        for fmt in ("svg", "png"):
-            await api.call("GET", "/v1/certificates/{uvci}", path={"uvci": uvci}, params={"format": fmt})
+        summary = await api.call("GET", "/v1/certificates/{uvci}", path={"uvci": uvci})
+        assert summary.json()["status"] == "current" and "hc1" not in summary.json()
+        await api.call("GET", "/v1/certificates/{uvci}", path={"uvci": uvci}, params={"format": "png"})  # 403
         found = await api.call("POST", "/v1/certificates/lookup", json={"national_id": nid,
                                                                          "birth_date": person["birth_date"]})
         assert found.json()["uvci"] == uvci
+        link = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(found.json()["link"]).query))
+        certificate = await api.call("GET", "/v1/certificates/{uvci}", path={"uvci": uvci}, params=link)
+        for fmt in ("svg", "png"):
+            await api.call("GET", "/v1/certificates/{uvci}", path={"uvci": uvci}, params={**link, "format": fmt})
         await api.call("POST", "/v1/certificates/lookup", json={"national_id": nid, "birth_date": "1900-01-01"})
         verdict = await api.call("POST", "/v1/certificates/verify", json={"hc1": certificate.json()["hc1"]})
         assert verdict.json()["valid"] is True

@@ -3,9 +3,12 @@ puts through the pipeline. Pure: no I/O (storage.citizen keeps them, ingest.citi
 
 In 2021 citizens filed corrections (a missing dose, wrong dose details, wrong personal details) with a
 photo of their paper certificate and a one-time code, and waited without an answer. Here a request is
-confirmed by a code sent to the phone it names, routed to the site it names (or to its province's queue
-when the place is not a registered site), decided by that site, and, when approved, applied through the
-same stream and workers as any dose: the certificate follows from the history.
+confirmed by a code sent to a phone on record for the person (a phone a site recorded for them, never the
+one the request names: else anyone could file about anyone), or checked in person at the province when
+there is none; routed to a site that holds a record of the person (or, for a missing dose, the site it
+names), else to its province's queue; decided there; and, when approved, applied through the same stream
+and workers as any dose: the certificate follows from the history. A site's approval changes only its
+own records.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class RequestBody(msgspec.Struct, forbid_unknown_fields=True):
     national_id: NationalId
     full_name: FullName  # as it should read
     birth_date: dt.date  # as it should read
-    phone: Phone  # the one-time code goes here
+    phone: Phone  # a contact number; the one-time code goes to a phone on record, not here
     kind: Literal[KINDS]  # type: ignore[valid-type]
     dose: ClaimedDose | None = None
     note: Note = ""

@@ -56,6 +56,18 @@ class Settings:
     lookup_rate_limit: int = 20
     lookup_rate_window: float = 60.0
     lookup_floor: float = 0.05
+    # Past lookup_guess_limit wrong birth dates for one national ID within lookup_guess_window seconds (from any
+    # address), a lookup of that ID needs a one-time code sent to a phone a site recorded for the person.
+    lookup_guess_limit: int = 10
+    lookup_guess_window: float = 86_400.0
+    # The full certificate and its QR image by UVCI need the signed link a lookup hands out, valid this long.
+    certificate_link_ttl: float = 300.0
+    # The server secret that signs those links and keys the national-ID hashes in Redis (hex, 32 bytes or
+    # more); empty: <data_dir>/server-secret, made on first use (0600).
+    server_secret: str = ""
+    # Proxies whose X-Forwarded-For ingest believes (addresses or CIDRs, comma-separated); empty: none,
+    # and the client is the socket's peer.
+    trusted_proxies: str = ""
     # GET /v1/revocations lists revocations at least this old: no later commit can still add an older one.
     revocations_settled: float = 60.0
 
@@ -67,13 +79,27 @@ class Settings:
 
     # Citizen correction requests: a one-time code lives otp_ttl seconds, allows otp_max_attempts
     # guesses and otp_max_sends sends; at most correction_rate_limit new requests per client address
-    # per hour. otp_sender names the class that sends codes ("module:Class"); empty: the development
-    # sender (the log and <data_dir>/otp-outbox.jsonl).
+    # per hour. otp_sender names the class that sends codes ("module:Class"), or "dev" for the development
+    # sender (the log and <data_dir>/otp-outbox.jsonl); empty: none, and ingest refuses to start.
     otp_ttl: float = 600.0
     otp_max_attempts: int = 5
     otp_max_sends: int = 3
     correction_rate_limit: int = 10
     otp_sender: str = ""
+    # Filing is refused before its body is read past the per-address limit, or while the unconfirmed
+    # requests (awaiting a code, or an identity check in person) number correction_unconfirmed_max or
+    # hold correction_unconfirmed_bytes of evidence; then, before any image is read, past
+    # correction_person_limit requests per national ID or correction_phone_limit per phone named, a day.
+    # An unconfirmed request is deleted with its evidence correction_unconfirmed_ttl seconds after filing
+    # (correction_in_person_ttl when it awaits an identity check in person) by ingest's housekeeping, which
+    # also re-drives approved changes the stream could not take, every correction_housekeeping_interval s.
+    correction_person_limit: int = 5
+    correction_phone_limit: int = 10
+    correction_unconfirmed_max: int = 10_000
+    correction_unconfirmed_bytes: int = 1024**3
+    correction_unconfirmed_ttl: float = 3600.0
+    correction_in_person_ttl: float = 14 * 86400.0
+    correction_housekeeping_interval: float = 30.0
 
     data_dir: Path = Path(".vaxline")
 
@@ -83,6 +109,10 @@ class Settings:
     def accepted_key(self, shard: int) -> str:
         """Doses ingest acknowledged, per "site_id:day" (the shard's hash tag: one MULTI with its XADD)."""
         return f"{self.stream_prefix}:accepted:{{{shard}}}"
+
+    def replayed_key(self, shard: int) -> str:
+        """Dead letters replayed onto a shard: dead batch id -> the replay's entry id, written with its XADD."""
+        return f"{self.stream_prefix}:replayed:{{{shard}}}"
 
     @property
     def streams(self) -> list[str]:

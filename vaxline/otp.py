@@ -4,9 +4,12 @@
         def __init__(self, settings): ...
         async def send(self, *, phone: str, code: str, request_id: str) -> None: ...
 
-The default, DevelopmentSender, sends nothing: it writes the code to the log (with the request id, never
-the phone number: logs carry no personal data) and appends it, with the phone, to
-<data_dir>/otp-outbox.jsonl, which a developer or a test reads.
+There is no default: a deployment names its sender, and without one ingest refuses to start
+(NoOtpSender; `vaxline serve` exits 2 before starting anything). `VAXLINE_OTP_SENDER=dev`, which
+`vaxline run` (the demo) and the embedded stacks set, chooses DevelopmentSender: it sends nothing, writes
+the code to the log (with the request id, never the phone number: logs carry no personal data) and
+appends it, with the phone, to <data_dir>/otp-outbox.jsonl (mode 0600: it holds phones and live codes),
+which a developer or a test reads.
 """
 
 from __future__ import annotations
@@ -15,12 +18,25 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import time
 from typing import Protocol
 
 from .config import Settings
 
 log = logging.getLogger(__name__)
+
+DEVELOPMENT = "dev"  # VAXLINE_OTP_SENDER=dev: the development sender, chosen explicitly
+
+
+class NoOtpSender(Exception):
+    """No sender is configured: codes would go nowhere, or to a development outbox nobody meant to keep."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no OTP sender is configured: set VAXLINE_OTP_SENDER=module:Class (the SMS gateway that sends"
+            " one-time codes), or VAXLINE_OTP_SENDER=dev for development only (codes go to the log and to"
+            " <data-dir>/otp-outbox.jsonl, and no SMS is sent)")
 
 
 class OtpSender(Protocol):
@@ -38,13 +54,18 @@ class DevelopmentSender:
 
     def _append(self, line: str) -> None:
         self.outbox.parent.mkdir(parents=True, exist_ok=True)
-        with self.outbox.open("a", encoding="utf-8") as outbox:
+        fd = os.open(self.outbox, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # phones and live codes
+        os.fchmod(fd, 0o600)  # an outbox written before this release, or under a lax umask, is closed too
+        with os.fdopen(fd, "a", encoding="utf-8") as outbox:
             outbox.write(line)
 
 
 def sender(settings: Settings) -> OtpSender:
-    """The configured sender (`module:Class`, built with the settings), or the development one."""
+    """The configured sender (`module:Class`, built with the settings), or the development one when it is
+    asked for by name (`dev`); NoOtpSender when none is configured."""
     if not settings.otp_sender:
+        raise NoOtpSender()
+    if settings.otp_sender == DEVELOPMENT:
         return DevelopmentSender(settings)
     module, _, name = settings.otp_sender.partition(":")
     return getattr(importlib.import_module(module), name)(settings)

@@ -111,6 +111,29 @@ async def check_shard_count(redis: aioredis.Redis, settings: Settings) -> None:
             f" {settings.shards}. Set VAXLINE_SHARDS={recorded}: changing it strands entries.")
 
 
+SAFE_EVICTION = "noeviction"  # full Redis refuses the XADD (a 503), never drops an acknowledged entry
+
+
+async def eviction_risk(redis: aioredis.Redis) -> str | None:
+    """Why this Redis may evict stream entries (a maxmemory-policy other than noeviction), or None.
+
+    Any other policy lets Redis delete keys when memory runs out: an allkeys-* policy the streams
+    themselves, with doses already acknowledged with a 202 (and accepted counts, and the lookup limits);
+    a volatile-* policy the limiters' counters. None too when CONFIG is refused (managed Redis): nothing
+    to read, and the operator's own checks apply. Raises RedisError when Redis is unreachable."""
+    try:
+        config = await redis.config_get("maxmemory*")
+    except ResponseError:  # CONFIG disabled or renamed
+        return None
+    values = {as_text(k): as_text(v) for k, v in config.items()}
+    policy = values.get("maxmemory-policy", SAFE_EVICTION)
+    if policy == SAFE_EVICTION:
+        return None
+    return (f"Redis runs with maxmemory-policy {policy} (maxmemory {values.get('maxmemory', '?')}): when memory runs"
+            f" out it evicts keys, streams of acknowledged doses included. Set maxmemory-policy noeviction"
+            f" (CONFIG SET maxmemory-policy noeviction, and in redis.conf).")
+
+
 async def ensure_groups(redis: aioredis.Redis, settings: Settings) -> None:
     """Check the shard count, then create the consumer groups (from the stream's start): the persist
     group on every shard, the certify group on the certify stream."""
@@ -145,11 +168,13 @@ def connect_redis(settings: Settings) -> aioredis.Redis:
 @dataclasses.dataclass
 class IngestCounts:
     """Ingest's side of reconciliation, read from Redis before Postgres is: the doses it acknowledged and
-    rejected per (site, day), and the dose batches still in the streams (batch id -> site, doses per day)."""
+    rejected per (site, day), the dose batches still in the streams (batch id -> site, doses per day), and
+    the dead letters replayed (dead batch id -> the replay's batch id; vaxline.enqueue.Enqueuer.replay)."""
 
     accepted: dict[tuple[int, dt.date], int]
     rejected: dict[tuple[int, dt.date], int]
     in_streams: dict[str, tuple[int, dict[dt.date, int]]]
+    replays: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 async def read_ingest_counts(redis: aioredis.Redis, settings: Settings) -> IngestCounts:
@@ -159,6 +184,9 @@ async def read_ingest_counts(redis: aioredis.Redis, settings: Settings) -> Inges
         for field, value in (await redis.hgetall(settings.accepted_key(shard))).items():
             site, day, *kind = field.decode().split(":")
             (counts.rejected if kind else counts.accepted)[(int(site), dt.date.fromisoformat(day))] += int(value)
+        # Before the entries: a replay named here is in the stream below, or persisted (trimmed) by then.
+        for dead, entry_id in (await redis.hgetall(settings.replayed_key(shard))).items():
+            counts.replays[dead.decode()] = batch_id(shard, entry_id.decode())
         start = "-"
         while True:
             entries = await redis.xrange(settings.stream(shard), min=start, max="+", count=1000)

@@ -13,7 +13,9 @@ per person (storage.certificates.issue), and a person who lost a race with
 another certifier is simply rebuilt from a fresh read. Reading, building and
 storing live in storage.issuing, shared with the citizen's lookup, which
 issues a certificate that is behind its history at once: the certifier that
-reaches that person later finds nothing to do.
+reaches that person later finds nothing to do. A chunk that fails on an error
+of the data is kept in failed_handoffs, to be handed on again by `vaxline
+deadletters replay --certify` once the cause is fixed.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import asyncpg
 import msgspec
 
 from monitoring import metrics
-from storage import issuing
+from storage import ACQUIRE_TIMEOUT, deadletters, issuing
 from storage.errors import POISON
 from storage.issuing import Outcome, Signing
 from vaxline.config import Settings
@@ -50,14 +52,30 @@ class Certifier:
         self._chunk = chunk  # persons signed, then stored, at a time: certificates appear as they are made
 
     async def certify(self, persons: dict[str, float]) -> Outcome:
-        """Bring the certificates of these persons (national id -> earliest 202) up to date."""
+        """Bring the certificates of these persons (national id -> earliest 202) up to date. A chunk that
+        fails on an error of the data is kept in failed_handoffs (`vaxline deadletters replay --certify`
+        hands it on again once the cause is fixed) and the other chunks go on."""
         outcome = Outcome()
         ids = list(persons)
         for start in range(0, len(ids), self._chunk):
             chunk = {nid: persons[nid] for nid in ids[start:start + self._chunk]}
-            await issuing.certify(self._pool, self._signing, chunk, outcome, metrics=metrics)
+            try:
+                await issuing.certify(self._pool, self._signing, chunk, outcome, metrics=metrics)
+            except POISON as e:
+                await self._failed(chunk, e)
         metrics.certificates_unchanged.inc(outcome.unchanged)
         return outcome
+
+    async def _failed(self, chunk: dict[str, float], error: Exception) -> None:
+        """A bug, not the doses' fault (they passed validation and are persisted): the persons keep their
+        previous certificate, and their handoff is kept to be re-driven. A system failure while keeping it
+        is retried with the whole round (certifying again what was done is a no-op by fingerprints)."""
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            handoff_id = await deadletters.record_failed_handoff(
+                conn, payload=handoff.encode(chunk), persons=len(chunk), error=f"{type(error).__name__}: {error}")
+        metrics.failed_handoffs.inc(len(chunk))
+        log.error("certifying %d persons failed (%s); their handoff is kept as failed handoff %d",
+                  len(chunk), error_kind(error), handoff_id)
 
 
 async def run_certifier(settings: Settings, *, consumer: str, stop: asyncio.Event) -> None:
@@ -81,8 +99,8 @@ async def _drain(redis, certifier: Certifier, settings: Settings, consumer: str,
             if persons:
                 await retrying(stop, certifier.certify, persons, retries=metrics.certify_retries)
         except POISON as e:
-            # A bug, not the data's fault (the doses passed validation and are persisted): log it and move
-            # on. The persons keep their previous certificate until their next persisted dose hands them off again.
+            # Keeping a failed chunk failed on the data too (Certifier._failed): nothing left to keep it in.
+            # The persons keep their previous certificate until their next persisted dose hands them off again.
             log.error("certifying %d persons failed (%s); their handoff is dropped", len(persons),
                       error_kind(e))
         await reader.ack(entries)

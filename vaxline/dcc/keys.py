@@ -3,6 +3,9 @@
     keys/<kid hex>.key   PKCS#8 PEM, mode 0600: read by certifiers only, never served or logged
     keys/<kid hex>.crt   the DSC, PEM: the trust list is every unexpired one
 
+The folder is 0700 and each private key 0600: loading refuses a folder or a key that another user could
+read (KeyPermissions, naming the path, its mode and the chmod that fixes it), as ssh refuses a key.
+
 Rotation adds a key; certifiers sign with the newest one and the older ones
 stay in the trust list, so certificates they signed keep verifying. A key
 signs only while its DSC outlives a certificate issued now (12 months): a
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shlex
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +37,20 @@ class NoSigningKey(FileNotFoundError):
     """No key here may sign now."""
 
 
+class KeyPermissions(PermissionError):
+    """The key folder, a private key or a DSC is open to other users than its owner: refused, not loaded."""
+
+    def __init__(self, path: Path, mode: int, wanted: int):
+        super().__init__(f"{path} has mode {mode:04o}, open to other users than its owner; it must be"
+                         f" {wanted:04o}: run `chmod {wanted:o} {shlex.quote(str(path))}`")
+        self.path, self.mode, self.wanted = path, mode, wanted
+
+
+# What each may allow beyond its owner: nothing for the folder and the private keys; a DSC is public
+# (0644), yet nobody else may write one, or they would add a signer to the trust list.
+_FOLDER, _PRIVATE, _PUBLIC = (0o700, 0o077), (0o600, 0o077), (0o644, 0o022)
+
+
 @dataclass(frozen=True)
 class PublicKey:
     kid: bytes
@@ -46,15 +65,16 @@ class KeyStore:
     def create(self, *, now: dt.datetime | None = None) -> PublicKey:
         """A new key and its DSC, written atomically (the certificate last: it is what makes a key visible)."""
         now = now or dt.datetime.now(dt.timezone.utc)
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=_FOLDER[0])  # umask may only narrow it
+        self.check_modes()  # a folder that was there already, looser: refused before a key goes into it
         private_key = ec.generate_private_key(ec.SECP256R1())
         der = _self_signed_dsc(private_key, now).public_bytes(serialization.Encoding.DER)
         kid = kid_of(der).hex()
         pem = private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption())
-        _write(self.directory / f"{kid}.key", pem, mode=0o600)
+        _write(self.directory / f"{kid}.key", pem, mode=_PRIVATE[0])
         _write(self.directory / f"{kid}.crt", x509.load_der_x509_certificate(der).public_bytes(
-            serialization.Encoding.PEM), mode=0o644)
+            serialization.Encoding.PEM), mode=_PUBLIC[0])
         return PublicKey(kid_of(der), der, now + DSC_VALIDITY)
 
     def ensure(self) -> PublicKey | None:
@@ -69,6 +89,7 @@ class KeyStore:
         """The trust list: every DSC in the directory not yet expired, oldest first (by validity start,
         then by when its file was written: two keys made within a second start alike)."""
         now = now or dt.datetime.now(dt.timezone.utc)
+        self.check_modes()
         keys = []
         for path in self.directory.glob("*.crt") if self.directory.is_dir() else []:
             certificate = x509.load_pem_x509_certificate(path.read_bytes())
@@ -88,6 +109,18 @@ class KeyStore:
                 return SigningKey(public.kid, private_key, public.der)
         raise NoSigningKey(f"no key in {self.directory} can sign a certificate valid 12 months from now:"
                            " run `vaxline keys init` (or `vaxline keys rotate` when the newest is in its last year)")
+
+    def check_modes(self) -> None:
+        """Raise KeyPermissions unless the folder is 0700 (or stricter), each private key 0600 and no DSC
+        writable by others; a folder that is not there yet passes."""
+        if not self.directory.is_dir():
+            return
+        _check_mode(self.directory, *_FOLDER)
+        for path in sorted(self.directory.iterdir()):
+            if path.suffix == ".key":
+                _check_mode(path, *_PRIVATE)
+            elif path.suffix == ".crt":
+                _check_mode(path, *_PUBLIC)
 
     def version(self) -> int:
         """Changes when a key is added or removed: certifiers reload then."""
@@ -117,9 +150,16 @@ def _self_signed_dsc(private_key: ec.EllipticCurvePrivateKey, now: dt.datetime) 
     )
 
 
+def _check_mode(path: Path, wanted: int, forbidden: int) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & forbidden:
+        raise KeyPermissions(path, mode, wanted)
+
+
 def _write(path: Path, data: bytes, *, mode: int) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    os.fchmod(fd, mode)  # a .tmp left by a crash would keep its old mode through O_CREAT
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()

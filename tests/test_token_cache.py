@@ -1,0 +1,172 @@
+"""Unknown bearer tokens (issue 16, item 7): cached apart, one query each, never more than a few at a time.
+
+Covers: an unknown token costs one query, and none again while it is cached (negative caching); 100,001
+unknown tokens leave a real site's cached entry in place (only the oldest unknown ones are dropped); a
+known token whose ttl ran out is refreshed without waiting behind unknown ones; a flood of concurrent
+unknown tokens holds at most `unknown_lookups` pool connections, leaving the rest to real requests, and
+a lookup that waits too long for its turn fails as unavailable (503), not by hanging; the one statement
+answers sites, provinces and the operator alike against real Postgres.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ingest.auth import SiteAuth, TokenCache
+from storage import tokens
+from storage.sites import add_site
+from vaxline.tokens import token_hash
+
+
+class FakePool:
+    """`size` connections; a query answers from `known` (digest -> row), once `gate` is open."""
+
+    def __init__(self, known: dict[bytes, dict], *, size: int = 4):
+        self.known = known
+        self.size = size
+        self.in_use = 0
+        self.most_in_use = 0
+        self.queries = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    def acquire(self):
+        pool = self
+
+        class Acquired:
+            async def __aenter__(self):
+                assert pool.in_use < pool.size, "the pool is exhausted"
+                pool.in_use += 1
+                pool.most_in_use = max(pool.most_in_use, pool.in_use)
+                return pool
+
+            async def __aexit__(self, *exc):
+                pool.in_use -= 1
+                return False
+
+        return Acquired()
+
+    async def fetchrow(self, query: str, digest: bytes):
+        self.queries += 1
+        await self.gate.wait()
+        return self.known.get(digest)
+
+
+SITE_ROW = {"role": "site", "site_id": 7, "code": "S-007", "scope": 1}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_flood_of_unknown_tokens_evicts_only_unknown_ones():
+    real = "vx_real-site-token"
+    pool = FakePool({token_hash(real): SITE_ROW})
+    auth = SiteAuth(pool, ttl=30, clock=Clock())
+    assert (await auth.site(f"Bearer {real}")).code == "S-007"
+    assert pool.queries == 1
+    for n in range(100_001):
+        assert await auth.principal(f"Bearer vx_unknown-{n}") is None
+    assert pool.queries == 1 + 100_001  # one query per unknown token, not two
+    assert (await auth.site(f"Bearer {real}")).code == "S-007"
+    assert pool.queries == 1 + 100_001  # the real site's entry survived the flood
+    assert await auth.principal("Bearer vx_unknown-100000") is None
+    assert pool.queries == 1 + 100_001  # negative caching: the newest unknown token is still cached
+    assert await auth.principal("Bearer vx_unknown-0") is None
+    assert pool.queries == 1 + 100_002  # the oldest unknown one was dropped, and only it
+
+
+def test_the_cache_drops_the_least_recently_used_of_each_kind():
+    from ingest.auth import Principal
+
+    cache = TokenCache(max_known=2, max_unknown=2)
+    site = Principal("operator")
+    cache.put(b"k1", 10, site)
+    cache.put(b"k2", 10, site)
+    cache.get(b"k1")  # used: k2 is now the oldest known
+    cache.put(b"k3", 10, site)
+    assert cache.get(b"k2") is None and cache.get(b"k1") and cache.get(b"k3")
+    for n in range(5):
+        cache.put(f"u{n}".encode(), 10, None)
+    assert cache.get(b"k1") and cache.get(b"k3") and len(cache) == 4
+    cache.put(b"k1", 20, None)  # a token that stopped being known moves to the unknown side
+    assert cache.get(b"k1") == (20, None) and len(cache) == 3  # k3 known; k1 and u4 unknown
+
+
+async def test_concurrent_unknown_tokens_leave_the_pool_to_real_requests():
+    real = "vx_real-site-token"
+    pool = FakePool({token_hash(real): SITE_ROW}, size=4)
+    clock = Clock()
+    auth = SiteAuth(pool, ttl=30, clock=clock, unknown_lookups=2, lookup_wait=30)
+    assert await auth.site(f"Bearer {real}")
+    pool.gate.clear()  # Postgres slow: every lookup in flight holds its connection
+    flood = [asyncio.create_task(auth.principal(f"Bearer vx_flood-{n}")) for n in range(500)]
+    same = [asyncio.create_task(auth.principal("Bearer vx_same")) for _ in range(50)]
+    while pool.in_use < 2:
+        await asyncio.sleep(0)
+    for _ in range(100):  # let every task run as far as it can
+        await asyncio.sleep(0)
+    assert pool.in_use == 2  # two turns for unknown tokens, whatever the flood
+    clock.now = 31  # the real site's entry is stale: its refresh does not queue behind the flood
+    refresh = asyncio.create_task(auth.site(f"Bearer {real}"))
+    while pool.in_use < 3:
+        await asyncio.sleep(0)
+    async with pool.acquire():  # and a connection is left for a dose receipt, a lookup, ...
+        assert pool.in_use == 4
+    pool.gate.set()
+    assert (await refresh).code == "S-007"
+    assert await asyncio.gather(*flood, *same) == [None] * 550
+    assert pool.most_in_use <= 4
+    assert pool.queries == 2 + 500 + 1  # the 50 lookups of one token asked once: the others found its answer
+
+
+async def test_a_lookup_that_waits_too_long_for_its_turn_fails_as_unavailable():
+    pool = FakePool({})
+    auth = SiteAuth(pool, unknown_lookups=1, lookup_wait=0.05)
+    pool.gate.clear()
+    stuck = asyncio.create_task(auth.principal("Bearer vx_first"))
+    while pool.in_use < 1:
+        await asyncio.sleep(0)
+    with pytest.raises(TimeoutError):  # ingest.http answers it 503 with Retry-After
+        await auth.principal("Bearer vx_second")
+    pool.gate.set()
+    assert await stuck is None
+
+
+async def test_one_statement_answers_every_kind_of_token(db):
+    site, site_token = await add_site(db, code="S-1", name="Site 1", province=4, kind="fixed")
+    province_token = await tokens.issue(db, tokens.PROVINCE, 4)
+    operator_token = await tokens.issue(db, tokens.OPERATOR, 0)
+
+    class Pool:
+        queries = 0
+
+        def acquire(self):
+            outer = self
+
+            class Acquired:
+                async def __aenter__(self):
+                    outer.queries += 1
+                    return db
+
+                async def __aexit__(self, *exc):
+                    return False
+
+            return Acquired()
+
+    pool = Pool()
+    auth = SiteAuth(pool, ttl=0)
+    found = await auth.principal(f"Bearer {site_token}")
+    assert (found.role, found.site, found.province) == ("site", site, 4)
+    assert (await auth.principal(f"Bearer {province_token}")).province == 4
+    assert (await auth.principal(f"Bearer {operator_token}")).is_operator
+    assert await auth.principal("Bearer vx_" + "0" * 43) is None
+    assert pool.queries == 4
+    await db.execute("UPDATE sites SET active = false WHERE code = 'S-1'")
+    assert await auth.principal(f"Bearer {site_token}") is None
