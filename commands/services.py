@@ -14,6 +14,7 @@ from deploy.stack import Stack, on_database
 from vaxline import otp
 from vaxline.config import Settings
 from vaxline.dcc.keys import KeyStore, NoSigningKey
+from vaxline.filemodes import LooseMode
 
 from .common import ConfigError, settings_for
 
@@ -76,13 +77,24 @@ def _metrics_dir(args, role: str) -> Path:
     return args.data_dir / "metrics" / role
 
 
+def _check_ingest(settings: Settings) -> None:
+    """What ingest would refuse to start with, refused before any process starts (exit 2, named): a
+    malformed VAXLINE_TRUSTED_PROXIES or server secret, a key folder, key or server secret open to others."""
+    from ingest.server import startup_checks
+
+    try:
+        startup_checks(settings)
+    except (ValueError, LooseMode) as e:
+        raise ConfigError(str(e)) from None
+
+
 def cmd_serve(args) -> int:
     settings = settings_for(args.data_dir)
     try:  # before any process starts: a deployment without an SMS gateway must say so, not log codes
         otp.sender(settings)
     except otp.NoOtpSender as e:
         raise ConfigError(str(e)) from None
-    KeyStore(settings.signing_keys_dir).check_modes()  # KeyPermissions: exit 2 with the chmod to run
+    _check_ingest(settings)
     stack = Stack(args.data_dir)
     stack.attach(settings, metrics_dir=_metrics_dir(args, "serve"))
     stack.start_ingest(hosts=args.host, port=args.port, processes=args.processes)
@@ -100,9 +112,9 @@ def cmd_work(args) -> int:
 
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry())
     if args.certifiers:
-        try:
+        try:  # a certifier that met a folder open to others later logs it and waits for the chmod
             KeyStore(stack.settings.signing_keys_dir).signing_key()
-        except NoSigningKey as e:
+        except (NoSigningKey, LooseMode) as e:
             raise ConfigError(str(e)) from None
     stack.start_workers(name=args.name, processes=args.processes, certifiers=args.certifiers,
                         reviewers=args.reviewers)
@@ -127,7 +139,9 @@ def cmd_status(args) -> int:
 
 def cmd_run(args) -> int:
     """Everything in the foreground: the embedded services unless DATABASE_URL/REDIS_URL name others."""
-    args.data_dir.mkdir(parents=True, exist_ok=True)
+    # Not group-writable even under a umask of 002: it holds the server secret (vaxline.links).
+    args.data_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    _check_ingest(Settings.from_env(data_dir=args.data_dir))  # before Postgres, Redis or a process starts
     stack = Stack(args.data_dir)
     try:
         settings = stack.start(metrics_dir=_metrics_dir(args, "run"))

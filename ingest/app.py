@@ -168,7 +168,7 @@ def build_app(ingest: Ingest) -> web.Application:
     app.router.add_get("/openapi.json", openapi.get_openapi)
 
     certificates.register(app, ingest.settings, ingest.redis)
-    revocations.register(app, ingest.settings)
+    revocations.register(app)
     quality.register(app)
     citizen.register(app)
     decisions.register(app)

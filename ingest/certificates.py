@@ -28,8 +28,11 @@ not state that history (a certifier backlog, or none issued yet) it issues
 it then, through storage.issuing, as a certifier would (one signing, the
 same compare-and-swap), so the certifier that comes later finds nothing to
 do. Without a signing key here (a deployment that signs elsewhere) it
-answers what is stored. A certificate never changes, so its QR image is
-rendered once per process and kept (`QrImages`, bounded in bytes).
+answers what is stored; a key folder or key open to other users is no
+missing key: the lookup, the verifier and the trust list answer 500
+"misconfigured" (ingest.http) until the chmod, and the log names it. A
+certificate never changes, so its QR image is rendered once per process
+and kept (`QrImages`, bounded in bytes).
 """
 
 from __future__ import annotations
@@ -159,7 +162,7 @@ class LookupLimiter:
 
 @dataclasses.dataclass(frozen=True)
 class TrustSnapshot:
-    version: float
+    version: tuple  # KeyStore.version()
     keys: list[PublicKey]
     trust: TrustList
     stale_after: dt.datetime | None  # the earliest DSC expiry: the list changes then too
@@ -392,6 +395,7 @@ async def _guarded_lookup(pool: asyncpg.Pool, certificates: Certificates, query:
                           deadline: float) -> web.Response | ApiError:
     """Counted as a wrong guess of this national ID until found; past the limit, only with the right code."""
     guard, national_id = certificates.guard, query.national_id
+    certificates.signing.available()  # a refused key folder (KeyPermissions: a 500) before a guess is counted
     if not await guard.guess(national_id) and not (query.code and await guard.redeem(national_id, query.code)):
         async def phones() -> list[str]:
             async with pool.acquire() as conn:

@@ -2,8 +2,15 @@
 on record for the person (or checked in person at the province when there is none), decided by the site
 they are routed to (ingest.decisions), applied through the pipeline.
 
-Filing is limited before its body is read (per client address, and the room left for unconfirmed
-requests), then per national ID and per phone once the small JSON part is read, before any image is.
+Filing is limited before its body is read (per client address), then, once the small JSON part is read
+and before any image is, per national ID, per phone on record, and by the room left for unconfirmed
+requests of its identity: a code's, each province's for checks in person, and one for requests about
+records of a national ID that has none (answered alike and not stored once full). So hostile filing for
+made-up people fills at most one province's in-person room, never the room of a person with a phone.
+
+The filing answer is one text whatever the identity (FILED_NEXT: a code if a phone is on record, else a
+check in person), and confirming, asking for a code and the citizen's view answer alike too until the
+identity is established: nobody learns from them whether a national ID is on record, or with a phone.
 
     POST /v1/corrections                      JSON, or multipart (a `request` JSON part first, then up to 3
                                               `evidence` images)
@@ -18,8 +25,8 @@ requests), then per national ID and per phone once the small JSON part is read, 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import functools
 import hashlib
 import json
 import logging
@@ -48,6 +55,7 @@ from vaxline.citizen import (
     new_request_id,
 )
 from vaxline.doses import field_errors
+from vaxline.links import keyed_digest, server_secret
 from vaxline.provinces import PROVINCES
 
 from .auth import Principal
@@ -117,38 +125,49 @@ def _plain(error: Exception) -> str:
 
 # -- filing and confirming -------------------------------------------------------
 
+FILED_NEXT = ("If a phone is on record for this person, a one-time code was sent to it: confirm the request"
+              " with it before code_expires_at (POST /v1/corrections/{request_id}/confirm). Otherwise, bring"
+              " your national ID card to a vaccination site of your province for a check in person.")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Filing:
+    body: RequestBody
+    route: store.Route
+    kept: bool  # False: a no_record request past its room, answered alike and not stored
+
+
 async def post_request(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
     state = request.app[CITIZEN]
     await _admit(state["by_address"], client_address(request), "from this address")  # before the body
-    async with ingest.pool.acquire() as conn:
-        await _room_for_unconfirmed(conn, ingest.settings, _declared_size(request))
+    _could_fit(ingest.settings, _declared_size(request))
     try:
-        body, images = await _request_parts(request, functools.partial(_filed_body, state))
+        filing, images = await _request_parts(request, lambda raw: _filed(request, raw))
     except (ValueError, HttpProcessingError) as e:  # aiohttp's multipart parser, on a body that is not multipart
         raise ApiError(400, f"malformed multipart body: {getattr(e, 'message', None) or e}") from None
-    settings = ingest.settings
+    settings, route = ingest.settings, filing.route
     now = dt.datetime.fromtimestamp(state["clock"](), dt.UTC)
     request_id = new_request_id()
-    async with ingest.pool.acquire() as conn:
-        route = await store.route(conn, body, set(PROVINCES))
-        if route is None:
-            raise ApiError(422, "dose.province: the place is not a registered site; name its province")
-        code = new_code() if route.phone is not None else None
-        ttl = settings.correction_unconfirmed_ttl if code else settings.correction_in_person_ttl
-        expires_at = now + dt.timedelta(seconds=ttl)
-        code_expires_at = min(now + dt.timedelta(seconds=settings.otp_ttl), expires_at) if code else None
-        await store.create(conn, request_id=request_id, body=body, route=route,
-                           code_hash=code and code_hash(request_id, code), code_expires_at=code_expires_at,
-                           expires_at=expires_at, evidence=images)
+    code = new_code() if route.phone is not None else None
+    confirm_by = now + dt.timedelta(seconds=settings.correction_unconfirmed_ttl)
+    ttl = settings.correction_in_person_ttl if route.identity == "in_person" else settings.correction_unconfirmed_ttl
+    code_expires_at = min(now + dt.timedelta(seconds=settings.otp_ttl), confirm_by)  # alike, sent or not
+    if filing.kept:
+        async with ingest.pool.acquire() as conn:
+            await store.create(conn, request_id=request_id, body=filing.body, route=route,
+                               code_hash=code and code_hash(request_id, code), code_expires_at=code_expires_at,
+                               expires_at=now + dt.timedelta(seconds=ttl), confirm_by=confirm_by,
+                               evidence=images if route.identity != "no_record" else [])
     if code is not None:
         await state["sender"].send(phone=route.phone, code=code, request_id=request_id)
-    metrics.correction_requests.labels(event="created" if code else "created_in_person").inc()
+    event = {"code": "created", "in_person": "created_in_person"}.get(route.identity, "created_no_record")
+    metrics.correction_requests.labels(event=event if filing.kept else "dropped_no_record").inc()
     log.info("correction request created", extra={"request_id": request_id, "site_id": route.site_id,
                                                    "identity": route.identity})
-    return json_response({"request_id": request_id, "status": "pending_otp" if code else "submitted",
-                          "code_expires_at": code_expires_at and code_expires_at.isoformat(),
-                          "evidence": len(images), "identity": route.identity}, status=202)
+    return json_response({"request_id": request_id, "status": "received",
+                          "code_expires_at": code_expires_at.isoformat(), "evidence": len(images),
+                          "next": FILED_NEXT}, status=202)
 
 
 async def _admit(limiter: LookupLimiter, key: str, what: str) -> None:
@@ -168,30 +187,56 @@ def _declared_size(request: web.Request) -> int:
     return _multipart_limit() if request.content_type == "multipart/form-data" else _JSON_LIMIT
 
 
-async def _room_for_unconfirmed(conn, settings, size: int) -> None:
-    """503 while unconfirmed requests fill their room: hostile filing from many addresses cannot grow the
-    database past correction_unconfirmed_max requests and correction_unconfirmed_bytes of evidence (plus
-    what is in flight); the retention job frees the room as they expire."""
-    count, stored = await store.unconfirmed_load(conn)
-    if count >= settings.correction_unconfirmed_max or stored + size > settings.correction_unconfirmed_bytes:
+def _could_fit(settings, size: int) -> None:
+    """503 from the headers alone for a body no room for unconfirmed requests could ever take."""
+    if size > max(settings.correction_unconfirmed_bytes, settings.correction_in_person_bytes):
         metrics.correction_requests.labels(event="refused_full").inc()
         raise ApiError(503, "too many unconfirmed correction requests are waiting; retry later",
                        headers={"Retry-After": "60"})
 
 
-def _keyed(kind: str, value: str) -> str:
-    """A limiter key for a national ID or a phone: hashed, so Redis holds no personal data in clear."""
-    return kind + ":" + hashlib.sha256(f"vaxline:{kind}:{value}".encode()).hexdigest()[:32]
+async def _room_left(conn, settings, route: store.Route, size: int) -> bool:
+    """Whether `route`'s room takes one more request of `size` bytes: hostile filing from many addresses
+    cannot grow the database past correction_unconfirmed_max requests and correction_unconfirmed_bytes for
+    codes, correction_in_person_max and correction_in_person_bytes per province for checks in person, and
+    correction_no_record_max evidence-less requests about records that do not exist (plus what is in
+    flight); the retention job frees the rooms as requests expire."""
+    count, stored = await store.room_load(conn, route)
+    match route.identity:
+        case "code":
+            return count < settings.correction_unconfirmed_max and stored + size <= settings.correction_unconfirmed_bytes
+        case "in_person":
+            return count < settings.correction_in_person_max and stored + size <= settings.correction_in_person_bytes
+    return count < settings.correction_no_record_max
 
 
-async def _filed_body(state: dict, raw: bytes) -> RequestBody:
-    """The request's JSON, checked, and counted per national ID and per phone (before any image is read)."""
+def _keyed(secret: bytes, kind: str, value: str) -> str:
+    """A limiter key for a national ID or a phone: HMAC under the server secret, so whoever reads Redis
+    cannot recover a 12-digit ID or a phone number by hashing every candidate."""
+    return kind + ":" + keyed_digest(secret, f"corrections-{kind}", value)[:32]
+
+
+async def _filed(request: web.Request, raw: bytes) -> Filing:
+    """The request's JSON, checked, counted per national ID and per phone on record, routed, and given room
+    (before any image is read). The two limits answer in one wording: which one refused says nothing of
+    whether the person has a phone on record."""
+    ingest, state = request.app[INGEST], request.app[CITIZEN]
     body = _decoded(raw, RequestBody)
     if problems := claim_problems(body):
         raise ApiError(422, "; ".join(f"{field}: {reason}" for field, reason in problems))
-    await _admit(state["by_person"], _keyed("person", body.national_id), "for this person")
-    await _admit(state["by_phone"], _keyed("phone", body.phone), "from this phone")
-    return body
+    await _admit(state["by_person"], _keyed(state["secret"], "person", body.national_id), "for this person")
+    async with ingest.pool.acquire() as conn:
+        route = await store.route(conn, body, set(PROVINCES))
+        if route is None:
+            raise ApiError(422, "dose.province: the place is not a registered site; name its province")
+        if route.phone is not None:  # counted where the code goes, not where the request says
+            await _admit(state["by_phone"], _keyed(state["secret"], "phone", route.phone), "for this person")
+        room = await _room_left(conn, ingest.settings, route, _declared_size(request))
+    if not room and route.identity != "no_record":
+        metrics.correction_requests.labels(event="refused_full").inc()
+        raise ApiError(503, "too many unconfirmed correction requests are waiting; retry later",
+                       headers={"Retry-After": "60"})
+    return Filing(body, route, kept=room)
 
 
 _JSON_LIMIT = 64 * 1024
@@ -201,7 +246,7 @@ def _multipart_limit() -> int:
     return MAX_EVIDENCE * MAX_EVIDENCE_BYTES + 128 * 1024
 
 
-async def _request_parts(request: web.Request, checked) -> tuple[RequestBody, list[tuple[str, bytes, bytes]]]:
+async def _request_parts(request: web.Request, checked) -> tuple[Filing, list[tuple[str, bytes, bytes]]]:
     """The request, checked by `checked(raw JSON)` before any image is read, and its evidence images (type,
     sha256, bytes), each checked by its content."""
     if request.content_type == "application/json":
@@ -255,9 +300,10 @@ async def post_confirm(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
     request_id = _request_id(request)
     confirmation = _decoded(await request.read(), Confirmation)
+    now = dt.datetime.fromtimestamp(request.app[CITIZEN]["clock"](), dt.UTC)
     async with ingest.pool.acquire() as conn:
         outcome = await store.confirm(conn, request_id, confirmation.code,
-                                      max_attempts=ingest.settings.otp_max_attempts)
+                                      max_attempts=ingest.settings.otp_max_attempts, now=now)
     metrics.correction_requests.labels(event=f"confirm_{outcome or 'unknown'}").inc()
     match outcome:
         case None:
@@ -279,10 +325,11 @@ async def post_code(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
     request_id = _request_id(request)
     code = new_code()
-    expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ingest.settings.otp_ttl)
+    now = dt.datetime.fromtimestamp(request.app[CITIZEN]["clock"](), dt.UTC)
+    expires_at = now + dt.timedelta(seconds=ingest.settings.otp_ttl)
     async with ingest.pool.acquire() as conn:
-        outcome, phone = await store.resend(conn, request_id, code_hash(request_id, code), expires_at,
-                                            max_sends=ingest.settings.otp_max_sends)
+        outcome, phone, expires_at = await store.resend(conn, request_id, code_hash(request_id, code), expires_at,
+                                                        max_sends=ingest.settings.otp_max_sends, now=now)
     match outcome:
         case None:
             raise ApiError(404, "no such correction request")
@@ -290,7 +337,8 @@ async def post_code(request: web.Request) -> web.Response:
             raise ApiError(409, "this request is confirmed already")
         case "exhausted":
             raise ApiError(429, f"at most {ingest.settings.otp_max_sends} codes per request: file it again")
-    await request.app[CITIZEN]["sender"].send(phone=phone, code=code, request_id=request_id)
+    if phone is not None:  # none on record: nothing is sent, and the answer is the same
+        await request.app[CITIZEN]["sender"].send(phone=phone, code=code, request_id=request_id)
     return json_response({"request_id": request_id, "status": "pending_otp", "code_expires_at": expires_at.isoformat()},
                          status=202)
 
@@ -299,7 +347,8 @@ async def post_code(request: web.Request) -> web.Response:
 
 async def get_request(request: web.Request) -> web.Response:
     """With a token in scope: the whole request. Without one: the citizen's view, given the birth date
-    (an unknown id and a wrong birth date answer alike)."""
+    (an unknown id, a wrong birth date and a request whose identity is not established yet, by its code or
+    a decision after the check in person, answer alike: the filer typed that birth date)."""
     ingest = request.app[INGEST]
     unknown = "no correction request with this id and birth date"
     request_id = _request_id(request, unknown if "Authorization" not in request.headers else None)
@@ -311,7 +360,7 @@ async def get_request(request: web.Request) -> web.Response:
             raise ApiError(400, "birth_date: give the birth date, YYYY-MM-DD, to see a request") from None
         async with ingest.pool.acquire() as conn:
             row = await store.get(conn, request_id)
-        if row is None or row["birth_date"] != birth_date:
+        if row is None or row["birth_date"] != birth_date or _awaiting_identity(row):
             raise not_found
         return json_response(_jsonable({k: row[k] for k in ("request_id", "status", "kind", "message", "created_at",
                                                             "submitted_at", "decided_at")}))
@@ -323,6 +372,10 @@ async def get_request(request: web.Request) -> web.Response:
     body["evidence"] = [{"n": e["n"], "content_type": e["content_type"], "sha256": e["sha256"].hex(),
                          "bytes": e["size"], "url": f"/v1/corrections/{request_id}/evidence/{e['n']}"} for e in images]
     return json_response(body)
+
+
+def _awaiting_identity(row) -> bool:
+    return row["status"] == "pending_otp" or (row["identity"] == "in_person" and row["decided_at"] is None)
 
 
 def _request_view(row) -> dict:
@@ -402,7 +455,7 @@ def _page_param(query, name: str, default: int) -> int:
 def register(app: web.Application) -> None:
     ingest = app[INGEST]
     settings = ingest.settings
-    state = {"clock": time.time, "sender": otp.sender(settings)}
+    state = {"clock": time.time, "sender": otp.sender(settings), "secret": server_secret(settings)}
 
     def clock() -> float:  # the state's clock when asked: a test may turn it
         return state["clock"]()

@@ -7,23 +7,23 @@ trusted cannot move its limit by writing the header.
 
 A limit counts an address's key: an IPv4 address as it is, an IPv6 address by its /64 (one subscriber's
 prefix: a host picks any of its 2^64 addresses at will), an IPv4-mapped IPv6 address as the IPv4 one.
+
+The setting is read once, when the process starts (`TRUSTED_PROXIES`, set by ingest.server): a malformed
+entry stops the start with its name, instead of failing every lookup and filing later.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 
 from aiohttp import web
 
-from .http import INGEST
-
 IPV6_PREFIX = 64
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+TRUSTED_PROXIES = web.AppKey("trusted_proxies", tuple)  # the parsed setting: tuple[_Network, ...]
 
 
-@functools.lru_cache(maxsize=8)
 def trusted_networks(setting: str) -> tuple[_Network, ...]:
     """`VAXLINE_TRUSTED_PROXIES` read: addresses and CIDRs, comma-separated (ValueError names a bad one)."""
     networks = []
@@ -32,7 +32,8 @@ def trusted_networks(setting: str) -> tuple[_Network, ...]:
             try:
                 networks.append(ipaddress.ip_network(part, strict=False))
             except ValueError as e:
-                raise ValueError(f"VAXLINE_TRUSTED_PROXIES: {part!r} is not an address or a CIDR") from e
+                raise ValueError(f"VAXLINE_TRUSTED_PROXIES: {part!r} is not an address or a CIDR"
+                                 " (the setting lists proxies' addresses or CIDRs, comma-separated)") from e
     return tuple(networks)
 
 
@@ -65,8 +66,7 @@ def client_of(peer: str | None, forwarded: list[str], networks: tuple[_Network, 
 
 def client_address(request: web.Request) -> str:
     """The client of this request (see the module's docstring)."""
-    networks = trusted_networks(request.app[INGEST].settings.trusted_proxies)
-    return client_of(request.remote, request.headers.getall("X-Forwarded-For", []), networks)
+    return client_of(request.remote, request.headers.getall("X-Forwarded-For", []), request.app[TRUSTED_PROXIES])
 
 
 def limit_key(client: str) -> str:

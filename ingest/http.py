@@ -23,6 +23,7 @@ from monitoring import exposition, metrics
 from vaxline.config import Settings
 from vaxline.doses import BatchValidator
 from vaxline.enqueue import Enqueuer, Overloaded
+from vaxline.filemodes import LooseMode, Reminder
 
 from .auth import SiteAuth
 
@@ -30,7 +31,12 @@ log = logging.getLogger("ingest.app")
 
 UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
 BODY_FORMATS = {"application/json": "json", "application/msgpack": "msgpack", "application/x-msgpack": "msgpack"}
+# A key folder or key open to other users: the operator's to fix (the log names the path, the mode and the
+# chmod, every minute while it lasts); the public answer names no path.
+MISCONFIGURED = ("the server is misconfigured: its operator must fix it (the server's log says what);"
+                 " retrying will not help")
 _json = msgspec.json.Encoder()
+_refusals = Reminder(log)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +92,9 @@ async def error_bodies(request: web.Request, handler):
             raise
         headers = {k: v for k, v in e.headers.items() if k.lower() in ("retry-after", "allow")}
         response = json_response({"error": _reason(e)}, e.status, headers)
+    except LooseMode as e:  # not an OSError: no "retry later" for what only a chmod fixes
+        _refusals(e, f"{request.method} {route}: refused")
+        response = json_response({"error": MISCONFIGURED}, 500)
     except asyncpg.DataError as e:  # a value Postgres refuses (class 22, e.g. a NUL character): the client's error
         log.warning("%s %s: a value was refused: %s", request.method, route, type(e).__name__)
         response = json_response({"error": "a value in the request cannot be stored or looked up"}, 400)

@@ -340,8 +340,9 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "get", "/v1/revocations", "getRevocations", "Hashes of revoked UVCIs",
-        "As the EU gateway distributes them (hash type UCI), by number (`seq`), once `VAXLINE_REVOCATIONS_SETTLED`"
-        " old, at most 10,000 an answer. Follow `next` (at once while `complete` is false): it never misses one."
+        "As the EU gateway distributes them (hash type UCI), by number (`seq`, drawn at the revoking commit, in"
+        " commit order), at most 10,000 an answer. Follow `next` (at once while `complete` is false): it never"
+        " misses one."
         " A full page never changes (cacheable a day), the last one 60 s; `If-None-Match` answers 304.",
         "certificates", (),
         {200: Answer("the revocations", schemas.Revocations, headers=("ETag", "Cache-Control")),
@@ -356,17 +357,20 @@ OPERATIONS: tuple[Operation, ...] = (
         "post", "/v1/corrections", "fileCorrection", "File a citizen's correction request",
         "No token. JSON, or multipart with a `request` part (the same JSON) first, then up to 3 `evidence` images "
         "(JPEG or PNG, 5 MiB each, judged by their bytes). A 6-digit code goes to a phone on record for the person (a"
-        " site recorded it), never to `phone` (a contact number); with none on record, no code: `submitted` to the "
-        "province's queue for an identity check in person (`identity: in_person`). `dose` is required for the two "
+        " site recorded it), never to `phone` (a contact number); with none on record, no code: the province's "
+        "queue, for an identity check in person. The answer is the same in both cases (`status: received`, `next`"
+        " says both), so it never tells whether a phone is on record. `dose` is required for the two "
         "dose kinds (with `site` or `place`; `vaccine` for a missing dose). Routed to the named site for a missing "
         "dose; for wrong dose details only if it holds a record of the person; for personal details the site holding "
         "all their records; else the province's queue (the named site's, `dose.province`, the latest record's, the "
         "CCCD's; 422 when none is known). Before the body is read: `VAXLINE_CORRECTION_RATE_LIMIT` per address an "
-        "hour, and 503 while unconfirmed requests fill their room; before any image: "
-        "`VAXLINE_CORRECTION_PERSON_LIMIT` per national ID and `VAXLINE_CORRECTION_PHONE_LIMIT` per phone a day. "
+        "hour; before any image: `VAXLINE_CORRECTION_PERSON_LIMIT` per national ID and "
+        "`VAXLINE_CORRECTION_PHONE_LIMIT` per phone on record a day, and 503 while the request's room (codes; "
+        "checks in person, per province) is full. "
         "Unconfirmed requests are deleted with their evidence after `VAXLINE_CORRECTION_UNCONFIRMED_TTL` "
         "(`VAXLINE_CORRECTION_IN_PERSON_TTL` for a check in person).", "citizens", (),
-        {202: Answer("filed, awaiting its code (or an identity check in person)", schemas.CorrectionFiled,
+        {202: Answer("received: awaiting its code, or an identity check in person (one answer for both)",
+                     schemas.CorrectionFiled,
                      links=(("confirm", "confirmCorrection", {"request_id": "$response.body#/request_id"}),
                             ("code", "resendCode", {"request_id": "$response.body#/request_id"}),
                             ("view", "getCorrection", {"request_id": "$response.body#/request_id",

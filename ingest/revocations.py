@@ -3,23 +3,23 @@
     GET /v1/revocations[?after=N | ?since=RFC3339]
 
 Hashes of revoked UVCIs as the EU gateway distributes them (hash type UCI), by revocation number:
-each revocation is numbered when it is made (storage/migrations/0007_revocation_feed.sql), a page
-holds at most REVOCATIONS_PAGE of them, and `next` names the page that follows (`?after=` the last
-number listed). Continuing from `next` never misses a revocation: a page lists only numbers up to
-the settled bound, below which none can still appear (storage.certificates.revocations). `since`
+each revocation is numbered when its transaction commits, in commit order
+(storage/migrations/0007_revocation_feed.sql), a page holds at most REVOCATIONS_PAGE of them, and
+`next` names the page that follows (`?after=` the last number listed). Continuing from `next` never
+misses a revocation: once a number is visible, no smaller one can become visible later (a rolled-back
+one is a gap that never fills), so a page lists every number visible now, without waiting. `since`
 stays for the clients of the time-based feed.
 
 No token: the list is public, as the gateway's is. Each answer has a strong ETag (a digest of its
 body) and answers If-None-Match with 304; a full page never changes, so it is cacheable for a day
 (immutable), and the last page for REVOCATIONS_MAX_AGE seconds: verifiers and proxies can keep it,
-and a poll that finds nothing new costs a 304 without a body. A call costs two index probes and a
-range scan of at most one page, whatever the size of the list.
+and a poll that finds nothing new costs a 304 without a body. A call costs a range scan of at most one
+page (and an index probe for `since`), whatever the size of the list.
 """
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime as dt
 import hashlib
 
@@ -27,14 +27,13 @@ import msgspec
 from aiohttp import web
 
 from storage import certificates as store
-from vaxline.config import Settings
 
 from .http import INGEST, ApiError
 
 REVOCATION_ALGORITHM = "SHA-256, first 16 bytes of the UVCI"
 REVOCATIONS_PAGE = 10_000  # one answer's bound: about 700 KB of JSON; the list of a national deployment is millions
-REVOCATIONS_MAX_AGE = 60  # seconds the last page may be kept: new revocations show no sooner than settled anyway
-IMMUTABLE = "public, max-age=86400, immutable"  # a full page: the same numbers, for ever
+REVOCATIONS_MAX_AGE = 60  # seconds the last page may be kept: how late a verifier may learn of a revocation
+IMMUTABLE = "public, max-age=86400, immutable"  # a full page: no number can join it or leave it, ever
 MAX_SEQ = 2**63 - 1  # bigint
 
 
@@ -51,25 +50,17 @@ class RevocationPage(msgspec.Struct):
     next: str  # this feed from after the last revocation listed: follow it now (incomplete) or at the next poll
 
 
-@dataclasses.dataclass(frozen=True)
-class Feed:
-    settled: dt.timedelta
-
-
-FEED = web.AppKey("revocations", Feed)
 _encoder = msgspec.json.Encoder()
 
 
-def register(app: web.Application, settings: Settings) -> None:
-    app[FEED] = Feed(dt.timedelta(seconds=settings.revocations_settled))
+def register(app: web.Application) -> None:
     app.router.add_get("/v1/revocations", get_revocations)
 
 
 async def get_revocations(request: web.Request) -> web.Response:
     after, since = _cursor(request.query)
     async with request.app[INGEST].pool.acquire() as conn:
-        rows, last = await store.revocations(conn, after=after, since=since, limit=REVOCATIONS_PAGE,
-                                             settled=request.app[FEED].settled)
+        rows, last = await store.revocations(conn, after=after, since=since, limit=REVOCATIONS_PAGE)
     complete = len(rows) < REVOCATIONS_PAGE
     page = RevocationPage([Revocation(row["hash"], row["revoked_at"], row["seq"]) for row in rows],
                           REVOCATION_ALGORITHM, complete, f"/v1/revocations?after={last}")

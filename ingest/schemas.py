@@ -307,15 +307,17 @@ class Revocations(msgspec.Struct, **_Struct):
 
 # Citizen correction requests
 
-Identity = Literal["code", "in_person"]  # a code to a phone on record, or a check in person at the province
+# a code to a phone on record, a check in person at the province, or a request about records that do not exist
+Identity = Literal["code", "in_person", "no_record"]
 
 
 class CorrectionFiled(msgspec.Struct, **_Struct):
+    """One answer whatever the person's identity route: it never says whether a phone is on record."""
     request_id: RequestId
-    status: Literal["pending_otp", "submitted"]  # submitted: no phone on record, checked in person
-    code_expires_at: dt.datetime | None  # null: no code was sent (identity in_person)
+    status: Literal["received"]
+    code_expires_at: dt.datetime  # until when a code, if one was sent, works
     evidence: Annotated[int, msgspec.Meta(ge=0, le=MAX_EVIDENCE)]
-    identity: Identity
+    next: str  # what to do next: confirm with the code if one came, else a check in person
 
 
 class CodeSent(msgspec.Struct, **_Struct):

@@ -3,6 +3,10 @@
 Several processes bind the same port with SO_REUSEPORT and the kernel
 spreads connections over them. SIGTERM or SIGINT stops accepting, lets
 requests in flight finish (their XADD included), then exits.
+
+What the settings name is checked before any connection (`startup_checks`): a malformed
+VAXLINE_TRUSTED_PROXIES, a bad server secret, or a key folder, key or server secret open to other users
+stops the start with an error that names it (`vaxline serve` and `run` run the same checks first).
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ from aiohttp import web
 
 from monitoring import metrics
 from vaxline.config import Settings
+from vaxline.dcc.keys import KeyStore
 from vaxline.doses import BatchValidator
 from vaxline.enqueue import Enqueuer
 from vaxline.lifecycle import stop_on_signals
+from vaxline.links import server_secret
 from vaxline.streams import connect_redis
 
 from .app import build_app
 from .auth import SiteAuth
+from .clients import TRUSTED_PROXIES, trusted_networks
 from .deadlines import CLIENT_DEADLINES, ClientSite
 from .http import INGEST, Ingest
 
@@ -34,9 +41,20 @@ def _export_backlog(shard: int, entries: int) -> None:
     metrics.stream_backlog.labels(shard=str(shard)).set(entries)
 
 
+def startup_checks(settings: Settings) -> tuple:
+    """The trusted proxies, parsed; raises ValueError (a malformed VAXLINE_TRUSTED_PROXIES entry or server
+    secret) or vaxline.filemodes.LooseMode (the key folder, a key or the server secret open to other users),
+    each naming what to fix."""
+    proxies = trusted_networks(settings.trusted_proxies)
+    KeyStore(settings.signing_keys_dir).check_modes()
+    server_secret(settings)  # made here when it is missing, as the first process that needs it does
+    return proxies
+
+
 @contextlib.asynccontextmanager
 async def ingest_app(settings: Settings):
     """The app with its pools and background tasks, closed on exit."""
+    proxies = startup_checks(settings)  # before any connection: a bad setting stops the start, named
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=4, command_timeout=10)
     redis = connect_redis(settings)
     enqueuer = Enqueuer(redis, settings, on_backlog=_export_backlog)
@@ -46,7 +64,9 @@ async def ingest_app(settings: Settings):
         validator=BatchValidator(max_doses=settings.max_batch_doses),
     )
     try:
-        yield build_app(ingest)
+        app = build_app(ingest)
+        app[TRUSTED_PROXIES] = proxies
+        yield app
     finally:
         await enqueuer.stop()
         await redis.aclose()

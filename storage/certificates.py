@@ -253,52 +253,38 @@ async def is_revoked(conn: asyncpg.Connection, uvci: str) -> bool:
     return bool(await conn.fetchval("SELECT status = 'revoked' FROM certificates WHERE uvci = $1", uvci))
 
 
-# The feed's bound: the number of the latest revocation (by revoked_at) at least `settled` old. Every
-# smaller number was drawn before that revocation's was, hence by a transaction open for longer than
-# `settled`: committed (or rolled back) by now, so nothing can appear below the bound later. One probe of
-# certificates_revoked, whatever the rate of revocations.
-_SETTLED_BOUND = """
-SELECT revocation_seq FROM certificates
-WHERE status = 'revoked' AND revoked_at <= clock_timestamp() - $1::interval
-ORDER BY revoked_at DESC LIMIT 1
-"""
-
+# The feed, by revocation number. Numbers are drawn at the revoking commit, in commit order
+# (storage/migrations/0007_revocation_feed.sql), so every number a reader will ever see below the largest
+# it sees now is visible to it already: a page ends wherever the numbers visible now end.
 _FEED = """
-SELECT revocation_seq AS seq, encode(substring(sha256(convert_to(uvci, 'UTF8')) FROM 1 FOR 16), 'hex') AS hash,
-       revoked_at
-FROM certificates
-WHERE revocation_seq > $1 AND revocation_seq <= $2
-ORDER BY revocation_seq LIMIT $3
+SELECT seq, encode(substring(sha256(convert_to(uvci, 'UTF8')) FROM 1 FOR 16), 'hex') AS hash, revoked_at
+FROM revocations WHERE seq > $1 ORDER BY seq LIMIT $2
 """
 
-# `since`, for clients of the time-based feed: the number to start after, from the first revocation (by
-# revoked_at) a second before `since`. A revocation's number is drawn microseconds after its revoked_at, so
-# the second's margin covers any made after `since` with a smaller number than that one; the client gets
-# the margin's few again, which a set of hashes absorbs.
+# `since`, for clients of the time-based feed: the number to start after, from the first revocation numbered
+# at or after `since` (less the margin). Every revocation made after `since` was numbered after it, in
+# commit order, so its number is larger; none visible now, the clients continue after the largest number.
+# The margin covers the server's clock stepped back by up to that much; the client gets its few again, which
+# a set of hashes absorbs.
 _SINCE = """
-SELECT revocation_seq - 1 FROM certificates
-WHERE status = 'revoked' AND revoked_at >= $1::timestamptz - interval '1 second'
-ORDER BY revoked_at LIMIT 1
+SELECT coalesce((SELECT seq - 1 FROM revocations WHERE numbered_at >= $1::timestamptz - $2::interval
+                 ORDER BY numbered_at LIMIT 1),
+                (SELECT max(seq) FROM revocations), 0)
 """
 
 SINCE_MARGIN = dt.timedelta(seconds=1)
 
 
-async def revocations(conn: asyncpg.Connection, *, settled: dt.timedelta, limit: int, after: int = 0,
+async def revocations(conn: asyncpg.Connection, *, limit: int, after: int = 0,
                       since: dt.datetime | None = None) -> tuple[list[asyncpg.Record], int]:
     """Revoked certificates as the EU gateway lists them (the first 16 bytes of SHA-256 of the UVCI, hex),
     with their number (`seq`) and revoked_at, by number, at most `limit`, numbered after `after` (or from
-    about `since`), and only up to the settled bound, so a client that continues after the last number it
-    saw never misses one: none can become visible below it later. Returns (rows, the number to continue
-    after).
+    `since`). Returns (rows, the number to continue after): a client that continues there never misses a
+    revocation, as none can become visible below it later. Numbers of rolled-back transactions are gaps.
 
-    Two index probes and one range scan of at most `limit` rows, whatever the size of the list."""
-    bound = await conn.fetchval(_SETTLED_BOUND, settled)
+    One range scan of the primary key, at most `limit` rows, whatever the size of the list (with `since`,
+    one index probe before it)."""
     if since is not None:
-        start = await conn.fetchval(_SINCE, since)
-        # Nothing revoked since then: whatever comes later is numbered above the bound.
-        after = max(after, bound or 0) if start is None else max(after, start)
-    if bound is None or bound <= after:  # nothing settled yet, or nothing new
-        return [], after
-    rows = await conn.fetch(_FEED, after, bound, limit)
+        after = await conn.fetchval(_SINCE, since, SINCE_MARGIN)
+    rows = await conn.fetch(_FEED, after, limit)
     return rows, rows[-1]["seq"] if rows else after

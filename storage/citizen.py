@@ -4,7 +4,11 @@ Every change of a request is written with its audit entry in the same transactio
 stored only as a hash, checked under the request's row lock (so two guesses cannot both pass the attempt
 limit), and cleared once used. It goes to a phone on record for the person, never to the phone a request
 names. An unconfirmed request carries an expiry (cleared once confirmed or decided); `expire` deletes the
-expired ones with their evidence. An approval's changes go through the outbox in storage.approvals.
+expired ones with their evidence. Each identity has its own room for unconfirmed requests (`room`): a
+code's, each province's for checks in person, and one for requests about records that do not exist, so
+a flood of one never refuses another. Confirming and asking for a code answer alike whatever the
+identity (a request with no phone on record just never matches), and not at all once the request lapsed.
+An approval's changes go through the outbox in storage.approvals.
 """
 
 from __future__ import annotations
@@ -46,10 +50,16 @@ class Route:
     site_id: int | None  # None: the province's queue
     province: int
     phone: str | None  # the phone on record the code goes to; None: an identity check in person
+    on_record: bool = True  # the person has records
+    kind: str = "missing_dose"
 
     @property
     def identity(self) -> str:
-        return "code" if self.phone is not None else "in_person"
+        """code (a phone on record), in_person (none: checked at the province), or no_record (a request
+        about existing records for a national ID that has none: nobody is to check it)."""
+        if self.phone is not None:
+            return "code"
+        return "in_person" if self.on_record or self.kind == "missing_dose" else "no_record"
 
 
 async def phone_on_record(conn: asyncpg.Connection, national_id: str) -> str | None:
@@ -85,36 +95,39 @@ async def route(conn: asyncpg.Connection, body: RequestBody, provinces: set[int]
                      held[0]["province"] if held else None,
                      int(body.national_id[:3]) if len(body.national_id) == 12 else None):
         if province in provinces:
-            return Route(site_id if phone is not None else None, province, phone)
+            return Route(site_id if phone is not None else None, province, phone, bool(held), body.kind)
     return None
 
 
-async def unconfirmed_load(conn: asyncpg.Connection) -> tuple[int, int]:
-    """How many requests are unconfirmed (awaiting a code or an identity check in person), and the bytes
-    of their evidence: what hostile filing could pile up, capped by the settings."""
-    row = await conn.fetchrow("SELECT count(*) AS n, coalesce(sum(evidence_bytes), 0) AS size"
-                              " FROM correction_requests WHERE expires_at IS NOT NULL")
+async def room_load(conn: asyncpg.Connection, route: Route) -> tuple[int, int]:
+    """How many unconfirmed requests share `route`'s room, and the bytes of their evidence: what hostile
+    filing could pile up there, capped by the settings. Rooms: the code requests', each province's in-person
+    requests', the no_record requests'."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, coalesce(sum(evidence_bytes), 0) AS size FROM correction_requests"
+        " WHERE expires_at IS NOT NULL AND identity = $1 AND ($2::int IS NULL OR province = $2)",
+        route.identity, route.province if route.identity == "in_person" else None)
     return row["n"], row["size"]
 
 
 async def create(conn: asyncpg.Connection, *, request_id: str, body: RequestBody, route: Route,
-                 code_hash: bytes | None, code_expires_at: dt.datetime | None, expires_at: dt.datetime,
-                 evidence: list[tuple[str, bytes, bytes]]) -> None:
+                 code_hash: bytes | None, code_expires_at: dt.datetime, expires_at: dt.datetime,
+                 confirm_by: dt.datetime, evidence: list[tuple[str, bytes, bytes]]) -> None:
     """A new request, kept until `expires_at` unless confirmed or decided: awaiting its code, or, without a
-    phone on record (`code_hash` None), submitted to the province's queue for an identity check in person.
-    Evidence is (content type, sha256, bytes)."""
-    status = "pending_otp" if route.phone is not None else "submitted"
+    phone on record, submitted to the province's queue for an identity check in person; a no_record request
+    awaits nothing (pending, in no queue) until it expires. Evidence is (content type, sha256, bytes)."""
+    status = "submitted" if route.identity == "in_person" else "pending_otp"
     size = sum(len(content) for _, _, content in evidence)
     async with conn.transaction():
         await conn.execute(
             "INSERT INTO correction_requests (request_id, status, kind, national_id, full_name, birth_date, phone,"
             " claimed, note, site_id, province, otp_hash, otp_expires_at, identity, otp_phone, evidence_bytes,"
-            " expires_at, submitted_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12, $13, $14, $15, $16, $17,"
+            " expires_at, confirm_by, submitted_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,"
             "  CASE WHEN $2 = 'submitted' THEN now() END)",
             request_id, status, body.kind, body.national_id, body.full_name, body.birth_date, body.phone,
             _json(body.dose or {}), body.note, route.site_id, route.province, code_hash, code_expires_at,
-            route.identity, route.phone, size, expires_at)
+            route.identity, route.phone, size, expires_at, confirm_by)
         for n, (content_type, digest, content) in enumerate(evidence, start=1):
             await conn.execute("INSERT INTO correction_evidence (request_id, n, content_type, sha256, content)"
                                " VALUES ($1, $2, $3, $4, $5)", request_id, n, content_type, digest, content)
@@ -141,19 +154,29 @@ async def expire(conn: asyncpg.Connection, now: dt.datetime, *, limit: int = 500
     return gone
 
 
-async def confirm(conn: asyncpg.Connection, request_id: str, code: str, *, max_attempts: int) -> str | None:
-    """Check a code: 'submitted', 'wrong', 'locked' (too many wrong codes), 'expired', 'used' (confirmed
-    already), or None for an unknown request."""
+_AWAITING = ("SELECT status, otp_hash, otp_expires_at, otp_attempts, otp_sends, otp_phone, expires_at, confirm_by"
+             " FROM correction_requests WHERE request_id = $1 FOR UPDATE")
+
+
+def _lapsed(row, now: dt.datetime) -> bool:
+    """An unconfirmed request past its expiry or its `confirm_by` (an in-person one is kept longer for its
+    check, yet takes codes no longer than one awaiting a code): as good as gone."""
+    return row["expires_at"] is not None and (row["expires_at"] <= now or (row["confirm_by"] or now) <= now)
+
+
+async def confirm(conn: asyncpg.Connection, request_id: str, code: str, *, max_attempts: int, now: dt.datetime) -> str | None:
+    """Check a code: 'submitted', 'wrong', 'locked' (too many wrong codes), 'expired', 'used' (confirmed or
+    decided already), or None for an unknown or lapsed request. A request no code was sent for (no phone on
+    record) answers as one whose code is wrong, so the answers do not tell the identities apart."""
     async with conn.transaction():
-        row = await conn.fetchrow("SELECT status, otp_hash, otp_expires_at, otp_attempts FROM correction_requests"
-                                  " WHERE request_id = $1 FOR UPDATE", request_id)
-        if row is None:
+        row = await conn.fetchrow(_AWAITING, request_id)
+        if row is None or _lapsed(row, now):
             return None
-        if row["status"] != "pending_otp":
+        if row["expires_at"] is None:
             return "used"
         if row["otp_attempts"] >= max_attempts:
             return "locked"
-        if row["otp_expires_at"] is None or row["otp_expires_at"] <= dt.datetime.now(dt.UTC):
+        if row["otp_expires_at"] is None or row["otp_expires_at"] <= now:
             return "expired"
         if not code_matches(request_id, code, row["otp_hash"]):
             await conn.execute("UPDATE correction_requests SET otp_attempts = otp_attempts + 1, updated_at = now()"
@@ -170,25 +193,25 @@ async def confirm(conn: asyncpg.Connection, request_id: str, code: str, *, max_a
 
 
 async def resend(conn: asyncpg.Connection, request_id: str, code_hash: bytes, expires_at: dt.datetime, *,
-                 max_sends: int) -> tuple[str | None, str | None]:
-    """A new code replaces the old (attempts start again): ('sent', the phone on record it goes to), or
-    ('used' | 'exhausted' | None for an unknown request, None). The code never outlives the request."""
+                 max_sends: int, now: dt.datetime) -> tuple[str | None, str | None, dt.datetime]:
+    """A new code replaces the old (attempts start again): ('sent', the phone on record it goes to, or None
+    when there is none: nothing is sent, and it is answered alike), or ('used' | 'exhausted' | None for an
+    unknown or lapsed request, None). The code never outlives the request; its expiry is the third value."""
     async with conn.transaction():
-        row = await conn.fetchrow("SELECT status, otp_sends, otp_phone, expires_at FROM correction_requests"
-                                  " WHERE request_id = $1 FOR UPDATE", request_id)
-        if row is None:
-            return None, None
-        if row["status"] != "pending_otp":
-            return "used", None
+        row = await conn.fetchrow(_AWAITING, request_id)
+        if row is None or _lapsed(row, now):
+            return None, None, expires_at
+        if row["expires_at"] is None:
+            return "used", None, expires_at
         if row["otp_sends"] >= max_sends:
-            return "exhausted", None
-        if row["expires_at"] is not None:
-            expires_at = min(expires_at, row["expires_at"])
+            return "exhausted", None, expires_at
+        expires_at = min(expires_at, row["expires_at"], row["confirm_by"] or expires_at)
         await conn.execute(
             "UPDATE correction_requests SET otp_hash = $2, otp_expires_at = $3, otp_attempts = 0,"
-            " otp_sends = otp_sends + 1, updated_at = now() WHERE request_id = $1", request_id, code_hash, expires_at)
+            " otp_sends = otp_sends + 1, updated_at = now() WHERE request_id = $1", request_id,
+            code_hash if row["otp_phone"] is not None else None, expires_at)
         await audit(conn, "citizen", "code_resent", request_id=request_id, after={"sends": row["otp_sends"] + 1})
-        return "sent", row["otp_phone"]
+        return "sent", row["otp_phone"], expires_at
 
 
 async def get(conn: asyncpg.Connection, request_id: str, *, lock: bool = False) -> asyncpg.Record | None:

@@ -32,8 +32,9 @@ import msgspec
 from prometheus_client import Counter, Histogram
 
 from vaxline.dcc.issue import Signer, expiry, new_uvci
-from vaxline.dcc.keys import KeyStore, NoSigningKey
+from vaxline.dcc.keys import KeyPermissions, KeyStore, NoSigningKey
 from vaxline.dcc.payload import statement
+from vaxline.filemodes import Reminder
 
 from . import ACQUIRE_TIMEOUT
 from . import certificates as store
@@ -61,38 +62,53 @@ class Meters(Protocol):
 
 
 class Signing:
-    """The newest key's signer, reloaded when the keys folder changes (a rotation needs no restart)."""
+    """The newest key's signer, reloaded when the keys folder changes (a rotation needs no restart).
+
+    A key folder or key open to other users (KeyPermissions) is refused, not taken for a missing key: it
+    is raised to every caller, logged with its path, mode and chmod when met and again every minute while
+    it lasts, and the chmod that fixes it changes the folder's version, so signing resumes by itself."""
 
     def __init__(self, keys: KeyStore):
         self._keys = keys
-        self._version: int | None = None
+        self._version: tuple | None = None
         self._signer: Signer | None = None
         self._missing = ""  # why there is no signer, for this version of the folder
+        self._refused: KeyPermissions | None = None
+        self._remind = Reminder(log)  # this signer's own: a certifier's line each minute, whatever ingest logs
 
     def signer(self) -> Signer:
-        """Raises NoSigningKey when no key here may sign (a deployment that signs elsewhere)."""
+        """Raises NoSigningKey when no key here may sign (a deployment that signs elsewhere), KeyPermissions
+        when the folder or a key is open to other users."""
         version = self._keys.version()
         if version != self._version:
             self._load()
             self._version = version
+        if self._refused is not None:
+            self._remind(self._refused, "signing keys refused, nothing is signed until the chmod")
+            raise self._refused.with_traceback(None)  # the same error each time, without growing its traceback
         if self._signer is None:
             raise NoSigningKey(self._missing)
         return self._signer
 
     def available(self) -> Signer | None:
+        """The signer, or None without a key that may sign; KeyPermissions is raised, never None."""
         try:
             return self.signer()
         except NoSigningKey:
             return None
 
     def _load(self) -> None:
+        self._signer, self._refused = None, None
         try:
             self._signer = Signer(self._keys.signing_key())
         except NoSigningKey as e:
-            self._signer, self._missing = None, str(e)
+            self._missing = str(e)
+            return
+        except KeyPermissions as e:  # before PermissionError's clause, were it ever one again
+            self._refused = e
             return
         except PermissionError:  # the private half is another user's: this process does not sign
-            self._signer, self._missing = None, f"the signing key in {self._keys.directory} is not readable"
+            self._missing = f"the signing key in {self._keys.directory} is not readable by this process's user"
             return
         # As the EU trust lists write a kid: base64 (a hex kid may look like a run of ID digits).
         log.info("signing with key kid=%s", base64.b64encode(self._signer.key.kid).decode())

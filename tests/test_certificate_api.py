@@ -191,7 +191,7 @@ async def test_lookup_fails_closed_when_redis_is_unreachable(settings, monkeypat
 
 
 async def test_verify_judges_against_the_trust_list_and_revocations(make_settings, db, signing_key):
-    settings = make_settings(revocations_settled=0.0)  # list revocations at once (the default waits a minute)
+    settings = make_settings()
     async with running_stack(settings, certifiers=1) as stack:
         person, uvci = await certified(stack, db)
         found = await looked_up(stack, person)

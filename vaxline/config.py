@@ -68,8 +68,6 @@ class Settings:
     # Proxies whose X-Forwarded-For ingest believes (addresses or CIDRs, comma-separated); empty: none,
     # and the client is the socket's peer.
     trusted_proxies: str = ""
-    # GET /v1/revocations lists revocations at least this old: no later commit can still add an older one.
-    revocations_settled: float = 60.0
 
     # Review: reviewers take up to review_max_persons due persons per transaction, and look again
     # every review_interval seconds once none are due.
@@ -86,10 +84,13 @@ class Settings:
     otp_max_sends: int = 3
     correction_rate_limit: int = 10
     otp_sender: str = ""
-    # Filing is refused before its body is read past the per-address limit, or while the unconfirmed
-    # requests (awaiting a code, or an identity check in person) number correction_unconfirmed_max or
-    # hold correction_unconfirmed_bytes of evidence; then, before any image is read, past
-    # correction_person_limit requests per national ID or correction_phone_limit per phone named, a day.
+    # Filing is refused before its body is read past the per-address limit (or a body no room could
+    # take); then, before any image is read, past correction_person_limit requests per national ID or
+    # correction_phone_limit per phone on record a day, or while the request's room is full: requests
+    # awaiting a code number correction_unconfirmed_max or hold correction_unconfirmed_bytes of evidence,
+    # or, per province, those awaiting a check in person number correction_in_person_max or hold
+    # correction_in_person_bytes. Requests about records of a national ID with none (no_record) keep no
+    # evidence; past correction_no_record_max of them, they are answered alike and not stored.
     # An unconfirmed request is deleted with its evidence correction_unconfirmed_ttl seconds after filing
     # (correction_in_person_ttl when it awaits an identity check in person) by ingest's housekeeping, which
     # also re-drives approved changes the stream could not take, every correction_housekeeping_interval s.
@@ -99,6 +100,9 @@ class Settings:
     correction_unconfirmed_bytes: int = 1024**3
     correction_unconfirmed_ttl: float = 3600.0
     correction_in_person_ttl: float = 14 * 86400.0
+    correction_in_person_max: int = 500
+    correction_in_person_bytes: int = 256 * 1024**2
+    correction_no_record_max: int = 10_000
     correction_housekeeping_interval: float = 30.0
 
     data_dir: Path = Path(".vaxline")

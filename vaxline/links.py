@@ -7,7 +7,9 @@ birth date, and past the guess limit a one-time code) hands one out, valid `cert
 seconds.
 
 The secret is `VAXLINE_SERVER_SECRET` (hex), or `<data_dir>/server-secret`, made once (0600) by the
-first process that needs it and read by the others; it never lives in the repository. The same secret
+first process that needs it and read by the others; it never lives in the repository. As sensitive as a
+signing key, the file is refused (vaxline.filemodes.LooseMode, naming the path, its mode and the chmod)
+when it is looser than 0600 or its folder is writable by other users (who could replace it). The same secret
 keys the national-ID hashes that count wrong birth dates in Redis (`keyed_digest`), so those keys say
 nothing to whoever reads Redis. A new secret invalidates every link handed out (minutes' worth) and
 restarts those counts.
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 
 from .config import Settings
+from .filemodes import OTHERS_WRITE, OWNER_ONLY, refuse_loose
 
 SECRET_BYTES = 32
 SECRET_FILE = "server-secret"
@@ -48,9 +51,12 @@ def server_secret(settings: Settings) -> bytes:
 
 def _file_secret(path: Path) -> bytes:
     """Read the secret, or write a new one where no other process has: written whole to a private file
-    first, then linked into place (fails if one is there already), so no reader sees half of one."""
+    first, then linked into place (fails if one is there already), so no reader sees half of one. A file
+    or folder that other users could read or replace is refused (LooseMode) before a byte is read."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)  # under a umask of 002 too: not group-writable
+    refuse_loose(path.parent, forbidden=OTHERS_WRITE, fix="go-w",
+                 problem="writable by other users than its owner, who could replace the server secret in it")
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
         draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
         fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
@@ -61,6 +67,7 @@ def _file_secret(path: Path) -> bytes:
             pass  # another process was first: theirs is the secret
         finally:
             draft.unlink()
+    refuse_loose(path, forbidden=OWNER_ONLY, fix="600")
     secret = bytes.fromhex(path.read_text(encoding="ascii").strip())
     if len(secret) < 16:
         raise BadSecret(f"{path} holds no usable secret")

@@ -1,25 +1,35 @@
 -- Citizen correction requests, round 2 (issue 16).
 --
 -- The one-time code goes to a phone on record for the person (otp_phone: the phone a site recorded for
--- them), never to the phone a request names; a person with no phone on record is checked in person at the
--- province (identity 'in_person'). Unconfirmed requests (awaiting their code, or an identity check in
--- person) expire: expires_at is set while a request is unconfirmed and cleared once it is confirmed or
--- decided, and a retention job deletes the expired ones with their evidence (ON DELETE CASCADE).
--- evidence_bytes is what a request's images weigh, so the unconfirmed total is read without the images.
+-- them), never to the phone a request names. identity says how the person is to be identified: 'code'
+-- (a phone on record), 'in_person' (none: checked in person at the province), or 'no_record' (a request
+-- about existing records for a national ID that has none: it awaits nobody, keeps no evidence and expires
+-- like an unconfirmed code request). Unconfirmed requests expire: expires_at is set while a request is
+-- unconfirmed and cleared once it is confirmed or decided, and a retention job deletes the expired ones
+-- with their evidence (ON DELETE CASCADE). evidence_bytes is what a request's images weigh, so the room
+-- left for unconfirmed requests is read without the images; each identity has its own room (in-person
+-- requests one per province), so a flood of one kind never refuses the others.
+--
+-- Requests still awaiting their code when this runs had it sent to the phone they typed: that code is
+-- void (otp_hash cleared), no new one can be sent (no otp_phone), and they expire an hour after filing.
 
 ALTER TABLE correction_requests
-    ADD COLUMN identity       text NOT NULL DEFAULT 'code' CHECK (identity IN ('code', 'in_person')),
+    ADD COLUMN identity       text NOT NULL DEFAULT 'code' CHECK (identity IN ('code', 'in_person', 'no_record')),
     ADD COLUMN otp_phone      text,
     ADD COLUMN evidence_bytes bigint NOT NULL DEFAULT 0,
-    ADD COLUMN expires_at     timestamptz;
+    ADD COLUMN expires_at     timestamptz,
+    ADD COLUMN confirm_by     timestamptz; -- unconfirmed: codes are checked and sent until then (any identity)
 
 UPDATE correction_requests r
-   SET otp_phone = r.phone, expires_at = r.created_at + interval '1 hour',
+   SET otp_hash = NULL, otp_expires_at = NULL, expires_at = r.created_at + interval '1 hour',
+       confirm_by = r.created_at + interval '1 hour',
        evidence_bytes = coalesce((SELECT sum(length(e.content)) FROM correction_evidence e
                                    WHERE e.request_id = r.request_id), 0)
  WHERE r.status = 'pending_otp';
 
 CREATE INDEX correction_requests_unconfirmed ON correction_requests (expires_at) INCLUDE (evidence_bytes)
+    WHERE expires_at IS NOT NULL;
+CREATE INDEX correction_requests_rooms ON correction_requests (identity, province) INCLUDE (evidence_bytes)
     WHERE expires_at IS NOT NULL;
 
 ALTER TABLE correction_evidence

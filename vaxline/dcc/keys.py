@@ -5,6 +5,8 @@
 
 The folder is 0700 and each private key 0600: loading refuses a folder or a key that another user could
 read (KeyPermissions, naming the path, its mode and the chmod that fixes it), as ssh refuses a key.
+KeyPermissions is a vaxline.filemodes.LooseMode, not an OSError: nobody may take it for an I/O failure
+to wait out. `version()` changes with a mode too, so a chmod that fixes one is noticed without a restart.
 
 Rotation adds a key; certifiers sign with the newest one and the older ones
 stay in the trust list, so certificates they signed keep verifying. A key
@@ -17,8 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shlex
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from vaxline.filemodes import LooseMode, refuse_loose
 
 from .issue import SigningKey, expiry
 from .trust import EKU_VACCINATION, kid_of
@@ -37,13 +39,8 @@ class NoSigningKey(FileNotFoundError):
     """No key here may sign now."""
 
 
-class KeyPermissions(PermissionError):
+class KeyPermissions(LooseMode):
     """The key folder, a private key or a DSC is open to other users than its owner: refused, not loaded."""
-
-    def __init__(self, path: Path, mode: int, wanted: int):
-        super().__init__(f"{path} has mode {mode:04o}, open to other users than its owner; it must be"
-                         f" {wanted:04o}: run `chmod {wanted:o} {shlex.quote(str(path))}`")
-        self.path, self.mode, self.wanted = path, mode, wanted
 
 
 # What each may allow beyond its owner: nothing for the folder and the private keys; a DSC is public
@@ -122,9 +119,20 @@ class KeyStore:
             elif path.suffix == ".crt":
                 _check_mode(path, *_PUBLIC)
 
-    def version(self) -> int:
-        """Changes when a key is added or removed: certifiers reload then."""
-        return self.directory.stat().st_mtime_ns if self.directory.is_dir() else 0
+    def version(self) -> tuple:
+        """Changes when a key is added, removed or replaced, or when the folder's or a file's mode changes
+        (a chmod leaves the folder's mtime alone, and a timestamp may not move within a clock tick): the
+        certifiers' signer and ingest's trust list reload then. A few stats: the folder holds a key a year."""
+        try:
+            folder = self.directory.stat()
+        except FileNotFoundError:
+            return ()
+        try:
+            with os.scandir(self.directory) as entries:
+                files = sorted(_file_version(entry) for entry in entries)
+        except OSError:  # not ours to list: loading says so
+            files = []
+        return (folder.st_ino, folder.st_mode, folder.st_mtime_ns, folder.st_ctime_ns, *files)
 
 
 def _self_signed_dsc(private_key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.Certificate:
@@ -151,9 +159,15 @@ def _self_signed_dsc(private_key: ec.EllipticCurvePrivateKey, now: dt.datetime) 
 
 
 def _check_mode(path: Path, wanted: int, forbidden: int) -> None:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & forbidden:
-        raise KeyPermissions(path, mode, wanted)
+    refuse_loose(path, forbidden=forbidden, fix=f"{wanted:o}", error=KeyPermissions)
+
+
+def _file_version(entry: os.DirEntry) -> tuple:
+    try:
+        found = entry.stat()
+    except FileNotFoundError:  # removed while listing: the folder's mtime has changed anyway
+        return (entry.name,)
+    return (entry.name, found.st_ino, found.st_mode, found.st_ctime_ns)
 
 
 def _write(path: Path, data: bytes, *, mode: int) -> None:
