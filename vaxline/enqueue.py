@@ -225,6 +225,7 @@ class Enqueuer:
                                           stale_after=10 * poll_interval, rng=rng or random.Random())
         self._shards_checked = False
         self._poller: asyncio.Task | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         """Start polling; refuses to start with another shard count than the deployment's."""
@@ -241,9 +242,14 @@ class Enqueuer:
         if self._pipe is not None:
             await self._pipe.close()
         if self._poller:
+            # A cancellation can be swallowed by a redis-py command in flight (the poller then sleeps on,
+            # and awaiting it would hang the caller for ever): the loop also ends on `_stopping`, and the
+            # wait is bounded.
+            self._stopping = True
             self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            _, running = await asyncio.wait([self._poller], timeout=2 * self._poll_interval + 5)
+            if running:
+                log.warning("the backlog poller did not stop in time; left behind")
 
     def check_capacity(self) -> None:
         """Raise Overloaded when the last backlog reading is past a bound, with a jittered Retry-After: the
@@ -346,6 +352,7 @@ class Enqueuer:
             self._on_backlog(shard, entries)
 
     async def _poll(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self._poll_interval)
-            await self._refresh()
+            if not self._stopping:
+                await self._refresh()
