@@ -47,6 +47,12 @@ from tests.conftest import wait_until
 from tests.stack import running_stack
 from vaxline.sequence import VIETNAM
 
+# schemathesis imports its OpenAPI modules when a schema is first loaded, and the fuzzer loads it in a
+# thread. Python 3.11 compiles modules (and pytest rewrites them) with interpreter-wide AST state, and a
+# compile in that thread beside one in the main thread once failed with "SystemError: AST constructor
+# recursion depth mismatch": load them here, at collection, in the main thread.
+schemathesis.openapi.from_dict(openapi.document())
+
 POSITIVE_EXAMPLES = 40  # per operation: enough to walk every parameter, well under a minute for the whole file
 NEGATIVE_EXAMPLES = 25
 LINKED_EXAMPLES = 15  # per operation with links: the source, then each link's target
