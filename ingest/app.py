@@ -19,7 +19,7 @@ from vaxline.doses import BatchTooLarge, MalformedBatch
 from vaxline.entries import entry_of, parse_batch_id
 from vaxline.streams import eviction_risk
 
-from . import certificates, citizen, deadlines, decisions, housekeeping, openapi, quality, revocations
+from . import apidocs, certificates, citizen, deadlines, decisions, housekeeping, openapi, quality, revocations
 from .http import (  # noqa: F401 (Ingest and INGEST: the app's context, imported from here by the server and tests)
     BODY_FORMATS,
     INGEST,
@@ -166,6 +166,7 @@ def build_app(ingest: Ingest) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/openapi.json", openapi.get_openapi)
+    apidocs.register(app)
 
     certificates.register(app, ingest.settings, ingest.redis)
     revocations.register(app)

@@ -23,12 +23,13 @@ applies under any server (the tests' TestServer included).
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 
 from aiohttp import web
 
 from monitoring import metrics
+
+from .http import problem_response
 
 
 class ClientTooSlow(asyncio.TimeoutError):
@@ -55,7 +56,7 @@ class ClientDeadlines:
         try:
             return await handler(request)
         except ClientTooSlow as e:
-            response = web.Response(text=json.dumps({"error": str(e)}), status=408, content_type="application/json")
+            response = problem_response(408, str(e))
             response.force_close()
             return response
         finally:

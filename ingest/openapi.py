@@ -28,6 +28,7 @@ from vaxline.doses import DoseBatch
 
 from . import schemas
 from .certificates import LookupRequest, VerifyRequest
+from .http import PROBLEM_JSON, problem
 from .operations import (  # noqa: F401 (the examples and the pattern, read by the tests from here)
     _RETRY_AFTER,
     API_VERSION,
@@ -73,7 +74,7 @@ def _response(answer: Answer) -> dict:
 
 
 def _error(status: int, when: str) -> dict:
-    response: dict[str, Any] = {"description": when, "content": {"application/json": {"schema": _ref("Error")}}}
+    response: dict[str, Any] = {"description": when, "content": {PROBLEM_JSON: {"schema": _ref("Problem")}}}
     headers = {"WWW-Authenticate": {"$ref": "#/components/headers/WWW-Authenticate"}} if status == 401 else {}
     if status in _RETRY_AFTER:
         headers["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
@@ -111,7 +112,7 @@ def _components() -> dict[str, Any]:
     components["DoseCorrection"] = correction
     components["DoseBatch"]["properties"]["doses"]["maxItems"] = MAX_BATCH_DOSES
     components["RequestBody"]["allOf"] = CLAIM_RULES
-    components["Error"]["examples"] = [{"error": "missing or unknown bearer token"}]
+    components["Problem"]["examples"] = [problem(401, "missing or unknown bearer token")]
     return _ecma_patterns(dict(sorted(components.items())))
 
 
@@ -137,11 +138,14 @@ def document() -> dict[str, Any]:
             "title": "vaxline",
             "version": API_VERSION,
             "description": "The ingestion core of a national vaccination platform: sites post doses, citizens"
-                           " look up, verify and correct their certificates. Every error answers JSON with a"
-                           " human-readable `error`. Any endpoint that reads Postgres or Redis answers 503 with"
-                           " `Retry-After` when they fail under it. aiohttp answers HEAD beside every GET (not"
-                           " listed), and a JSON 404 or 405 for an unknown path or method. An integer is written"
-                           " as one (`2`, not `2.0`, which JSON Schema would also call an integer).",
+                           " look up, verify and correct their certificates. Every error answers RFC 9457 problem"
+                           " details (`application/problem+json`: `type`, `title`, `status`, `detail`), with"
+                           " `error`, the same words as `detail`, for existing clients (docs/api.md#errors)."
+                           " Any endpoint that reads Postgres or Redis answers 503 with `Retry-After` when they"
+                           " fail under it. aiohttp answers HEAD beside every GET (not listed), and problem"
+                           " details with 404 or 405 for an unknown path or method. An integer is written as one"
+                           " (`2`, not `2.0`, which JSON Schema would also call an integer). `/docs` shows this"
+                           " document (Redoc, served from the installed package).",
         },
         "tags": [{"name": name} for name in dict.fromkeys(op.tag for op in OPERATIONS)],
         "paths": paths,

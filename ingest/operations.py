@@ -491,6 +491,20 @@ OPERATIONS: tuple[Operation, ...] = (
         "get", "/openapi.json", "openapi", "This document", "", "operations", (),
         {200: Answer("the OpenAPI document", media=(("application/json", {"type": "object"}),))}, {},
     ),
+    Operation(
+        "get", "/docs", "docs", "This document, to read in a browser",
+        "Redoc renders `/openapi.json`; the page and its script come from this server only (a Content-Security-Policy"
+        " allows no other origin).", "operations", (),
+        {200: Answer("the page", media=(("text/html", {"type": "string"}),))}, {},
+    ),
+    Operation(
+        "get", "/docs/assets/{asset}", "docsAsset", "A file of the `/docs` page",
+        "Served from the installed `openapi-ui-bundles` package.", "operations", (),
+        {200: Answer("the file", media=(("text/javascript", {"type": "string"}), ("image/svg+xml", {"type": "string"})))},
+        {404: "no such file"},
+        parameters=(_param("asset", "path", {"type": "string", "minLength": 1, "maxLength": 64},
+                           "the file's name: `redoc.standalone.js` or `logo-mini.svg`", example="redoc.standalone.js"),),
+    ),
 )
 
 

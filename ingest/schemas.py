@@ -46,10 +46,21 @@ Sex = Literal["M", "F"]
 _Struct = dict(forbid_unknown_fields=True)
 
 
-class Error(msgspec.Struct, **_Struct):
-    """Every answer with a status of 400 or more (but /readyz's 503) is this."""
+class Problem(msgspec.Struct):
+    """Every answer with a status of 400 or more (but /readyz's 503) is this, as `application/problem+json`:
+    RFC 9457 problem details, with `error` kept for the clients of the first releases. Open to extension
+    members, as RFC 9457 allows."""
 
-    error: Annotated[str, msgspec.Meta(min_length=1, description="what went wrong, in words")]
+    type: Annotated[str, msgspec.Meta(
+        min_length=1, extra_json_schema={"format": "uri"},
+        description="`about:blank` when the status says it all, else a problem type listed in docs/api.md#errors"
+                    " (https://vaxline.example/problems/...): an identifier, not a page to fetch")]
+    title: Annotated[str, msgspec.Meta(min_length=1, description="the problem type's short summary (for about:blank,"
+                                                                 " the status's reason phrase)")]
+    status: Annotated[int, msgspec.Meta(ge=400, le=599, description="the HTTP status of this answer")]
+    detail: Annotated[str, msgspec.Meta(min_length=1, description="what went wrong this time, in words")]
+    error: Annotated[str, msgspec.Meta(min_length=1, description="the same as `detail` (the error body of the"
+                                                                 " first releases)")]
 
 
 # POST /v1/doses, GET /v1/batches/{batch_id}
@@ -450,7 +461,7 @@ class Readiness(msgspec.Struct, **_Struct):
     error: str | msgspec.UnsetType = msgspec.UNSET  # when not ready
 
 
-RESPONSES = (Error, BatchAccepted, BatchReceipt, BatchFailed, PersonDoses, CorrectionAccepted, DoseHistory, Person,
+RESPONSES = (Problem, BatchAccepted, BatchReceipt, BatchFailed, PersonDoses, CorrectionAccepted, DoseHistory, Person,
              Stats, ReviewList, Reconciliation, Certificate, LookupAnswer, CertificateSummary, Verdict, TrustListBody,
              Revocations, CorrectionFiled, CodeSent, CorrectionConfirmed, CitizenView, CorrectionRequest,
              CorrectionQueue, AuditLog, Health, Readiness)

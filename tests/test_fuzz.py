@@ -4,13 +4,13 @@ Every operation gets the document's examples, a bounded number of valid requests
 (seeded: CI sees the same requests every run), with a token for each security scheme it accepts; then the
 document's links are followed from valid requests (a posted batch to its receipt, a correction to the record,
 a filed request to its confirmation, its new code and the citizen's view). Every answer must be free of 5xx,
-carry the JSON `error` body when it is a 4xx, and conform to the document (status, media type, headers, body).
+carry problem details (with `error`) when it is a 4xx, and conform to the document (status, media type, headers, body).
 
 Covers: schemathesis against the running service with the document: every operation's examples, 40 valid and
 25 invalid requests (seeded, with a token for each scheme it accepts, dates as desks send them half the time
 so doses and claims get past validation), then 15 valid requests per operation with links, each followed to
 its target (batch to receipt, correction to record, filed request to confirmation, new code and citizen's
-view): no 5xx, every 4xx with the JSON `error` body, every answer conforming to the document (status, media
+view): no 5xx, every 4xx with problem details (`application/problem+json`, `error` beside `detail`), every answer conforming to the document (status, media
 type, headers, schema). Rate limits are raised for it (429 stays documented). About 20-30 s;
 `VAXLINE_FUZZ_SEED=N` explores other requests. Beside it, what the fuzzer found, as plain regressions: a NUL
 character or an out-of-range number or time in a path or query is a 4xx with the `error` body, never a 503
@@ -60,13 +60,16 @@ SEED = int(os.environ.get("VAXLINE_FUZZ_SEED", "20210814"))  # another seed expl
 
 
 def error_body(ctx, response, case) -> bool | None:
-    """Every 4xx answers JSON with a human-readable `error` string."""
+    """Every 4xx answers RFC 9457 problem details, its own status in `status`, with a human-readable `detail`
+    and the same words in `error`."""
     if 400 <= response.status_code < 500:
-        assert response.headers.get("content-type", [""])[0].startswith("application/json"), \
-            f"a {response.status_code} without a JSON body"
+        assert response.headers.get("content-type", [""])[0].startswith("application/problem+json"), \
+            f"a {response.status_code} without a problem details body"
         body = response.json()
         assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], \
             f"a {response.status_code} without an `error`: {response.text[:200]}"
+        assert body["detail"] == body["error"] and body["status"] == response.status_code, response.text[:200]
+        assert body["type"] == "about:blank" or body["type"].startswith("https://vaxline.example/problems/")
     return None
 
 

@@ -79,7 +79,8 @@ def test_the_document_is_openapi_3_1_with_security_on_every_operation():
                 assert "401" in operation["responses"], (method, path)
             for status, response in operation["responses"].items():
                 if int(status) >= 400 and path != "/readyz":
-                    assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+                    assert response["content"] == {"application/problem+json": {
+                        "schema": {"$ref": "#/components/schemas/Problem"}}}, (method, path, status)
 
 
 def _validator(document: dict, schema: dict):

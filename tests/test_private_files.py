@@ -106,7 +106,10 @@ async def test_ingest_answers_a_refused_key_folder_with_a_500_that_names_no_path
                        await stack.client.post("/v1/certificates/verify", json={"hc1": "HC1:NCF"})]
         for answer in answers:
             body = await answer.text()
-            assert answer.status == 500 and json.loads(body) == {"error": MISCONFIGURED}, body
+            assert answer.status == 500 and answer.content_type == "application/problem+json", body
+            assert json.loads(body) == {"type": "https://vaxline.example/problems/misconfigured", "status": 500,
+                                        "title": "The server is misconfigured", "detail": MISCONFIGURED,
+                                        "error": MISCONFIGURED}, body
             assert str(keys.directory) not in body and "Retry-After" not in answer.headers
         assert len(refusals(caplog, keys.directory, 0o755, "700", logger="ingest")) == 1, caplog.text  # not per request
         os.chmod(keys.directory, 0o700)
