@@ -67,7 +67,7 @@ from vaxline.doses import FIELD_RULES, NationalId, field_errors
 from vaxline.links import CertificateLinks, server_secret
 
 from .clients import client_address, limit_key
-from .http import INGEST, ApiError, json_response
+from .http import INGEST, ApiError, Ingest, json_response
 from .lookup_guard import LookupGuard
 
 MAX_HC1 = 8192  # a QR code holds at most 4296 alphanumeric characters; twice that is not a DCC
@@ -258,8 +258,7 @@ async def get_certificate(request: web.Request) -> web.Response:
     images = request.app[CERTIFICATES].qr_images
     image = images.get(uvci, fmt) if fmt != "json" else None
     if image is None:
-        async with request.app[INGEST].pool.acquire() as conn:
-            record = await store.by_uvci(conn, uvci)
+        record = await _by_uvci(request.app[INGEST], uvci)
         if record is None:
             raise ApiError(404, "no certificate with this UVCI")
         if fmt == "json":
@@ -270,6 +269,17 @@ async def get_certificate(request: web.Request) -> web.Response:
         image = await asyncio.to_thread(qr_image, record["hc1"], fmt)
         images.put(uvci, fmt, image)
     return web.Response(body=image, content_type=FORMATS[fmt], headers={**NO_STORE, "Vary": "Accept"})
+
+
+async def _by_uvci(ingest: Ingest, uvci: str) -> Mapping | None:
+    """The certificate, from the read replica; one it does not know yet is asked of the primary: a lookup may
+    have issued it there a moment ago, and its link must work at once."""
+    async with ingest.read_pool.acquire() as conn:
+        record = await store.by_uvci(conn, uvci)
+    if record is None and ingest.read_pool is not ingest.pool:
+        async with ingest.pool.acquire() as conn:
+            record = await store.by_uvci(conn, uvci)
+    return record
 
 
 def signed_link(links: CertificateLinks, uvci: str, query: Mapping[str, str]) -> bool:
@@ -380,7 +390,7 @@ async def post_lookup(request: web.Request) -> web.Response:
     query = await decoded_body(request, _lookup_decoder, LookupRequest)
     deadline = started + certificates.lookup_floor
     try:
-        answer = await _guarded_lookup(request.app[INGEST].pool, certificates, query, deadline)
+        answer = await _guarded_lookup(request.app[INGEST], certificates, query, deadline)
     except (TimeoutError, RedisError, OSError) as e:  # fail closed: no count per national ID, no lookup
         raise ApiError(503, "the lookup limiter is unavailable; retry later", headers={"Retry-After": "5"}) from e
     # Every answer is built, then held to the floor: neither body nor timing tells a wrong birth date from an
@@ -391,19 +401,19 @@ async def post_lookup(request: web.Request) -> web.Response:
     return answer
 
 
-async def _guarded_lookup(pool: asyncpg.Pool, certificates: Certificates, query: LookupRequest,
+async def _guarded_lookup(ingest: Ingest, certificates: Certificates, query: LookupRequest,
                           deadline: float) -> web.Response | ApiError:
     """Counted as a wrong guess of this national ID until found; past the limit, only with the right code."""
     guard, national_id = certificates.guard, query.national_id
     certificates.signing.available()  # a refused key folder (KeyPermissions: a 500) before a guess is counted
     if not await guard.guess(national_id) and not (query.code and await guard.redeem(national_id, query.code)):
         async def phones() -> list[str]:
-            async with pool.acquire() as conn:
+            async with ingest.read_pool.acquire() as conn:
                 return await store.phones_on_record(conn, national_id)
         await guard.challenge(national_id, phones, wait=deadline - time.monotonic())
         metrics.certificate_lookups.labels(result="code_required").inc()
         return ApiError(403, CODE_NEEDED)
-    record = await current_certificate(pool, certificates.signing, query)
+    record = await current_certificate(ingest.pool, certificates.signing, query, read_pool=ingest.read_pool)
     metrics.certificate_lookups.labels(result="found" if record else "not_found").inc()
     if record is None:
         return ApiError(404, NOT_FOUND)
@@ -411,21 +421,27 @@ async def _guarded_lookup(pool: asyncpg.Pool, certificates: Certificates, query:
     return lookup_response(record, certificates.links)
 
 
-async def current_certificate(pool: asyncpg.Pool, signing: issuing.Signing, query: LookupRequest) -> Mapping | None:
+async def current_certificate(pool: asyncpg.Pool, signing: issuing.Signing, query: LookupRequest, *,
+                              read_pool: asyncpg.Pool | None = None) -> Mapping | None:
     """The person's current certificate, stating every persisted dose: issued now when the stored one is
-    behind their history and a key here may sign; else what is stored."""
+    behind their history and a key here may sign; else what is stored.
+
+    Read from `read_pool` (a hot standby) when given; a certificate that is behind is issued on the primary
+    (`pool`) from the primary's own fresh read of the history, and read back from there (its own write)."""
+    read_pool = read_pool or pool
     if signing.available() is None:  # a deployment that certifies elsewhere
-        async with pool.acquire() as conn:
+        async with read_pool.acquire() as conn:
             return await store.current_for(conn, query.national_id, query.birth_date)
-    async with pool.acquire() as conn:
+    async with read_pool.acquire() as conn:
         found = await store.lookup(conn, query.national_id, query.birth_date)
     if found is None:
         return None
     if not issuing.behind(found.person):  # the common case: no second query, no signing
         return found.certificate
-    # No connection held while signing; a lost race is rebuilt from a fresh read, as a certifier does.
+    # No connection held while signing; a lost race is rebuilt from a fresh read, as a certifier does. The
+    # standby's snapshot may trail the primary's: issuing reads the history again there.
     await issuing.certify(pool, signing, {query.national_id: found.due_since()}, issuing.Outcome(),
-                          metrics=metrics, people=[found.person])
+                          metrics=metrics, people=[found.person] if read_pool is pool else None)
     async with pool.acquire() as conn:
         return await store.current_for(conn, query.national_id, query.birth_date)
 
@@ -474,7 +490,7 @@ async def post_verify(request: web.Request) -> web.Response:
     verdict = verify(body.hc1, trust)
     uvci = verdict.uvci
     if uvci is not None and _uvci.fullmatch(uvci):  # only our UVCIs can be in our revocations
-        async with request.app[INGEST].pool.acquire() as conn:
+        async with request.app[INGEST].read_pool.acquire() as conn:
             revoked = await store.is_revoked(conn, uvci)
         if revoked:  # rare: judge again with the revocation known, so every stage is reported in one verdict
             verdict = verify(body.hc1, trust, revoked={uvci_hash(uvci)})

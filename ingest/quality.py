@@ -161,7 +161,7 @@ async def person_asked(request: web.Request) -> str:
 async def get_person_doses(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
     national_id = await person_asked(request)
-    async with ingest.pool.acquire() as conn:
+    async with ingest.read_pool.acquire() as conn:
         rows = await dose_store.person_doses(conn, national_id)
     if not rows:
         raise ApiError(404, "no persisted doses for this person")
@@ -171,7 +171,7 @@ async def get_person_doses(request: web.Request) -> web.Response:
 async def get_person(request: web.Request) -> web.Response:
     ingest = request.app[INGEST]
     national_id = await person_asked(request)
-    async with ingest.pool.acquire() as conn:
+    async with ingest.read_pool.acquire() as conn:
         person, flagged = await review.person(conn, national_id)
     if person is None or not person["records"]:  # a person whose every record was withdrawn or moved away
         raise ApiError(404, "no persisted doses for this person")
@@ -197,7 +197,7 @@ async def scope_of(request: web.Request, principal: Principal) -> Scope:
     site = None
     if code is not None:
         if code.isprintable():  # no site has another code (and Postgres refuses a NUL)
-            async with request.app[INGEST].pool.acquire() as conn:
+            async with request.app[INGEST].read_pool.acquire() as conn:
                 site = await site_by_code(conn, code)
         if site is None and principal.is_operator:
             raise ApiError(404, f"no site {code!r}")
@@ -264,7 +264,7 @@ async def get_stats(request: web.Request) -> web.Response:
     if first > last:
         raise ApiError(400, "from: must not be after to")
     scope = await scope_of(request, principal)
-    async with request.app[INGEST].pool.acquire() as conn:
+    async with request.app[INGEST].read_pool.acquire() as conn:
         rows = await stats.counted_doses(conn, stats.StatsQuery(first, last, group_by, scope.province, scope.site_id))
     rows = [_jsonable(r) for r in rows]
     if _wants_csv(request):
@@ -283,7 +283,7 @@ async def get_review(request: web.Request) -> web.Response:
         raise ApiError(400, "limit: at most 10000")
     offset = _int_param(query, "offset") or 0
     scope = await scope_of(request, principal)
-    async with request.app[INGEST].pool.acquire() as conn:
+    async with request.app[INGEST].read_pool.acquire() as conn:
         rows, total = await review.review_list(conn, review.ReviewQuery(scope.site_id, scope.province, flag, limit,
                                                                         offset))
     items = [_jsonable(r) for r in rows]

@@ -59,7 +59,8 @@ def register(app: web.Application) -> None:
 
 async def get_revocations(request: web.Request) -> web.Response:
     after, since = _cursor(request.query)
-    async with request.app[INGEST].pool.acquire() as conn:
+    # The read replica when there is one: it replays commits in order, so its feed is a prefix of the primary's.
+    async with request.app[INGEST].read_pool.acquire() as conn:
         rows, last = await store.revocations(conn, after=after, since=since, limit=REVOCATIONS_PAGE)
     complete = len(rows) < REVOCATIONS_PAGE
     page = RevocationPage([Revocation(row["hash"], row["revoked_at"], row["seq"]) for row in rows],

@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 
 import asyncpg
 import uvloop
 from aiohttp import web
 
 from monitoring import metrics
+from storage.replica import replica_lag
 from vaxline.config import Settings
 from vaxline.dcc.keys import KeyStore
 from vaxline.doses import BatchValidator
@@ -56,12 +58,16 @@ async def ingest_app(settings: Settings):
     """The app with its pools and background tasks, closed on exit."""
     proxies = startup_checks(settings)  # before any connection: a bad setting stops the start, named
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=4, command_timeout=10)
+    # The standby's pool, when there is one: min_size=0, so a standby down at start fails its reads (503), not
+    # the start or the writes.
+    read_pool = (await asyncpg.create_pool(settings.database_read_url, min_size=0, max_size=4, command_timeout=10)
+                 if settings.database_read_url else pool)
     redis = connect_redis(settings)
     enqueuer = Enqueuer(redis, settings, on_backlog=_export_backlog)
     await enqueuer.start()
     ingest = Ingest(
         settings=settings, pool=pool, redis=redis, auth=SiteAuth(pool), enqueuer=enqueuer,
-        validator=BatchValidator(max_doses=settings.max_batch_doses),
+        validator=BatchValidator(max_doses=settings.max_batch_doses), read_pool=read_pool,
     )
     try:
         app = build_app(ingest)
@@ -70,6 +76,8 @@ async def ingest_app(settings: Settings):
     finally:
         await enqueuer.stop()
         await redis.aclose()
+        if read_pool is not pool:
+            await read_pool.close()
         await pool.close()
 
 
@@ -85,10 +93,13 @@ async def serve(settings: Settings, *, host: str, port: int, stop: asyncio.Event
             await site.start()
         log.info("ingest listening on %s:%d", host, port)
         counter = asyncio.create_task(_count_connections(runner, app[INGEST].pool))
+        lag = asyncio.create_task(export_replica_lag(app[INGEST].read_pool)) if settings.database_read_url else None
         try:
             await stop.wait()
         finally:
             counter.cancel()
+            if lag:
+                lag.cancel()
             await runner.cleanup()
 
 
@@ -97,6 +108,19 @@ async def _count_connections(runner: web.AppRunner, pool: asyncpg.Pool) -> None:
         metrics.open_connections.set(len(runner.server.connections) if runner.server else 0)
         metrics.pg_pool_in_use.labels(role="ingest").set(pool.get_size() - pool.get_idle_size())
         await asyncio.sleep(1)
+
+
+async def export_replica_lag(read_pool: asyncpg.Pool, every: float = 5.0) -> None:
+    """The standby's replay lag, every `every` seconds; a standby that does not answer reads as +Inf (its reads
+    answer 503 meanwhile), so the lag alert fires for it too."""
+    while True:
+        try:
+            async with read_pool.acquire(timeout=2) as conn:
+                lag = await replica_lag(conn)
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            lag = math.inf  # unreachable: as far behind as it gets (its reads answer 503)
+        metrics.replica_lag.set(0.0 if lag is None else lag)  # None: DATABASE_READ_URL names a primary
+        await asyncio.sleep(every)
 
 
 def run_process(settings: Settings, host: str, port: int) -> None:

@@ -12,6 +12,7 @@ from .names import (  # noqa: F401 (every name, for whoever reads metrics by nam
     BACKPRESSURE_REJECTIONS,
     BATCHES_ACCEPTED,
     BATCHES_PERSISTED,
+    BUILD_INFO,
     CERTIFICATE_LOOKUPS,
     CERTIFICATES_ISSUED,
     CERTIFICATES_REVOKED,
@@ -41,10 +42,16 @@ from .names import (  # noqa: F401 (every name, for whoever reads metrics by nam
     PERSIST_DURATION,
     PERSIST_RETRIES,
     PG_POOL_IN_USE,
+    PROCESS_CPU,
+    PROCESS_MAX_FDS,
+    PROCESS_OPEN_FDS,
+    PROCESS_RESIDENT_MEMORY,
+    REPLICA_LAG,
     REVIEW_BACKLOG,
     REVIEW_PERSONS,
     REVIEW_RETRIES,
     REVIEWERS_RUNNING,
+    SIGNING_KEY_VALIDITY,
     STREAM_BACKLOG,
     STREAM_LAG,
     STREAM_PENDING,
@@ -151,6 +158,46 @@ correction_changes_pending = Gauge(
     CORRECTION_CHANGES_PENDING, "Approved correction-request changes not yet in the stream (re-driven)",
     multiprocess_mode="mostrecent",
 )
+
+# Operations: the read replica, the signing key, each process's resources (multiprocess mode drops
+# prometheus-client's process collector, so each process samples its own: monitoring/processes.py).
+replica_lag = Gauge(
+    REPLICA_LAG, "Seconds the read replica (DATABASE_READ_URL) trails the primary; +Inf when it does not answer",
+    multiprocess_mode="livemax",
+)
+signing_key_validity = Gauge(
+    SIGNING_KEY_VALIDITY, "Seconds until the signer certificate (DSC) of the key certifiers sign with expires;"
+    " a key signs only while that exceeds a certificate's 12 months; 0 when no key can sign",
+    multiprocess_mode="livemin",
+)
+process_resident_memory = Gauge(
+    PROCESS_RESIDENT_MEMORY, "Resident memory of one vaxline process", ["role", "pid"], multiprocess_mode="livemax"
+)
+process_cpu = Counter(PROCESS_CPU, "CPU time (user + system) of one vaxline process", ["role", "pid"])
+process_open_fds = Gauge(
+    PROCESS_OPEN_FDS, "Open file descriptors (sockets included) of one vaxline process", ["role", "pid"],
+    multiprocess_mode="livemax",
+)
+process_max_fds = Gauge(
+    PROCESS_MAX_FDS, "The open-file limit (RLIMIT_NOFILE) of one vaxline process", ["role", "pid"],
+    multiprocess_mode="livemax",
+)
+build_info = Gauge(BUILD_INFO, "Always 1: the running vaxline's version and Python", ["version", "python"],
+                   multiprocess_mode="livemax")
+
+# Notifications (the notifier processes): an SMS with a link per stored certificate or decided correction request
+notifications_sent = Counter(NOTIFICATIONS_SENT, "Notifications the gateway took", ["kind"])
+notifications_failed = Counter(
+    NOTIFICATIONS_FAILED, "Notification attempts the gateway failed (each retried after a backoff)", ["kind"]
+)
+notifications_skipped = Counter(
+    NOTIFICATIONS_SKIPPED, "Notifications not sent: no phone on record for the person", ["kind"]
+)
+notifications_backlog = Gauge(
+    NOTIFICATIONS_BACKLOG, "Notifications not yet sent (due, in flight, or waiting out a backoff)",
+    multiprocess_mode="mostrecent",
+)
+notifiers_running = Gauge(NOTIFIERS_RUNNING, "Notifier processes", multiprocess_mode="livesum")
 
 # Known label values are exported from the start (at zero), so a dashboard shows 0, not "no data".
 for _stage in ("persisted", "certified"):

@@ -15,6 +15,9 @@ from pathlib import Path
 class Settings:
     database_url: str
     redis_url: str
+    # A hot standby of database_url (DATABASE_READ_URL): ingest's read-only routes (certificate lookups, person
+    # reads, statistics, review lists, the revocation feed) read there; empty: the primary serves them too.
+    database_read_url: str = ""
 
     # Streams: one key per shard, hash-tagged so a Redis Cluster spreads them.
     stream_prefix: str = "vaxline"
@@ -144,21 +147,26 @@ class Settings:
         values: dict = {
             "database_url": env.get("DATABASE_URL", ""),
             "redis_url": env.get("REDIS_URL", ""),
+            "database_read_url": env.get("DATABASE_READ_URL", ""),
         }
         for field in dataclasses.fields(cls):
             name = f"VAXLINE_{field.name.upper()}"
-            if name in env and field.name not in ("database_url", "redis_url"):
+            if name in env and field.name not in _URLS:
                 values[field.name] = _parse(field.type, env[name])
         values.update(overrides)
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
         """The environment that rebuilds these settings in a child process."""
-        env = {"DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url}
+        env = {"DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url,
+               "DATABASE_READ_URL": self.database_read_url}
         for field in dataclasses.fields(self):
-            if field.name not in ("database_url", "redis_url"):
+            if field.name not in _URLS:
                 env[f"VAXLINE_{field.name.upper()}"] = str(getattr(self, field.name))
         return env
+
+
+_URLS = ("database_url", "redis_url", "database_read_url")  # named without the VAXLINE_ prefix
 
 
 def _parse(type_name: str, text: str):
