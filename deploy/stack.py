@@ -4,7 +4,7 @@
     settings = stack.start(shards=4)                         # DATABASE_URL/REDIS_URL, or embedded ones
     tokens = stack.add_sites([...])
     stack.start_ingest(hosts="127.0.0.1", port=8080, processes=2)
-    stack.start_workers(name="bench", processes=2, certifiers=2, reviewers=1)
+    stack.start_workers(name="bench", processes=2, certifiers=2, reviewers=1)  # and one notifier
     stack.wait_ready(["http://127.0.0.1:8080/readyz"])
     ...
     stack.stop()
@@ -32,7 +32,7 @@ from monitoring.exposition import ENV, prepare_multiprocess_dir, process_exited
 from storage.migrate import migrate
 from storage.reconcile import reconcile as reconcile_store
 from storage.sites import add_site
-from vaxline import otp
+from vaxline import notify, otp
 from vaxline.config import Settings
 from vaxline.dcc.keys import KeyStore
 from vaxline.streams import connect_redis, read_ingest_counts
@@ -88,7 +88,8 @@ class Stack:
             self.embedded_redis = True
         # A stack started here is the demo's, a benchmark's or a load test's: the development OTP sender,
         # unless the environment names a real one (`vaxline serve` has no such default).
-        defaults = {"data_dir": self.folder, "otp_sender": given.otp_sender or otp.DEVELOPMENT}
+        defaults = {"data_dir": self.folder, "otp_sender": given.otp_sender or otp.DEVELOPMENT,
+                    "notifier": given.notifier or notify.DEVELOPMENT}  # and the development notifier too
         self.attach(Settings.from_env(**{**defaults, **settings, "database_url": database_url,
                                          "redis_url": redis_url}), metrics_dir=metrics_dir)
         self.migrated = asyncio.run(on_database(self.settings, migrate))
@@ -119,15 +120,21 @@ class Stack:
         for i in range(processes):
             self.supervisor.add(f"ingest-{i}", ingest_process, self.settings, hosts, port)
 
-    def start_workers(self, *, name: str, processes: int, certifiers: int, reviewers: int) -> None:
-        """Persisting workers, certifiers and reviewers, consumers named after `name` (keep it stable: a
-        restarted worker reads its own pending list)."""
+    def start_workers(self, *, name: str, processes: int, certifiers: int, reviewers: int, notifiers: int = 1) -> None:
+        """Persisting workers, certifiers, reviewers and notifiers, consumers named after `name` (keep it stable: a
+        restarted worker reads its own pending list). Without a configured notifier (VAXLINE_NOTIFIER) none
+        starts: notifications wait in Postgres until one runs."""
         for i in range(processes):
             self.supervisor.add(f"worker-{i}", worker_process, self.settings, f"{name}-{i}")
         for i in range(certifiers):
             self.supervisor.add(f"certifier-{i}", worker_process, self.settings, f"{name}-certifier-{i}", "certify")
         for i in range(reviewers):
             self.supervisor.add(f"reviewer-{i}", worker_process, self.settings, f"{name}-reviewer-{i}", "review")
+        if notifiers and not self.settings.notifier:
+            log.warning("no notifier is configured (VAXLINE_NOTIFIER): citizens' SMS wait in the outbox")
+            notifiers = 0
+        for i in range(notifiers):
+            self.supervisor.add(f"notifier-{i}", worker_process, self.settings, f"{name}-notifier-{i}", "notify")
 
     def wait_ready(self, urls: list[str], timeout: float = 60) -> None:
         """Until every ingest URL's /readyz answers 200, restarting fallen children meanwhile."""

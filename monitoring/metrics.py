@@ -38,6 +38,11 @@ from .names import (  # noqa: F401 (every name, for whoever reads metrics by nam
     GATHERED_DOSES,
     HTTP_LATENCY,
     HTTP_REQUESTS,
+    NOTIFICATIONS_BACKLOG,
+    NOTIFICATIONS_FAILED,
+    NOTIFICATIONS_SENT,
+    NOTIFICATIONS_SKIPPED,
+    NOTIFIERS_RUNNING,
     OPEN_CONNECTIONS,
     PERSIST_DURATION,
     PERSIST_RETRIES,
@@ -204,3 +209,6 @@ for _stage in ("persisted", "certified"):
     freshness.labels(stage=_stage)
 for _identity in ("code", "in_person"):
     correction_requests_expired.labels(identity=_identity)
+for _kind in ("certificate", "correction"):
+    for _counter in (notifications_sent, notifications_failed, notifications_skipped):
+        _counter.labels(kind=_kind)

@@ -20,6 +20,8 @@ import msgspec
 
 from vaxline.sequence import HistoryDose
 
+from . import notifications
+
 # Person first, then their doses: a LATERAL join keeps the index plan however large `doses` grows, and
 # the person's range of administration times prunes the monthly partitions at run time, so each person
 # costs a probe into the one or few partitions that hold their doses, not one into every month since 2021.
@@ -188,6 +190,9 @@ async def issue(conn: asyncpg.Connection, certificates: list[NewCertificate], *,
         )}
         if revoked - written:  # a revoked certificate must have its successor: never leave a person without one
             raise RuntimeError(f"{len(revoked - written)} superseding certificates were not written")
+        # Their holders are told in this transaction, so no stored certificate goes untold (storage.notifications).
+        await notifications.certificates_stored(conn, [(c.national_id, c.uvci, c.previous_uvci is not None)
+                                                       for c in todo if c.national_id in written])
     return written, len(revoked)
 
 

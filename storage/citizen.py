@@ -22,6 +22,8 @@ import msgspec
 
 from vaxline.citizen import RequestBody, code_matches
 
+from . import notifications
+
 _COLUMNS = ("request_id, status, kind, national_id, full_name, birth_date, phone, claimed, note, site_id, province,"
             " identity, message, decided_by, decided_at, applied, created_at, submitted_at, updated_at")
 
@@ -258,6 +260,7 @@ async def decide(conn: asyncpg.Connection, request_id: str, *, status: str, mess
         request_id, status, message, actor, _json(applied))
     await audit(conn, actor, f"decision:{status}", request_id=request_id, before={"status": before_status},
                 after={"status": status, "message": message, **({"changes": len(applied)} if applied else {})})
+    await notifications.correction_decided(conn, request_id, status)  # an SMS with the link, in this transaction
 
 
 async def person_records(conn: asyncpg.Connection, national_id: str, *, site_id: int | None = None

@@ -7,6 +7,8 @@ never disagree about where a batch goes.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import os
 from pathlib import Path
 
@@ -23,6 +25,11 @@ class Settings:
     stream_prefix: str = "vaxline"
     shards: int = 4
     group: str = "persist"
+    # A 202 waits until this many replicas of the shard's Redis master have the batch (WAIT); -1: 1 when that
+    # master has a replica (INFO replication, read when ingest first writes to it), else 0 (a standalone Redis).
+    # A WAIT past redis_wait_timeout seconds answers 503 (the batch is in the stream all the same).
+    redis_min_replicas: int = -1
+    redis_wait_timeout: float = 1.0
 
     # Ingest limits (the HTTP contract).
     max_batch_doses: int = 1000
@@ -108,18 +115,40 @@ class Settings:
     correction_no_record_max: int = 10_000
     correction_housekeeping_interval: float = 30.0
 
+    # Notifications (vaxline.notify, workers/notify.py): an SMS with a link when a person's certificate is stored
+    # or their correction request decided. notifier names the class that sends them ("module:Class"), or "dev"
+    # (<data_dir>/notify-outbox.jsonl); empty: no notifier process starts, and notifications wait in Postgres.
+    # public_base_url is the portal's address the links start with (e.g. https://vaxline.example.vn); empty:
+    # relative links, which only the development notifier accepts. A notifier sends up to notify_batch at a
+    # time, holds each for notify_lease seconds (after which another may send it again), retries a failed one
+    # after notify_backoff seconds doubled per attempt up to notify_backoff_max, looks again every
+    # notify_interval seconds when none is due, and forgets sent ones after notify_retention seconds.
+    notifier: str = ""
+    public_base_url: str = ""
+    notify_batch: int = 100
+    notify_lease: float = 60.0
+    notify_backoff: float = 5.0
+    notify_backoff_max: float = 900.0
+    notify_interval: float = 1.0
+    notify_retention: float = 30 * 86400.0
+    notify_nice: int = 15  # as the reviewers: an SMS has no SLO, persisting and signing do
+
     data_dir: Path = Path(".vaxline")
 
+    def shard_tag(self, shard: int) -> str:
+        """The hash tag every key of a shard carries (one Redis Cluster slot: one script, one MULTI)."""
+        return "{" + shard_tag(shard, self.shards) + "}"
+
     def stream(self, shard: int) -> str:
-        return f"{self.stream_prefix}:doses:{{{shard}}}"
+        return f"{self.stream_prefix}:doses:{self.shard_tag(shard)}"
 
     def accepted_key(self, shard: int) -> str:
         """Doses ingest acknowledged, per "site_id:day" (the shard's hash tag: one MULTI with its XADD)."""
-        return f"{self.stream_prefix}:accepted:{{{shard}}}"
+        return f"{self.stream_prefix}:accepted:{self.shard_tag(shard)}"
 
     def replayed_key(self, shard: int) -> str:
         """Dead letters replayed onto a shard: dead batch id -> the replay's entry id, written with its XADD."""
-        return f"{self.stream_prefix}:replayed:{{{shard}}}"
+        return f"{self.stream_prefix}:replayed:{self.shard_tag(shard)}"
 
     @property
     def streams(self) -> list[str]:
@@ -167,6 +196,35 @@ class Settings:
 
 
 _URLS = ("database_url", "redis_url", "database_read_url")  # named without the VAXLINE_ prefix
+
+
+CLUSTER_SLOTS = 16384
+
+
+@functools.cache
+def shard_tag(shard: int, shards: int) -> str:
+    """"<shard>.<k>", with the smallest k whose Redis Cluster slot (CRC16 of the tag) lies in the middle half of
+    the shard's 1/shards of the slot space. A cluster made by `redis-cli --cluster create` gives each of its M
+    masters 1/M of the slots in order, so shards 0..S-1 land on masters spread in order: with S >= M every
+    master holds some, and with S = M (3 by default in a 3-master cluster) one each. The plain "{<shard>}" of
+    old put shards 1 and 2 on one master of three (slots 9842 and 5649). Pure: the same names in every process."""
+    width = CLUSTER_SLOTS / shards
+    low, high = (shard + 0.25) * width, (shard + 0.75) * width
+    for k in itertools.count():
+        tag = f"{shard}.{k}"
+        if low <= _crc16(tag.encode()) % CLUSTER_SLOTS < high:
+            return tag
+    raise AssertionError("unreachable")
+
+
+def _crc16(data: bytes) -> int:
+    """CRC16-CCITT (XMODEM), Redis Cluster's key hash."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+    return crc
 
 
 def _parse(type_name: str, text: str):

@@ -1,4 +1,5 @@
-"""`python -m workers --consumer NAME [--certify | --review]`: one worker (certifier, reviewer) process, settings from the environment.
+"""`python -m workers --consumer NAME [--certify | --review | --notify]`: one worker (certifier, reviewer, notifier)
+process, settings from the environment.
 
 `vaxline work` supervises several of these; a single one is what an
 orchestrator (systemd, Kubernetes) or a crash test runs directly.
@@ -17,6 +18,8 @@ parser.add_argument("--consumer", default=f"{socket.gethostname()}-0", help="sta
 role = parser.add_mutually_exclusive_group()
 role.add_argument("--certify", action="store_true", help="issue certificates instead of persisting doses")
 role.add_argument("--review", action="store_true", help="keep review flags and registry statuses current")
+role.add_argument("--notify", action="store_true", help="send citizens' SMS from the notifications outbox")
 args = parser.parse_args()
 configure()
-run_process(Settings.from_env(), args.consumer, "certify" if args.certify else "review" if args.review else "persist")
+run_process(Settings.from_env(), args.consumer,
+            "certify" if args.certify else "review" if args.review else "notify" if args.notify else "persist")

@@ -1,0 +1,237 @@
+"""Notifications: an SMS with a link, never the data, when a certificate is stored or a correction decided.
+
+Covers: the message is the portal's link and a fixed sentence (no name, no dose, no decision); the notifier is
+plugged as the OTP sender (`module:Class`, `dev`, none refused, a real one refused without an absolute public
+base URL) and the development one appends to <data_dir>/notify-outbox.jsonl, 0600; the demo stack starts with
+the development notifier and a notifier process; against real Postgres and Redis, with the persisting workers
+and a certifier: a person whose certificate is superseded twice before a notifier runs gets one SMS, about the
+current certificate, to the phone on record, and a later certificate its own ("updated"), never two for one
+certificate; while the gateway fails, two notifier loops retry with backoff (failures counted, nothing sent,
+nothing lost) and, once it answers, each person gets exactly one SMS; a person with no phone on record is
+skipped and counted; a rejected correction request tells the phone on record (not the one typed into the
+request) with the link to /corrections/{id}; the backoff doubles up to its cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import stat
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from deploy.stack import Stack
+from monitoring.names import NOTIFICATIONS_FAILED, NOTIFICATIONS_SENT, NOTIFICATIONS_SKIPPED
+from tests.conftest import wait_until
+from tests.factory import dose
+from tests.stack import running_stack
+from tests.test_citizen import auth, claim, filed_and_confirmed, on_record
+from vaxline import notify
+from workers.notify import backoff, run_notifier, send_due
+
+BASE = "https://tiemchung.example.vn"
+
+
+class Gateway:
+    """An SMS gateway that records what it took, and fails every call while `down`."""
+
+    def __init__(self, settings=None):
+        self.settings = settings
+        self.down = False
+        self.failures = 0
+        self.sent: list[dict] = []
+
+    async def send(self, *, phone: str, text: str, link: str, notification_id: str) -> None:
+        if self.down:
+            self.failures += 1
+            raise ConnectionError("the gateway is down")
+        self.sent.append({"phone": phone, "text": text, "link": link, "id": notification_id})
+
+
+def counted(name: str, kind: str = "certificate") -> float:
+    return REGISTRY.get_sample_value(name, {"kind": kind}) or 0.0
+
+
+@contextlib.asynccontextmanager
+async def pool_of(settings):
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def notifiers(settings, gateway: Gateway, count: int = 1):
+    """`count` notifier loops sharing one gateway, stopped on exit."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(run_notifier(settings, consumer=f"n-{i}", stop=stop, notifier=gateway))
+             for i in range(count)]
+    try:
+        yield
+    finally:
+        stop.set()
+        _, pending = await asyncio.wait(tasks, timeout=30)
+        assert not pending, "a notifier did not stop"
+        for task in tasks:
+            task.result()  # a notifier that failed fails the test
+
+
+async def certified(db, national_id: str, doses: int) -> str:
+    async def ready():
+        return await db.fetchval("SELECT uvci FROM certificates WHERE national_id = $1 AND status = 'current'"
+                                 " AND jsonb_array_length(doses) = $2", national_id, doses)
+    return await wait_until(ready, message=f"a certificate with {doses} doses")
+
+
+def later(person: dict, n: int, day: str) -> dict:
+    return {**person, "record_id": f"{person['record_id']}-{n}", "dose_number": n,
+            "administered_at": f"{day}T09:00:00+07:00"}
+
+
+# -- the message and the plug-in ---------------------------------------------------------------------------------
+
+def test_a_message_is_a_link_and_never_the_data():
+    issued = notify.message(kind="certificate", event="issued", subject="URN:UVCI:01:VN:ABC", base_url=BASE + "/")
+    assert issued.link == BASE + "/" and issued.text.endswith(BASE + "/") and "URN" not in issued.text
+    decided = notify.message(kind="correction", event="rejected", subject="CR-" + "A" * 28, base_url=BASE)
+    assert decided.link == f"{BASE}/corrections/CR-{'A' * 28}" and decided.link in decided.text
+    approved = notify.message(kind="correction", event="approved", subject="CR-" + "A" * 28, base_url=BASE)
+    assert approved.text == decided.text  # a shared phone does not learn the outcome from the SMS
+
+
+def test_the_notifier_is_plugged_as_the_otp_sender(make_settings):
+    with pytest.raises(notify.NoNotifier, match="VAXLINE_NOTIFIER"):
+        notify.notifier(make_settings(notifier=""))
+    assert isinstance(notify.notifier(make_settings(notifier="dev")), notify.DevelopmentNotifier)
+    with pytest.raises(notify.NoNotifier, match="VAXLINE_PUBLIC_BASE_URL"):
+        notify.notifier(make_settings(notifier=f"{__name__}:Gateway"))  # an SMS link cannot be relative
+    chosen = notify.notifier(make_settings(notifier=f"{__name__}:Gateway", public_base_url=BASE))
+    assert isinstance(chosen, Gateway) and chosen.settings.public_base_url == BASE
+
+
+async def test_the_development_outbox_is_owner_only(make_settings, tmp_path):
+    notifier = notify.notifier(make_settings(notifier="dev", data_dir=tmp_path / "data"))
+    previous = os.umask(0)
+    try:
+        await notifier.send(phone="0912345678", text="xem tại /", link="/", notification_id="N1-a")
+    finally:
+        os.umask(previous)
+    outbox = tmp_path / "data" / "notify-outbox.jsonl"
+    assert stat.S_IMODE(outbox.stat().st_mode) == 0o600
+    os.chmod(outbox, 0o644)
+    await notifier.send(phone="0912345678", text="xem tại /", link="/", notification_id="N2-b")
+    assert stat.S_IMODE(outbox.stat().st_mode) == 0o600
+    assert [json.loads(line)["notification_id"] for line in outbox.read_text().splitlines()] == ["N1-a", "N2-b"]
+
+
+def test_the_backoff_doubles_up_to_its_cap():
+    for attempts, full in [(1, 5.0), (2, 10.0), (3, 20.0), (9, 900.0), (30, 900.0)]:
+        waits = [backoff(attempts, base=5.0, cap=900.0) for _ in range(50)]
+        assert all(full / 2 <= w <= full for w in waits), (attempts, min(waits), max(waits))
+
+
+def test_the_demo_stack_starts_a_development_notifier(tmp_path, settings, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)  # the test's services: nothing embedded starts
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.delenv("VAXLINE_NOTIFIER", raising=False)
+    stack = Stack(tmp_path / "demo")
+    try:
+        assert stack.start().notifier == notify.DEVELOPMENT
+        assert stack.settings.to_env()["VAXLINE_NOTIFIER"] == "dev"
+        stack.start_workers(name="t", processes=0, certifiers=0, reviewers=0)
+        assert set(stack.supervisor.pids()) == {"notifier-0"}
+    finally:
+        stack.stop()
+
+
+# -- against Postgres and Redis ----------------------------------------------------------------------------------
+
+async def test_a_certificate_superseded_twice_before_sending_is_told_once_about_the_current_one(make_settings, db):
+    settings = make_settings(public_base_url=BASE)
+    person = dose(70, administered_at="2021-07-01T09:00:00+07:00")
+    gateway = Gateway()
+    async with running_stack(settings, certifiers=1) as stack, pool_of(settings) as pool:
+        _, token = await stack.site()
+        assert (await stack.post(token, {"doses": [person]})).status == 202
+        first = await certified(db, person["national_id"], 1)
+        assert (await stack.post(token, {"doses": [later(person, 2, "2021-08-01")]})).status == 202
+        await certified(db, person["national_id"], 2)
+        assert (await stack.post(token, {"doses": [later(person, 3, "2021-12-01")]})).status == 202
+        third = await certified(db, person["national_id"], 3)
+        waiting = await db.fetch("SELECT subject, event FROM notifications WHERE national_id = $1", person["national_id"])
+        assert [tuple(r) for r in waiting] == [(third, "issued")] and third != first
+
+        assert await send_due(pool, settings, gateway) == 1
+        assert await send_due(pool, settings, gateway) == 0  # sent: nothing is due again
+        assert [(s["phone"], s["link"]) for s in gateway.sent] == [(person["phone"], BASE + "/")]
+        assert person["full_name"] not in gateway.sent[0]["text"] and person["national_id"] not in gateway.sent[0]["text"]
+
+        assert (await stack.post(token, {"doses": [later(person, 4, "2022-03-01")]})).status == 202
+        fourth = await certified(db, person["national_id"], 4)
+        assert await send_due(pool, settings, gateway) == 1
+    rows = await db.fetch("SELECT subject, event, outcome FROM notifications WHERE national_id = $1 ORDER BY id",
+                          person["national_id"])
+    assert [tuple(r) for r in rows] == [(third, "issued", "sent"), (fourth, "updated", "sent")]
+    assert len({s["id"] for s in gateway.sent}) == len(gateway.sent) == 2
+
+
+async def test_nothing_is_lost_while_the_gateway_is_down(make_settings, db):
+    settings = make_settings(public_base_url=BASE, notify_backoff=0.05, notify_backoff_max=0.2, notify_interval=0.02,
+                             notify_batch=7)
+    people = [dose(80 + i, phone=f"09000000{i:02d}") for i in range(20)]
+    gateway = Gateway()
+    gateway.down = True
+    failed_before, sent_before = counted(NOTIFICATIONS_FAILED), counted(NOTIFICATIONS_SENT)
+    async with running_stack(settings, certifiers=1) as stack:
+        _, token = await stack.site()
+        assert (await stack.post(token, {"doses": people})).status == 202
+        await wait_until(lambda: db.fetchval("SELECT count(*) = 20 FROM notifications"), message="20 notifications")
+        async with notifiers(settings, gateway, count=2):
+            await wait_until(lambda: db.fetchval("SELECT min(attempts) >= 3 FROM notifications"),
+                             message="every notification tried three times")
+            assert gateway.sent == [] and await db.fetchval("SELECT count(*) FROM notifications WHERE sent_at IS NULL") == 20
+            gateway.down = False
+            await wait_until(lambda: db.fetchval("SELECT count(*) = 0 FROM notifications WHERE sent_at IS NULL"),
+                             message="every notification sent once the gateway answers")
+    assert sorted(s["phone"] for s in gateway.sent) == sorted(p["phone"] for p in people)  # one each, none twice
+    assert counted(NOTIFICATIONS_SENT) - sent_before == 20
+    assert counted(NOTIFICATIONS_FAILED) - failed_before == gateway.failures >= 60
+
+
+async def test_a_person_with_no_phone_on_record_is_skipped(make_settings, db):
+    settings = make_settings(public_base_url=BASE)
+    person = dose(90, phone=None)
+    gateway = Gateway()
+    skipped_before = counted(NOTIFICATIONS_SKIPPED)
+    async with running_stack(settings, certifiers=1) as stack, pool_of(settings) as pool:
+        _, token = await stack.site()
+        assert (await stack.post(token, {"doses": [person]})).status == 202
+        await certified(db, person["national_id"], 1)
+        assert await send_due(pool, settings, gateway) == 1
+    assert gateway.sent == [] and counted(NOTIFICATIONS_SKIPPED) - skipped_before == 1
+    assert await db.fetchval("SELECT outcome FROM notifications WHERE national_id = $1", person["national_id"]) \
+        == "no_phone"
+
+
+async def test_a_decided_correction_tells_the_phone_on_record_with_its_link(make_settings, db):
+    settings = make_settings(public_base_url=BASE)
+    person = dose(95, administered_at="2021-07-01T09:00:00+07:00")
+    gateway = Gateway()
+    async with running_stack(settings) as stack, pool_of(settings) as pool:
+        _, token = await stack.site("TYT-95")
+        await on_record(stack, token, person)
+        body = claim(person, site="TYT-95", date="2021-08-05", vaccine="EU/1/21/1529", lot="ABV5300", dose_number=2)
+        request_id = await filed_and_confirmed(stack, settings, body)
+        assert await db.fetchval("SELECT count(*) FROM notifications WHERE kind = 'correction'") == 0  # not decided
+        decided = await stack.client.post(f"/v1/corrections/{request_id}/decision", headers=auth(token),
+                                          json={"decision": "reject", "message": "Không có hồ sơ."})
+        assert decided.status == 200, await decided.text()
+        assert await send_due(pool, settings, gateway) == 1
+    assert body["phone"] != person["phone"]
+    assert [(s["phone"], s["link"]) for s in gateway.sent] == [(person["phone"], f"{BASE}/corrections/{request_id}")]
+    assert "Không có hồ sơ" not in gateway.sent[0]["text"]

@@ -1,0 +1,127 @@
+"""Notifiers: the processes that send citizens' SMS from the notifications outbox.
+
+    due = storage.notifications.claim(...)     # up to notify_batch, leased (FOR UPDATE SKIP LOCKED)
+    notifier.send(...)                         # outside any transaction, concurrently, each bounded in time
+    sent / failed(retry_in=backoff(attempts))  # done; or due again later, never dropped
+
+They poll Postgres, as the reviewers do: a notification is written in the transaction of the certificate or
+decision it tells of, so none can be missed, and several notifiers share the work without waiting on each
+other. Nothing on the persist path or the issuers' path waits for them or for the gateway: an SMS gateway
+that is down only grows the backlog (vaxline_notifications_backlog), and each notification is tried again
+after a backoff that doubles up to notify_backoff_max, for as long as it takes. Logs name a notification by
+its number, never by a phone or a national ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+
+import asyncpg
+
+from monitoring import metrics
+from storage import ACQUIRE_TIMEOUT
+from storage import notifications as store
+from vaxline import notify
+from vaxline.config import Settings
+
+from .loop import error_kind, run_consumer, sleep_unless
+
+log = logging.getLogger(__name__)
+
+PURGE_EVERY = 600.0  # seconds between two purges of sent notifications past their retention
+
+
+async def run_notifier(settings: Settings, *, consumer: str, stop: asyncio.Event,
+                       notifier: notify.Notifier | None = None) -> None:
+    """Send due notifications until `stop` is set, surviving Postgres and gateway outages. `notifier`: the
+    configured one unless given (NoNotifier when none is configured)."""
+    sender = notifier if notifier is not None else notify.notifier(settings)
+    await run_consumer(
+        settings, stop, name=f"notifier {consumer}", running=metrics.notifiers_running,
+        drain=lambda redis, pool: _drain(pool, settings, sender, stop),
+        housekeeping=lambda redis, pool: _housekeeping(pool, settings, stop))
+
+
+async def _drain(pool: asyncpg.Pool, settings: Settings, sender: notify.Notifier, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            handled = await send_due(pool, settings, sender)
+        except Exception as e:  # Postgres unreachable or failing over: what was claimed is sent again after its lease
+            log.warning("notifier round failed (%s); retrying", error_kind(e))
+            await sleep_unless(stop, 1.0)
+            continue
+        if handled < settings.notify_batch:  # caught up: look again shortly
+            await sleep_unless(stop, settings.notify_interval)
+
+
+async def send_due(pool: asyncpg.Pool, settings: Settings, sender: notify.Notifier) -> int:
+    """One round: claim due notifications, send them, record how each went; how many were claimed."""
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+        due = await store.claim(conn, limit=settings.notify_batch, lease=settings.notify_lease)
+    if not due:
+        return 0
+    # A gateway call may not outlast half the lease, so no other notifier takes a row still being sent.
+    results = await asyncio.gather(*(_send(sender, n, settings) for n in due), return_exceptions=True)
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+        for notification, result in zip(due, results):
+            await _record(conn, settings, notification, result)
+    return len(due)
+
+
+async def _send(sender: notify.Notifier, notification: store.Notification, settings: Settings) -> str:
+    if notification.phone is None:
+        return "no_phone"
+    text = notify.message(kind=notification.kind, event=notification.event, subject=notification.subject,
+                          base_url=settings.public_base_url)
+    await asyncio.wait_for(sender.send(phone=notification.phone, text=text.text, link=text.link,
+                                       notification_id=notification_id(notification)),
+                           settings.notify_lease / 2)
+    return "sent"
+
+
+async def _record(conn: asyncpg.Connection, settings: Settings, notification: store.Notification,
+                  result: str | BaseException) -> None:
+    kind = notification.kind
+    if isinstance(result, BaseException):
+        retry_in = backoff(notification.attempts, base=settings.notify_backoff, cap=settings.notify_backoff_max)
+        await store.failed(conn, notification, retry_in=retry_in)
+        metrics.notifications_failed.labels(kind=kind).inc()
+        log.warning("notification %d failed (%s, attempt %d); retrying in %.0f s", notification.id,
+                    type(result).__name__, notification.attempts, retry_in)
+        return
+    await store.sent(conn, notification, outcome=result)
+    if result == "no_phone":
+        metrics.notifications_skipped.labels(kind=kind).inc()
+    else:
+        metrics.notifications_sent.labels(kind=kind).inc()
+
+
+def notification_id(notification: store.Notification) -> str:
+    """Stable across the retries of one notification (a gateway may drop what it took already); a certificate
+    that replaced the one a row told of makes a new id. The subject is hashed: a gateway keeps no UVCI."""
+    return f"N{notification.id}-{hashlib.sha256(notification.subject.encode()).hexdigest()[:12]}"
+
+
+def backoff(attempts: int, *, base: float, cap: float) -> float:
+    """Seconds before the next attempt after `attempts` failed ones: doubling from `base` up to `cap`, jittered
+    down by up to a half so a gateway that comes back is not met by every notification at once."""
+    return min(cap, base * 2 ** max(0, attempts - 1)) * random.uniform(0.5, 1.0)
+
+
+async def _housekeeping(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event) -> None:
+    """Report the backlog every few seconds and forget old sent notifications, until `stop`."""
+    purged_at = 0.0
+    while not stop.is_set():
+        try:
+            async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                metrics.notifications_backlog.set(await store.backlog(conn))
+                if time.monotonic() - purged_at > PURGE_EVERY:
+                    await store.purge(conn, older_than=settings.notify_retention)
+                    purged_at = time.monotonic()
+        except Exception as e:  # retried on the next round
+            log.warning("notifier housekeeping failed: %s", error_kind(e))
+        await sleep_unless(stop, max(settings.trim_interval, 5.0 if settings.trim_interval >= 1 else 0.5))
