@@ -28,7 +28,9 @@ from vaxline.doses import Dose
 from vaxline.entries import ENTRY_FIELD, batch_id, encode_correction, encode_entry
 from vaxline.redispipe import RedisPipe
 from vaxline.sequence import VIETNAM
-from vaxline.streams import Backlog, added_key, check_shard_count, eviction_risk, read_backlog
+from vaxline.shardwrite import ClusterWriter, NotReplicated, Replicas
+from vaxline.streams import (REDIS_TRANSIENT, Backlog, added_key, check_shard_count, eviction_risk, is_cluster,
+                             read_backlog)
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +216,12 @@ class Enqueuer:
         `rng` jitters Retry-After."""
         self._redis = redis
         self._script = redis.register_script(_APPEND)  # EVALSHA, loading the script again after a restart
-        # The hot path's own pipelined connection (vaxline/redispipe.py); redis-py for what it cannot reach.
-        self._pipe = RedisPipe(settings.redis_url) if RedisPipe.supports(settings.redis_url) else None
+        # The hot path's own pipelined connection (vaxline/redispipe.py); redis-py for what it cannot reach. On a
+        # Redis Cluster, one per master (vaxline/shardwrite.py). Either waits for the replicas a 202 needs.
+        self._cluster = ClusterWriter(redis, settings) if is_cluster(redis) else None
+        self._pipe = RedisPipe(settings.redis_url) if (
+            self._cluster is None and RedisPipe.supports(settings.redis_url)) else None
+        self._replicas = Replicas(settings)
         self._replay = redis.register_script(_REPLAY)
         self._on_backlog = on_backlog
         self._settings = settings
@@ -229,9 +235,11 @@ class Enqueuer:
 
     async def start(self) -> None:
         """Start polling; refuses to start with another shard count than the deployment's."""
-        with contextlib.suppress(RedisError):  # Redis down: checked by the poller once it is back
+        with contextlib.suppress(*REDIS_TRANSIENT):  # Redis down: checked by the poller once it is back
             await check_shard_count(self._redis, self._settings)
             self._shards_checked = True
+            if self._pipe is not None:  # whether a 202 waits for a replica (a cluster's masters: at first write)
+                await self._replicas.required("", self._pipe)
             await self._warn_if_weakly_durable()
             if risk := await eviction_risk(self._redis):  # /readyz reports it too, and answers 503
                 log.error("%s", risk)
@@ -241,6 +249,8 @@ class Enqueuer:
     async def stop(self) -> None:
         if self._pipe is not None:
             await self._pipe.close()
+        if self._cluster is not None:
+            await self._cluster.close()
         if self._poller:
             # A cancellation can be swallowed by a redis-py command in flight (the poller then sleeps on,
             # and awaiting it would hang the caller for ever): the loop also ends on `_stopping`, and the
@@ -273,14 +283,18 @@ class Enqueuer:
             counts += [_rejected_field(site_id), rejected]
         try:
             entry_id = await self._append(shard, payload, counts)
-        except RedisError as e:  # unreachable, out of memory, read-only after failover, AOF disk full
+        except NotReplicated as e:  # in the stream, persisted all the same; the retry's records are duplicates
+            log.warning("XADD not replicated in time: %s", e)
+            raise Overloaded("the batch could not be replicated in time",
+                             retry_after=self._backpressure.retry_after(RETRY_UNREACHABLE)) from e
+        except REDIS_TRANSIENT as e:  # unreachable, out of memory, read-only or failing over, AOF disk full
             log.warning("XADD failed: %s: %s", type(e).__name__, str(e)[:200])
             raise Overloaded("the stream cannot take the batch now", retry_after=self._backpressure.retry_after(RETRY_UNREACHABLE)) from e
         return batch_id(shard, entry_id.decode())
 
     async def count_rejected(self, *, site_id: int, rejected: int) -> None:
         """Count doses rejected in a batch with nothing to enqueue (by the day they were refused)."""
-        with contextlib.suppress(RedisError):  # informational: a batch of rejections needs no Redis
+        with contextlib.suppress(*REDIS_TRANSIENT):  # informational: a batch of rejections needs no Redis
             await self._redis.hincrby(self._settings.accepted_key(self._settings.shard_of(site_id)),
                                       _rejected_field(site_id), rejected)
 
@@ -292,7 +306,7 @@ class Enqueuer:
                                     changed_by=changed_by)
         try:
             entry_id = await self._append(shard, payload, [])
-        except RedisError as e:
+        except REDIS_TRANSIENT as e:
             log.warning("XADD failed: %s: %s", type(e).__name__, str(e)[:200])
             raise Overloaded("the stream cannot take the correction now",
                              retry_after=self._backpressure.retry_after(RETRY_UNREACHABLE)) from e
@@ -307,8 +321,8 @@ class Enqueuer:
         settings = self._settings
         keys = [settings.stream(shard), added_key(settings, shard), settings.replayed_key(shard)]
         try:
-            entry_id = await self._replay(keys=keys, args=[ENTRY_FIELD, payload, dead_batch_id])
-        except RedisError as e:
+            entry_id = await self._run(_REPLAY, self._replay, keys, [ENTRY_FIELD, payload, dead_batch_id])
+        except REDIS_TRANSIENT as e:
             raise Overloaded("the stream cannot take the replay now",
                              retry_after=self._backpressure.retry_after(RETRY_UNREACHABLE)) from e
         return batch_id(shard, entry_id.decode())
@@ -320,9 +334,15 @@ class Enqueuer:
         AOF as one transaction, in one round trip that costs ingest a third less CPU than MULTI ... EXEC."""
         settings = self._settings
         keys = [settings.stream(shard), added_key(settings, shard), settings.accepted_key(shard)]
+        return await self._run(_APPEND, self._script, keys, [ENTRY_FIELD, payload, *counts])
+
+    async def _run(self, source: str, script, keys: list, args: list) -> bytes:
+        """The script on the shard's master, then the WAIT for its replicas (vaxline/shardwrite.py)."""
+        if self._cluster is not None:
+            return await self._cluster.run(source, keys, args)
         if self._pipe is not None:
-            return await self._pipe.evalsha(_APPEND, keys, [ENTRY_FIELD, payload, *counts])
-        return await self._script(keys=keys, args=[ENTRY_FIELD, payload, *counts])
+            return await self._replicas.write("", self._pipe, source, keys, args)
+        return await script(keys=keys, args=args)  # a URL the pipe cannot reach: redis-py, without WAIT
 
     async def _warn_if_weakly_durable(self) -> None:
         """A 202 promises the batch is on disk; say so loudly when Redis does not fsync each write."""

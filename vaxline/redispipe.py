@@ -9,7 +9,12 @@ whatever arrives, and each reply resolves the oldest future. With appendfsync al
 fsyncs the AOF once per loop for everything it read, so the requests in flight share their fsync too.
 
 Only what the hot path needs: `call(*args)` and `evalsha` with the script loaded again after a Redis
-restart. Errors are redis-py's (ConnectionError, TimeoutError, ResponseError, all RedisErrors), so the
+restart, optionally followed by a WAIT for replicas (`replicas=`). WAIT answers for every write its connection
+made before it, so the requests in flight share one: a request whose write a WAIT written after it covers
+awaits that one, and the next WAIT goes out only when the last one was written before the write it must cover
+(a group commit, as the fsync is). A WAIT only counts on the connection that wrote: one lost in between fails
+the request (ConnectionError), never confirms it. TLS (rediss://) as redis-py reads the URL: ssl_ca_certs,
+ssl_certfile, ssl_keyfile, ssl_cert_reqs=none. Errors are redis-py's (ConnectionError, TimeoutError, ResponseError, all RedisErrors), so the
 callers' handling is the same. A command that times out closes the connection, failing every command
 queued behind it (their replies could no longer be matched), and the next call connects again.
 """
@@ -19,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-from urllib.parse import unquote, urlsplit
+import ssl
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
@@ -39,6 +45,8 @@ class _Protocol(asyncio.Protocol):
         self.waiting: collections.deque[asyncio.Future] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
+        self.sent = 0  # commands written, counted from 1: what a WAIT written after one covers
+        self.last_wait: tuple[int, int, asyncio.Task] | None = None  # (its index, replicas, the WAIT)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -75,29 +83,71 @@ class RedisPipe:
 
     @staticmethod
     def supports(url: str) -> bool:
-        return urlsplit(url).scheme in ("redis", "unix")
+        return urlsplit(url).scheme in ("redis", "rediss", "unix")
 
     async def call(self, *args) -> object:
         protocol = await self._connected()
-        future = asyncio.get_running_loop().create_future()
-        protocol.waiting.append(future)
-        protocol.transport.write(_encode(args))
+        return await self._reply(protocol, self._write(protocol, args))
+
+    def _write(self, protocol: _Protocol, *commands: tuple) -> list[asyncio.Future]:
+        """Write `commands` together (nothing of another request comes between them); their futures."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        protocol.waiting.extend(futures)
+        protocol.transport.write(b"".join(_encode(args) for args in commands))
+        protocol.sent += len(commands)
+        return futures
+
+    async def _reply(self, protocol: _Protocol, futures: list[asyncio.Future]) -> object:
+        """The last command's reply (the ones before it, ASKING, are read and dropped)."""
         try:
             async with asyncio.timeout(self.timeout):
-                return await future
+                for future in futures[:-1]:
+                    await future
+                return await futures[-1]
         except asyncio.TimeoutError:
             protocol.transport.close()  # the replies behind this one could not be matched any more
             raise TimeoutError(f"Redis did not answer within {self.timeout:g} s") from None
 
-    async def evalsha(self, script: str, keys: list, args: list) -> object:
+    async def evalsha(self, script: str, keys: list, args: list, *, asking: bool = False) -> object:
+        """The script's reply; `asking`: sent after ASKING (a Redis Cluster slot being migrated)."""
+        reply, _, _ = await self._evalsha(script, keys, args, asking)
+        return reply
+
+    async def evalsha_waited(self, script: str, keys: list, args: list, *, replicas: int, wait_timeout: float,
+                             asking: bool = False) -> tuple[object, int]:
+        """(the script's reply, how many replicas confirmed it: WAIT `replicas`, shared as described above)."""
+        reply, protocol, written = await self._evalsha(script, keys, args, asking)
+        return reply, await self._replicated(protocol, written, replicas, wait_timeout)
+
+    async def _evalsha(self, script: str, keys: list, args: list, asking: bool) -> tuple[object, _Protocol, int]:
         sha = self._scripts.get(script)
         if sha is None:
             sha = self._scripts[script] = hashlib.sha1(script.encode()).hexdigest().encode()
+        commands = [(b"ASKING",)] if asking else []
+        commands.append((b"EVALSHA", sha, len(keys), *keys, *args))
+        protocol = await self._connected()
+        futures = self._write(protocol, *commands)
+        written = protocol.sent  # the index of this write: a WAIT written after it covers it
         try:
-            return await self.call(b"EVALSHA", sha, len(keys), *keys, *args)
+            return await self._reply(protocol, futures), protocol, written
         except NoScriptError:  # a restarted (or failed-over) Redis has not seen it: load it, then again
             await self.call(b"SCRIPT", b"LOAD", script)
-            return await self.call(b"EVALSHA", sha, len(keys), *keys, *args)
+            protocol = await self._connected()
+            futures = self._write(protocol, *commands)
+            written = protocol.sent
+            return await self._reply(protocol, futures), protocol, written
+
+    async def _replicated(self, protocol: _Protocol, written: int, replicas: int, wait_timeout: float) -> int:
+        """How many replicas have the write with index `written` on `protocol` (WAIT, shared: see above)."""
+        if protocol is not self._protocol or protocol.lost is not None or protocol.transport.is_closing():
+            raise ConnectionError("the connection was lost before the write's replication was confirmed")
+        pending = protocol.last_wait
+        if pending is None or pending[0] <= written or pending[1] != replicas:
+            command = (b"WAIT", replicas, max(1, round(wait_timeout * 1000)))
+            task = asyncio.ensure_future(self._reply(protocol, self._write(protocol, command)))
+            pending = protocol.last_wait = (protocol.sent, replicas, task)
+        return await asyncio.shield(pending[2])
 
     async def close(self) -> None:
         if self._protocol and self._protocol.transport:
@@ -121,8 +171,10 @@ class RedisPipe:
                 if url.scheme == "unix":
                     _, protocol = await loop.create_unix_connection(_Protocol, url.path)
                 else:
-                    _, protocol = await loop.create_connection(_Protocol, url.hostname or "127.0.0.1",
-                                                               url.port or 6379)
+                    tls = _tls(url) if url.scheme == "rediss" else None
+                    _, protocol = await loop.create_connection(
+                        _Protocol, url.hostname or "127.0.0.1", url.port or 6379, ssl=tls,
+                        server_hostname=(url.hostname or "127.0.0.1") if tls else None)
         except (OSError, asyncio.TimeoutError) as e:
             raise ConnectionError(f"cannot connect to Redis: {type(e).__name__}") from None
         try:
@@ -145,6 +197,20 @@ class RedisPipe:
                 await future
         except asyncio.TimeoutError:
             raise TimeoutError("Redis did not answer the connection's set-up") from None
+
+
+def _tls(url) -> ssl.SSLContext:
+    """The TLS context of a rediss:// URL, from the query options redis-py reads too."""
+    options = {name: values[-1] for name, values in parse_qs(url.query).items()}
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    if options.get("ssl_certfile"):
+        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    if options.get("ssl_cert_reqs", "required").lower() in ("none", "cert_none"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif options.get("ssl_check_hostname", "true").lower() in ("false", "no", "0"):
+        context.check_hostname = False
+    return context
 
 
 def _database(url) -> int:

@@ -12,11 +12,22 @@ import dataclasses
 import datetime as dt
 from collections import defaultdict
 
+import logging
+
+import redis
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from .config import Settings
 from .entries import batch_id, doses_by_day, entry_of
+
+log = logging.getLogger(__name__)
+
+# What a process waits out and retries, never dies of: Redis unreachable, loading, failing over (CLUSTERDOWN,
+# TRYAGAIN, MOVED before the slot map is refreshed are ResponseErrors, hence RedisErrors), and a cluster with
+# no node reachable or a slot not covered (redis-py's RedisClusterException is no RedisError).
+REDIS_TRANSIENT = (RedisError, RedisClusterException)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -29,17 +40,31 @@ class Backlog:
 
 def added_key(settings: Settings, shard: int) -> str:
     """The count of entries ever added to a shard (hash-tagged with it: one MULTI in a Redis Cluster)."""
-    return f"{settings.stream_prefix}:added:{{{shard}}}"
+    return f"{settings.stream_prefix}:added:{settings.shard_tag(shard)}"
+
+
+def is_cluster(redis: aioredis.Redis | RedisCluster) -> bool:
+    return isinstance(redis, RedisCluster)
 
 
 async def read_backlog(redis: aioredis.Redis, settings: Settings) -> Backlog:
+    """Every shard's length and added count; the memory of the fullest Redis (a cluster's masters each hold
+    their shards: the bound protects each)."""
     async with redis.pipeline(transaction=False) as pipe:
         for shard, stream in enumerate(settings.streams):
             pipe.xlen(stream)
             pipe.get(added_key(settings, shard))
-        pipe.info("memory")
-        *per_shard, memory = await pipe.execute()
-    return Backlog(tuple(per_shard[0::2]), int(memory["used_memory"]), tuple(int(n or 0) for n in per_shard[1::2]))
+        if not is_cluster(redis):
+            pipe.info("memory")
+        replies = await pipe.execute()
+    if is_cluster(redis):
+        per_node = await redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        memory = max(int(info["used_memory"]) for info in per_node.values())
+        per_shard = replies
+    else:
+        *per_shard, info = replies
+        memory = int(info["used_memory"])
+    return Backlog(tuple(per_shard[0::2]), memory, tuple(int(n or 0) for n in per_shard[1::2]))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,12 +128,33 @@ class ShardCountMismatch(RuntimeError):
 async def check_shard_count(redis: aioredis.Redis, settings: Settings) -> None:
     """The first process fixes the deployment's shard count in Redis; every later one must agree."""
     key = f"{settings.stream_prefix}:shards"
+    if not is_cluster(redis):
+        await adopt_legacy_keys(redis, settings)
     await redis.set(key, settings.shards, nx=True)
     recorded = int(await redis.get(key))
     if recorded != settings.shards:
         raise ShardCountMismatch(
             f"this deployment's streams use {recorded} shards ({key}); this process was configured with"
             f" {settings.shards}. Set VAXLINE_SHARDS={recorded}: changing it strands entries.")
+
+
+async def adopt_legacy_keys(redis: aioredis.Redis, settings: Settings) -> None:
+    """Rename a shard's keys from the plain "{<shard>}" tag of before to today's spread tag (Settings.shard_tag),
+    once, on a standalone Redis (where a key's slot does not matter, and RENAME keeps a stream's groups and
+    pending lists): a deployment upgraded with entries in its streams strands none. RENAMENX: a process that
+    comes second, or a new key already written, leaves things as they are."""
+    if not await redis.exists(f"{settings.stream_prefix}:shards"):
+        return  # a new deployment: nothing was written under the old names
+    for shard in range(settings.shards):
+        for kind in ("doses", "accepted", "replayed", "added"):
+            legacy = f"{settings.stream_prefix}:{kind}:{{{shard}}}"
+            current = f"{settings.stream_prefix}:{kind}:{settings.shard_tag(shard)}"
+            try:
+                if await redis.renamenx(legacy, current):
+                    log.warning("renamed %s to %s (the shard's hash tag spreads a Redis Cluster)", legacy, current)
+            except ResponseError as e:  # no such key: already renamed, or never written
+                if "no such key" not in str(e).lower():
+                    raise
 
 
 SAFE_EVICTION = "noeviction"  # full Redis refuses the XADD (a 503), never drops an acknowledged entry
@@ -147,22 +193,45 @@ async def ensure_groups(redis: aioredis.Redis, settings: Settings) -> None:
                 raise
 
 
-REDIS_POOL_SIZE = 256  # connections per process
+REDIS_POOL_SIZE = 256  # connections per process (per node of a cluster)
 REDIS_POOL_WAIT = 2.0  # seconds a command may wait for one before it fails (ingest: a 503)
+_TIMEOUTS = {"socket_timeout": 10, "socket_connect_timeout": 5}
 
 
-def connect_redis(settings: Settings) -> aioredis.Redis:
+def connect_redis(settings: Settings) -> aioredis.Redis | RedisCluster:
     """Explicit timeouts: a half-open connection must fail, not hang an XADD or XREADGROUP
     (reads block for at most a fraction of a second, well under the socket timeout).
 
     The pool blocks when all its connections are in use: redis-py's default pool raises at once past
     100, which turned a burst of desks posting together (each 202 waits for its XADD's fsync) into
-    503s. Waiting a little is the better answer; past REDIS_POOL_WAIT the command fails as before."""
+    503s. Waiting a little is the better answer; past REDIS_POOL_WAIT the command fails as before.
+
+    When REDIS_URL names a node of a Redis Cluster (CLUSTER INFO answers, asked once here), a RedisCluster
+    client with the same timeouts (TLS too for rediss://): it finds the other nodes, follows MOVED and ASK,
+    and after a failover refreshes its slot map and retries (ClusterDownError, TryAgain, connection errors)."""
     tcp = {} if settings.redis_url.startswith("unix:") else {"socket_keepalive": True}
+    if cluster_mode(settings.redis_url):
+        return RedisCluster.from_url(settings.redis_url, max_connections=REDIS_POOL_SIZE, health_check_interval=10,
+                                     **_TIMEOUTS, **tcp)
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT, health_check_interval=10,
-        socket_timeout=10, socket_connect_timeout=5, **tcp)
+        **_TIMEOUTS, **tcp)
     return aioredis.Redis.from_pool(pool)
+
+
+def cluster_mode(url: str) -> bool:
+    """Whether the Redis at `url` is a node of a Redis Cluster (INFO's cluster_enabled: CLUSTER INFO is refused
+    by a standalone Redis, INFO answers everywhere). Asked at start, once, with the blocking client (the
+    callers build their client synchronously). Unreachable: a standalone Redis is assumed (the default
+    deployment), with a warning, since a cluster client cannot be built without a node that answers."""
+    if url.startswith("unix:"):
+        return False  # a Redis Cluster speaks TCP only
+    try:
+        with redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5) as probe:
+            return bool(probe.info("cluster").get("cluster_enabled"))
+    except RedisError as e:
+        log.warning("Redis unreachable at start (%s): taken to be standalone, not a cluster", type(e).__name__)
+        return False
 
 
 @dataclasses.dataclass
