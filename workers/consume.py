@@ -11,10 +11,18 @@ lists pending entries whose data is gone, which 7.0 drops from the pending
 list); 6.2 answers such an entry as nil and keeps it pending. Either way the
 entry is handed on with no payload, so that it is dead-lettered (recorded,
 acknowledged) rather than silently forgotten or pinning the trim floor.
+
+On a Redis Cluster the shards live in different slots (vaxline.config.shard_tag spreads them over the
+masters), and one XREADGROUP may name streams of one slot only. There each shard is read on its own: the
+own-pending pass and the claims shard by shard, and new entries by one blocking read standing per shard;
+a read returns what the first of them brought, and the others stay standing for the next read, so no
+entry delivered to this consumer is dropped on the floor (cancelled at a stop, it is in this consumer's
+pending list, read first by its next reader or claimed by another consumer).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 
@@ -22,7 +30,7 @@ import redis.asyncio as aioredis
 
 from vaxline.config import Settings
 from vaxline.entries import ENTRY_FIELD
-from vaxline.streams import as_text
+from vaxline.streams import as_text, is_cluster
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -49,6 +57,8 @@ class ShardReader:
         self._claim_interval = max(settings.claim_idle_ms / 2000, 0.1)
         self._next_claim = clock() + self._claim_interval
         self._claim_cursor: dict[str, str] = {stream: "0-0" for stream in self._names}
+        self._per_shard = is_cluster(redis) and len(self._names) > 1  # one slot per XREADGROUP
+        self._standing: dict[str, asyncio.Task] = {}  # per shard, on a cluster: the blocking read of new entries
 
     async def read(self, *, block_ms: int, count: int) -> list[StreamEntry]:
         """Up to `count` entries: own pending first, then idle ones of others, then new ones."""
@@ -62,10 +72,44 @@ class ShardReader:
             self._next_claim = self._clock() + (0 if more else self._claim_interval)
             if entries:
                 return entries
+        if self._per_shard:
+            return await self._read_standing(block_ms=block_ms, count=count)
         return await self._read(dict.fromkeys(self._streams, ">"), block_ms=block_ms, count=count)
 
+    async def _read_standing(self, *, block_ms: int, count: int) -> list[StreamEntry]:
+        """New entries of whichever shards bring some first, within block_ms; the other reads stay standing."""
+        for stream in self._names:
+            if stream not in self._standing:
+                self._standing[stream] = asyncio.ensure_future(
+                    self._read({stream: ">"}, block_ms=block_ms, count=count))
+        done, _ = await asyncio.wait(self._standing.values(), timeout=block_ms / 1000 + 0.05,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        entries: list[StreamEntry] = []
+        failed: BaseException | None = None
+        for stream, task in list(self._standing.items()):
+            if task in done:
+                del self._standing[stream]
+                if task.exception() is None:
+                    entries.extend(task.result())
+                else:
+                    failed = failed or task.exception()
+        if failed is not None:  # the caller starts over; what was read is in the pending list, read first then
+            self.close()
+            raise failed
+        return entries
+
+    def close(self) -> None:
+        """Cancel the standing reads (what they were delivered stays in this consumer's pending list)."""
+        for task in self._standing.values():
+            task.cancel()
+        self._standing.clear()
+
     async def _read_history(self, count: int) -> list[StreamEntry]:
-        entries = await self._read(dict(self._history), block_ms=None, count=count)
+        if self._per_shard:
+            entries = [entry for stream, last in self._history.items()
+                       for entry in await self._read({stream: last}, block_ms=None, count=count)]
+        else:
+            entries = await self._read(dict(self._history), block_ms=None, count=count)
         done = set(self._history)
         for entry in entries:
             stream = self._names[entry.shard]

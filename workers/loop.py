@@ -15,13 +15,12 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from monitoring import metrics
 from storage.doses import prepare_connection
 from storage.errors import POISON
 from vaxline.config import Settings
-from vaxline.streams import connect_redis
+from vaxline.streams import REDIS_TRANSIENT, connect_redis
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ async def run_consumer(settings: Settings, stop: asyncio.Event, *, name: str, ru
         while not stop.is_set():
             try:
                 await drain(redis, pool)
-            except RedisError as e:  # unreachable, failing over, a stream deleted: start over
+            except REDIS_TRANSIENT as e:  # unreachable, failing over (a cluster's too), a stream deleted: start over
                 log.warning("redis failed (%s: %s); reconnecting", type(e).__name__, str(e)[:200])
                 await sleep_unless(stop, 1.0)
     except Stopped:

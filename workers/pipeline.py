@@ -104,6 +104,7 @@ async def _drain(redis, pool, settings: Settings, consumer: str, stop: asyncio.E
     finally:
         reading.cancel()
         await asyncio.wait([reading], timeout=5)
+        reader.close()
 
 
 async def _housekeeping(redis: aioredis.Redis, pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event) -> None:
