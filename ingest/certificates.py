@@ -62,7 +62,7 @@ from storage import issuing
 from vaxline.config import Settings
 from vaxline.dcc.keys import KeyStore, PublicKey
 from vaxline.dcc.trust import TrustList, uvci_hash
-from vaxline.dcc.verify import verify
+from vaxline.dcc.verify import Verdict, verify
 from vaxline.doses import FIELD_RULES, NationalId, field_errors
 from vaxline.links import CertificateLinks, server_secret
 
@@ -385,15 +385,27 @@ def summary_response(record: Mapping) -> web.Response:
 
 async def post_lookup(request: web.Request) -> web.Response:
     started = time.monotonic()
-    certificates = request.app[CERTIFICATES]
-    await _admit(certificates.limiter, client_address(request))
+    await admit_lookup(request)
     query = await decoded_body(request, _lookup_decoder, LookupRequest)
+    return lookup_response(await looked_up(request, query, started), request.app[CERTIFICATES].links)
+
+
+async def admit_lookup(request: web.Request) -> None:
+    """Count one lookup of the client's address (before its body is read); ApiError 429 past the limit."""
+    await _admit(request.app[CERTIFICATES].limiter, client_address(request))
+
+
+async def looked_up(request: web.Request, query: LookupRequest, started: float) -> Mapping:
+    """The current certificate for `query`, under the lookup's rules (guesses per national ID, the code past
+    them); ApiError 403, 404 or 503 otherwise. Found or not, it returns no sooner than `lookup_floor` seconds
+    after `started`. The JSON lookup and the portal's page both answer through it."""
+    certificates = request.app[CERTIFICATES]
     deadline = started + certificates.lookup_floor
     try:
         answer = await _guarded_lookup(request.app[INGEST], certificates, query, deadline)
     except (TimeoutError, RedisError, OSError) as e:  # fail closed: no count per national ID, no lookup
         raise ApiError(503, "the lookup limiter is unavailable; retry later", headers={"Retry-After": "5"}) from e
-    # Every answer is built, then held to the floor: neither body nor timing tells a wrong birth date from an
+    # Every answer is found, then held to the floor: neither body nor timing tells a wrong birth date from an
     # unknown person, nor (past the guess limit) a person with a phone on record from an unknown ID.
     await asyncio.sleep(max(0.0, deadline - time.monotonic()))
     if isinstance(answer, ApiError):
@@ -402,7 +414,7 @@ async def post_lookup(request: web.Request) -> web.Response:
 
 
 async def _guarded_lookup(ingest: Ingest, certificates: Certificates, query: LookupRequest,
-                          deadline: float) -> web.Response | ApiError:
+                          deadline: float) -> Mapping | ApiError:
     """Counted as a wrong guess of this national ID until found; past the limit, only with the right code."""
     guard, national_id = certificates.guard, query.national_id
     certificates.signing.available()  # a refused key folder (KeyPermissions: a 500) before a guess is counted
@@ -418,7 +430,7 @@ async def _guarded_lookup(ingest: Ingest, certificates: Certificates, query: Loo
     if record is None:
         return ApiError(404, NOT_FOUND)
     await guard.found(national_id)
-    return lookup_response(record, certificates.links)
+    return record
 
 
 async def current_certificate(pool: asyncpg.Pool, signing: issuing.Signing, query: LookupRequest, *,
@@ -466,7 +478,11 @@ async def decoded_body(request: web.Request, decoder: msgspec.json.Decoder, stru
     """The JSON body as `struct`; 415, 400 (not a JSON object) or 422 naming every wrong field."""
     if request.content_type != "application/json":
         raise ApiError(415, f"unsupported content type {request.content_type!r}; send application/json")
-    body = await request.read()
+    return decoded(await request.read(), decoder, struct)
+
+
+def decoded(body: bytes, decoder: msgspec.json.Decoder, struct: type[msgspec.Struct]):
+    """JSON `body` as `struct`; ApiError 400 (not a JSON object) or 422 naming every wrong field."""
     try:
         return decoder.decode(body)
     except msgspec.ValidationError:
@@ -486,15 +502,20 @@ async def decoded_body(request: web.Request, decoder: msgspec.json.Decoder, stru
 async def post_verify(request: web.Request) -> web.Response:
     """The verdict, as a verifier app would reach it offline with this deployment's lists."""
     body = await decoded_body(request, _verify_decoder, VerifyRequest)
+    return json_response((await verdict_of(request, body.hc1)).to_json())
+
+
+async def verdict_of(request: web.Request, hc1: str) -> Verdict:
+    """`hc1` judged against this deployment's trust list and revocations (the API's verifier and the portal's)."""
     trust = request.app[CERTIFICATES].trusted.current().trust
-    verdict = verify(body.hc1, trust)
+    verdict = verify(hc1, trust)
     uvci = verdict.uvci
     if uvci is not None and _uvci.fullmatch(uvci):  # only our UVCIs can be in our revocations
         async with request.app[INGEST].read_pool.acquire() as conn:
             revoked = await store.is_revoked(conn, uvci)
         if revoked:  # rare: judge again with the revocation known, so every stage is reported in one verdict
-            verdict = verify(body.hc1, trust, revoked={uvci_hash(uvci)})
-    return json_response(verdict.to_json())
+            verdict = verify(hc1, trust, revoked={uvci_hash(uvci)})
+    return verdict
 
 
 # GET /v1/trust-list

@@ -68,6 +68,7 @@ from .schemas import REQUEST_ID_PATTERN
 log = logging.getLogger(__name__)
 
 CITIZEN = web.AppKey("citizen", dict)
+CITIZEN_UNKNOWN = "no correction request with this id and birth date"
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 _object = msgspec.json.Decoder(dict[str, Any])
 
@@ -138,12 +139,18 @@ class Filing:
 
 
 async def post_request(request: web.Request) -> web.Response:
+    return json_response(await file_request(request, _request_parts), status=202)
+
+
+async def file_request(request: web.Request, parts) -> dict:
+    """File the correction request that `parts(request, checked)` reads (the API's JSON or multipart body, or
+    the portal's form): the same limits, checks, routing and code; the 202's body."""
     ingest = request.app[INGEST]
     state = request.app[CITIZEN]
     await _admit(state["by_address"], client_address(request), "from this address")  # before the body
     _could_fit(ingest.settings, _declared_size(request))
     try:
-        filing, images = await _request_parts(request, lambda raw: _filed(request, raw))
+        filing, images = await parts(request, lambda raw: _filed(request, raw))
     except (ValueError, HttpProcessingError) as e:  # aiohttp's multipart parser, on a body that is not multipart
         raise ApiError(400, f"malformed multipart body: {getattr(e, 'message', None) or e}") from None
     settings, route = ingest.settings, filing.route
@@ -165,9 +172,8 @@ async def post_request(request: web.Request) -> web.Response:
     metrics.correction_requests.labels(event=event if filing.kept else "dropped_no_record").inc()
     log.info("correction request created", extra={"request_id": request_id, "site_id": route.site_id,
                                                    "identity": route.identity})
-    return json_response({"request_id": request_id, "status": "received",
-                          "code_expires_at": code_expires_at.isoformat(), "evidence": len(images),
-                          "next": FILED_NEXT}, status=202)
+    return {"request_id": request_id, "status": "received", "code_expires_at": code_expires_at.isoformat(),
+            "evidence": len(images), "next": FILED_NEXT}
 
 
 async def _admit(limiter: LookupLimiter, key: str, what: str) -> None:
@@ -266,18 +272,11 @@ async def _request_parts(request: web.Request, checked) -> tuple[Filing, list[tu
         if raw is not None and body is None:  # checked once the next part's headers parse: before its bytes
             body = await checked(raw)
         if part.name == "request" and raw is None:
-            raw = await _read_part(part, _JSON_LIMIT, "request")
+            raw = await read_part(part, _JSON_LIMIT, "request")
         elif part.name == "evidence":
             if raw is None:
                 raise ApiError(422, "request: the JSON part comes first, before any `evidence` image")
-            if len(images) == MAX_EVIDENCE:
-                raise ApiError(422, f"evidence: at most {MAX_EVIDENCE} images")
-            content = await _read_part(part, MAX_EVIDENCE_BYTES, f"evidence {len(images) + 1}")
-            kind = image_type(content)
-            if kind is None:
-                raise ApiError(422, f"evidence {len(images) + 1}: must be a JPEG or PNG image (checked by its"
-                                    " content, whatever its name or declared type)")
-            images.append((kind, hashlib.sha256(content).digest(), content))
+            await evidence_image(part, images)
         else:
             raise ApiError(422, f"{part.name}: unknown part; send one `request`, then `evidence`")
     if raw is None:
@@ -285,7 +284,20 @@ async def _request_parts(request: web.Request, checked) -> tuple[Filing, list[tu
     return body or await checked(raw), images
 
 
-async def _read_part(part, limit: int, what: str) -> bytes:
+async def evidence_image(part, images: list[tuple[str, bytes, bytes]]) -> None:
+    """Read one `evidence` part into `images` (type, sha256, bytes), judged by its content; 422 past the
+    count or for what is not a JPEG or PNG, 413 past the size."""
+    if len(images) == MAX_EVIDENCE:
+        raise ApiError(422, f"evidence: at most {MAX_EVIDENCE} images")
+    content = await read_part(part, MAX_EVIDENCE_BYTES, f"evidence {len(images) + 1}")
+    kind = image_type(content)
+    if kind is None:
+        raise ApiError(422, f"evidence {len(images) + 1}: must be a JPEG or PNG image (checked by its"
+                            " content, whatever its name or declared type)")
+    images.append((kind, hashlib.sha256(content).digest(), content))
+
+
+async def read_part(part, limit: int, what: str) -> bytes:
     """A part's bytes, refused as soon as it passes `limit` (never read whole first)."""
     chunks, size = [], 0
     while chunk := await part.read_chunk(64 * 1024):
@@ -297,9 +309,15 @@ async def _read_part(part, limit: int, what: str) -> bytes:
 
 
 async def post_confirm(request: web.Request) -> web.Response:
+    return json_response(await confirm_request(request, await request.read()))
+
+
+async def confirm_request(request: web.Request, raw: bytes) -> dict:
+    """Confirm the path's request with the code in `raw` JSON (`{"code"}`): the answer's body, or ApiError
+    (404, 422 wrong code, 429 locked, 410 expired, 409 confirmed already)."""
     ingest = request.app[INGEST]
     request_id = _request_id(request)
-    confirmation = _decoded(await request.read(), Confirmation)
+    confirmation = _decoded(raw, Confirmation)
     now = dt.datetime.fromtimestamp(request.app[CITIZEN]["clock"](), dt.UTC)
     async with ingest.pool.acquire() as conn:
         outcome = await store.confirm(conn, request_id, confirmation.code,
@@ -310,7 +328,7 @@ async def post_confirm(request: web.Request) -> web.Response:
             raise ApiError(404, "no such correction request")
         case "submitted":
             log.info("correction request submitted", extra={"request_id": request_id})
-            return json_response({"request_id": request_id, "status": "submitted"})
+            return {"request_id": request_id, "status": "submitted"}
         case "wrong":
             raise ApiError(422, "code: wrong code")
         case "locked":
@@ -322,6 +340,12 @@ async def post_confirm(request: web.Request) -> web.Response:
 
 
 async def post_code(request: web.Request) -> web.Response:
+    return json_response(await new_request_code(request), status=202)
+
+
+async def new_request_code(request: web.Request) -> dict:
+    """A new code for the path's request, sent to the phone on record (none: nothing is sent, the same
+    answer); the 202's body, or ApiError 404, 409 or 429."""
     ingest = request.app[INGEST]
     request_id = _request_id(request)
     code = new_code()
@@ -339,8 +363,7 @@ async def post_code(request: web.Request) -> web.Response:
             raise ApiError(429, f"at most {ingest.settings.otp_max_sends} codes per request: file it again")
     if phone is not None:  # none on record: nothing is sent, and the answer is the same
         await request.app[CITIZEN]["sender"].send(phone=phone, code=code, request_id=request_id)
-    return json_response({"request_id": request_id, "status": "pending_otp", "code_expires_at": expires_at.isoformat()},
-                         status=202)
+    return {"request_id": request_id, "status": "pending_otp", "code_expires_at": expires_at.isoformat()}
 
 
 # -- reading -------------------------------------------------------------------
@@ -350,20 +373,9 @@ async def get_request(request: web.Request) -> web.Response:
     (an unknown id, a wrong birth date and a request whose identity is not established yet, by its code or
     a decision after the check in person, answer alike: the filer typed that birth date)."""
     ingest = request.app[INGEST]
-    unknown = "no correction request with this id and birth date"
-    request_id = _request_id(request, unknown if "Authorization" not in request.headers else None)
-    not_found = ApiError(404, unknown)
+    request_id = _request_id(request, CITIZEN_UNKNOWN if "Authorization" not in request.headers else None)
     if "Authorization" not in request.headers:
-        try:
-            birth_date = dt.date.fromisoformat(request.query.get("birth_date", ""))
-        except ValueError:
-            raise ApiError(400, "birth_date: give the birth date, YYYY-MM-DD, to see a request") from None
-        async with ingest.pool.acquire() as conn:
-            row = await store.get(conn, request_id)
-        if row is None or row["birth_date"] != birth_date or _awaiting_identity(row):
-            raise not_found
-        return json_response(_jsonable({k: row[k] for k in ("request_id", "status", "kind", "message", "created_at",
-                                                            "submitted_at", "decided_at")}))
+        return json_response(await citizen_view(request, request_id, request.query.get("birth_date", "")))
     principal = await authenticated(request)
     async with ingest.pool.acquire() as conn:
         row = await _in_scope(conn, request_id, principal)
@@ -372,6 +384,22 @@ async def get_request(request: web.Request) -> web.Response:
     body["evidence"] = [{"n": e["n"], "content_type": e["content_type"], "sha256": e["sha256"].hex(),
                          "bytes": e["size"], "url": f"/v1/corrections/{request_id}/evidence/{e['n']}"} for e in images]
     return json_response(body)
+
+
+async def citizen_view(request: web.Request, request_id: str, birth_date: str) -> dict:
+    """The citizen's view of a request (status and the site's message), given its birth date (YYYY-MM-DD);
+    ApiError 400 without one, and one 404 for an unknown id, a wrong birth date and an identity not yet
+    established."""
+    try:
+        born = dt.date.fromisoformat(birth_date)
+    except ValueError:
+        raise ApiError(400, "birth_date: give the birth date, YYYY-MM-DD, to see a request") from None
+    async with request.app[INGEST].pool.acquire() as conn:
+        row = await store.get(conn, request_id)
+    if row is None or row["birth_date"] != born or _awaiting_identity(row):
+        raise ApiError(404, CITIZEN_UNKNOWN)
+    return _jsonable({k: row[k] for k in ("request_id", "status", "kind", "message", "created_at", "submitted_at",
+                                          "decided_at")})
 
 
 def _awaiting_identity(row) -> bool:
