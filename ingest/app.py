@@ -19,7 +19,7 @@ from vaxline.doses import BatchTooLarge, MalformedBatch
 from vaxline.entries import entry_of, parse_batch_id
 from vaxline.streams import eviction_risk
 
-from . import apidocs, certificates, citizen, deadlines, decisions, housekeeping, openapi, quality, revocations
+from . import apidocs, certificates, citizen, deadlines, decisions, housekeeping, openapi, portal, quality, revocations
 from .http import (  # noqa: F401 (Ingest and INGEST: the app's context, imported from here by the server and tests)
     BODY_FORMATS,
     INGEST,
@@ -174,4 +174,5 @@ def build_app(ingest: Ingest) -> web.Application:
     citizen.register(app)
     decisions.register(app)
     housekeeping.register(app)
+    portal.register(app)  # the citizen pages, after the routes whose code they answer through
     return app
