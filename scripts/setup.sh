@@ -30,6 +30,12 @@ if ! command -v promtool >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get 
         >/dev/null || echo "could not install promtool; its tests will be skipped outside CI" >&2
 fi
 
+# Headless chromium and its driver (Debian's packages) run the portal's browser tests through Selenium.
+if ! { command -v chromium && command -v chromedriver; } >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+        >/dev/null || echo "could not install chromium; the browser tests will be skipped outside CI" >&2
+fi
+
 stamp=.venv/.vaxline-installed
 wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
