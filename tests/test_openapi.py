@@ -158,7 +158,10 @@ class Contract:
         media_type = response.headers.get("Content-Type", "").split(";")[0]
         assert media_type in content, f"{method} {template} {status}: undocumented {media_type}"
         if response.status_code >= 400:
-            assert isinstance(response.json().get("error"), str)
+            assert media_type == "application/problem+json"
+            problem = response.json()
+            assert isinstance(problem.get("error"), str) and problem["detail"] == problem["error"]
+            assert problem["status"] == response.status_code
         self.schema[template][method].validate_response(response)
         self.seen.add((method, template, response.status_code))
 
@@ -188,8 +191,10 @@ async def test_every_operation_answers_as_documented(make_settings, db):
         province = await tokens.issue(db, tokens.PROVINCE, 1)
         operator = await tokens.issue(db, tokens.OPERATOR, 0)
 
-        for path in ("/healthz", "/readyz", "/metrics"):
+        for path in ("/healthz", "/readyz", "/metrics", "/docs"):
             await api.call("GET", path)
+        for asset in ("redoc.standalone.js", "logo-mini.svg", "index.html"):  # the last one is not served: 404
+            await api.call("GET", "/docs/assets/{asset}", path={"asset": asset})
         served = await api.call("GET", "/openapi.json")
         assert served.json() == openapi.document()
 
