@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+from deploy.keys import KeyRotation
 from deploy.local import announce, withdraw
+from deploy.sdnotify import Notifier
 from deploy.stack import Stack, on_database
 from vaxline import otp
 from vaxline.config import Settings
@@ -98,7 +103,7 @@ def cmd_serve(args) -> int:
     stack = Stack(args.data_dir)
     stack.attach(settings, metrics_dir=_metrics_dir(args, "serve"))
     stack.start_ingest(hosts=args.host, port=args.port, processes=args.processes)
-    stack.supervise()
+    stack.supervise(tick=_systemd(lambda: _answers(f"{_local_url(args)}/readyz")))  # READY=1 once ready
     return 0
 
 
@@ -111,15 +116,52 @@ def cmd_work(args) -> int:
         from monitoring.exposition import registry
 
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry())
+    rotation = None
     if args.certifiers:
+        keys = KeyStore(stack.settings.signing_keys_dir)
         try:  # a certifier that met a folder open to others later logs it and waits for the chmod
-            KeyStore(stack.settings.signing_keys_dir).signing_key()
+            keys.signing_key()  # the first key is the operator's (`vaxline keys init`); the next ones are ours
         except (NoSigningKey, LooseMode) as e:
             raise ConfigError(str(e)) from None
+        rotation = KeyRotation(keys)  # as `vaxline run`: a month before the newest key stops signing
+        rotation.rotate()
     stack.start_workers(name=args.name, processes=args.processes, certifiers=args.certifiers,
                         reviewers=args.reviewers)
-    stack.supervise()
+    started = args.processes + args.certifiers + args.reviewers
+    # READY=1 once every consumer started has Postgres and Redis (its `running` gauge is up).
+    stack.supervise(tick=_both(_systemd(lambda: _consumers_running() >= started), rotation))
     return 0
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _consumers_running() -> float:
+    from monitoring import names
+    from monitoring.exposition import registry
+
+    running = registry()
+    return sum(running.get_sample_value(name) or 0.0
+               for name in (names.WORKERS_RUNNING, names.CERTIFIERS_RUNNING, names.REVIEWERS_RUNNING))
+
+
+def _systemd(ready):
+    """A supervisor tick for a unit of Type=notify: READY=1 the first time `ready()` holds (asked each tick
+    until then), then watchdog pings; does nothing outside systemd."""
+    notifier, state = Notifier(), {"ready": not os.environ.get("NOTIFY_SOCKET")}
+
+    def tick() -> None:
+        if not state["ready"] and ready():
+            state["ready"] = True
+            notifier.ready("serving")
+        notifier.tick()
+
+    return tick
 
 
 def cmd_status(args) -> int:
@@ -149,13 +191,14 @@ def cmd_run(args) -> int:
         [token] = stack.add_sites([DEMO_SITE])
         announce(settings)
         stack.start_ingest(hosts=args.host, port=args.port, processes=args.ingest_processes)
-        if stack.ensure_signing_key():  # the first start, or the newest key's last year
+        rotation = KeyRotation(KeyStore(settings.signing_keys_dir))  # the first key, then a month ahead
+        if rotation.rotate():
             log.warning("created a signing key in %s (`vaxline keys list` shows it)", settings.signing_keys_dir)
         stack.start_workers(name=f"{socket.gethostname()}-run", processes=args.workers,
                             certifiers=args.certifiers, reviewers=args.reviewers)
         _wait_ready(args, stack)
         _print_banner(args, DEMO_SITE["code"], token)
-        stack.supervise(tick=_status_printer())
+        stack.supervise(tick=_both(_status_printer(), rotation, _systemd(lambda: True)))
     finally:
         stack.stop()
         withdraw(args.data_dir)
@@ -164,7 +207,8 @@ def cmd_run(args) -> int:
 
 
 def _local_url(args) -> str:
-    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    host = args.host.split(",")[0].strip()  # several addresses: any one answers
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return f"http://{host}:{args.port}"
 
 
@@ -202,6 +246,15 @@ vaxline --data-dir {args.data_dir} verify 'HC1:...'
 
 Ctrl-C stops everything cleanly.
 """, flush=True)
+
+
+def _both(*ticks):
+    def tick() -> None:
+        for each in ticks:
+            if each is not None:
+                each()
+
+    return tick
 
 
 def _status_printer():

@@ -20,7 +20,7 @@ import asyncpg
 import uvloop
 from aiohttp import web
 
-from monitoring import metrics
+from monitoring import metrics, processes
 from storage.replica import replica_lag
 from vaxline.config import Settings
 from vaxline.dcc.keys import KeyStore
@@ -125,6 +125,7 @@ async def export_replica_lag(read_pool: asyncpg.Pool, every: float = 5.0) -> Non
 
 def run_process(settings: Settings, host: str, port: int) -> None:
     """Entry point of one ingest process."""
+    processes.start("ingest")
     uvloop.run(_main(settings, host, port))
 
 

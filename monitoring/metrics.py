@@ -175,17 +175,19 @@ signing_key_validity = Gauge(
     " a key signs only while that exceeds a certificate's 12 months; 0 when no key can sign",
     multiprocess_mode="livemin",
 )
+# "liveall": the multiprocess exposition adds each live process's `pid` label itself (an own `pid` label
+# would be dropped by the other modes); counters keep an own `pid`, as they are summed per label set.
 process_resident_memory = Gauge(
-    PROCESS_RESIDENT_MEMORY, "Resident memory of one vaxline process", ["role", "pid"], multiprocess_mode="livemax"
+    PROCESS_RESIDENT_MEMORY, "Resident memory of one vaxline process", ["role"], multiprocess_mode="liveall"
 )
 process_cpu = Counter(PROCESS_CPU, "CPU time (user + system) of one vaxline process", ["role", "pid"])
 process_open_fds = Gauge(
-    PROCESS_OPEN_FDS, "Open file descriptors (sockets included) of one vaxline process", ["role", "pid"],
-    multiprocess_mode="livemax",
+    PROCESS_OPEN_FDS, "Open file descriptors (sockets included) of one vaxline process", ["role"],
+    multiprocess_mode="liveall",
 )
 process_max_fds = Gauge(
-    PROCESS_MAX_FDS, "The open-file limit (RLIMIT_NOFILE) of one vaxline process", ["role", "pid"],
-    multiprocess_mode="livemax",
+    PROCESS_MAX_FDS, "The open-file limit (RLIMIT_NOFILE) of one vaxline process", ["role"],
+    multiprocess_mode="liveall",
 )
 build_info = Gauge(BUILD_INFO, "Always 1: the running vaxline's version and Python", ["version", "python"],
                    multiprocess_mode="livemax")

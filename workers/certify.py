@@ -33,6 +33,7 @@ from storage.errors import POISON
 from storage.issuing import Outcome, Signing
 from vaxline.config import Settings
 from vaxline.dcc.keys import KeyStore
+from vaxline.filemodes import LooseMode
 from vaxline.streams import ensure_groups
 
 from . import handoff
@@ -132,11 +133,28 @@ async def _gather(reader: ShardReader, settings: Settings, stop: asyncio.Event
 
 
 async def _housekeeping(redis, settings: Settings, stop: asyncio.Event) -> None:
-    """Trim the certify stream below what the group still needs; report its backlog; until `stop`."""
+    """Trim the certify stream below what the group still needs; report its backlog and, every minute, the
+    signing key's remaining validity; until `stop`."""
+    keys, validity_read = KeyStore(settings.signing_keys_dir), None
     while not stop.is_set():
         try:
             _, state = await trim_stream(redis, settings.certify_stream, settings.certify_group)
             metrics.certify_backlog.set(state.length)
         except Exception as e:  # retried on the next round
             log.warning("certify housekeeping failed: %s", type(e).__name__)
+        if validity_read is None or time.monotonic() - validity_read >= KEY_VALIDITY_EVERY:
+            validity_read = time.monotonic()
+            export_key_validity(keys)
         await sleep_unless(stop, settings.trim_interval)
+
+
+KEY_VALIDITY_EVERY = 60.0
+
+
+def export_key_validity(keys: KeyStore) -> None:
+    """vaxline_signing_key_validity_seconds: 0 when no key can sign (or the folder is refused: nothing signs)."""
+    try:
+        metrics.signing_key_validity.set(keys.signing_validity())
+    except (OSError, LooseMode, ValueError) as e:
+        log.warning("signing key validity unreadable: %s", type(e).__name__)
+        metrics.signing_key_validity.set(0)

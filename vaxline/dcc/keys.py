@@ -12,7 +12,7 @@ Rotation adds a key; certifiers sign with the newest one and the older ones
 stay in the trust list, so certificates they signed keep verifying. A key
 signs only while its DSC outlives a certificate issued now (12 months): a
 DSC valid 2 years signs during its first year, so keys are rotated yearly
-(`vaxline run` does it by itself; `vaxline keys rotate` otherwise).
+(`vaxline run` and `vaxline work` do it by themselves, a month ahead; `vaxline keys rotate` otherwise).
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from .issue import SigningKey, expiry
 from .trust import EKU_VACCINATION, kid_of
 
 DSC_VALIDITY = dt.timedelta(days=2 * 365)  # longer than any certificate it signs (12 months)
+# `vaxline run` and `vaxline work` rotate while the newest key still signs for this long: the new key is in
+# the trust list a month before it is needed, and a failed rotation leaves a month to notice (an alert).
+ROTATE_AHEAD = dt.timedelta(days=30)
 
 
 class NoSigningKey(FileNotFoundError):
@@ -74,13 +77,24 @@ class KeyStore:
             serialization.Encoding.PEM), mode=_PUBLIC[0])
         return PublicKey(kid_of(der), der, now + DSC_VALIDITY)
 
-    def ensure(self) -> PublicKey | None:
-        """Create a key unless one can sign now; the new key, or None if one could."""
+    def ensure(self, *, ahead: dt.timedelta = dt.timedelta(0)) -> PublicKey | None:
+        """Create a key unless one can sign now and still `ahead` from now; the new key, or None if one could."""
         try:
-            self.signing_key()
+            self.signing_key(now=dt.datetime.now(dt.timezone.utc) + ahead)
         except NoSigningKey:
             return self.create()
         return None
+
+    def signing_validity(self, *, now: dt.datetime | None = None) -> float:
+        """Seconds until the DSC of the key that signs now expires; 0 when none can sign. A key signs while
+        this exceeds a certificate's validity (12 months): under 12 months, the next key signs."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        try:
+            key = self.signing_key(now=now)
+        except NoSigningKey:
+            return 0.0
+        dsc = x509.load_der_x509_certificate(key.certificate_der)
+        return max(0.0, (dsc.not_valid_after_utc - now).total_seconds())
 
     def public_keys(self, *, now: dt.datetime | None = None, include_expired: bool = False) -> list[PublicKey]:
         """The trust list: every DSC in the directory not yet expired, oldest first (by validity start,
