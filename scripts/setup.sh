@@ -36,6 +36,12 @@ if ! { command -v chromium && command -v chromedriver; } >/dev/null && [ "$(id -
         >/dev/null || echo "could not install chromium; the browser tests will be skipped outside CI" >&2
 fi
 
+# systemd-analyze (Debian's systemd package) verifies the unit files of deploy/systemd in the tests.
+if ! command -v systemd-analyze >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd) \
+        >/dev/null || echo "could not install systemd-analyze; its test will be skipped outside CI" >&2
+fi
+
 stamp=.venv/.vaxline-installed
 wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
