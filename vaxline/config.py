@@ -137,7 +137,7 @@ class Settings:
 
     def shard_tag(self, shard: int) -> str:
         """The hash tag every key of a shard carries (one Redis Cluster slot: one script, one MULTI)."""
-        return "{" + shard_tag(shard, self.shards) + "}"
+        return "{" + shard_tag(shard) + "}"
 
     def stream(self, shard: int) -> str:
         return f"{self.stream_prefix}:doses:{self.shard_tag(shard)}"
@@ -202,19 +202,34 @@ CLUSTER_SLOTS = 16384
 
 
 @functools.cache
-def shard_tag(shard: int, shards: int) -> str:
-    """"<shard>.<k>", with the smallest k whose Redis Cluster slot (CRC16 of the tag) lies in the middle half of
-    the shard's 1/shards of the slot space. A cluster made by `redis-cli --cluster create` gives each of its M
-    masters 1/M of the slots in order, so shards 0..S-1 land on masters spread in order: with S >= M every
-    master holds some, and with S = M (3 by default in a 3-master cluster) one each. The plain "{<shard>}" of
-    old put shards 1 and 2 on one master of three (slots 9842 and 5649). Pure: the same names in every process."""
-    width = CLUSTER_SLOTS / shards
-    low, high = (shard + 0.25) * width, (shard + 0.75) * width
+def shard_tag(shard: int) -> str:
+    """"<shard>.<k>", with the smallest k whose Redis Cluster slot (CRC16 of the tag) is near the shard's place.
+
+    A cluster made by `redis-cli --cluster create` gives its M masters equal slot ranges in order; a cluster
+    has 3 masters at least. So shard i goes to third i mod 3 of the slot space, at a quarter of it for
+    i < 3, three quarters for 3 <= i < 6, then ever finer (3/8, 7/8, 1/16, ...): on 3 masters shard i is on
+    master i mod 3 (shards 0-2 on three different ones, whatever their number); on 6, shards 0-5 are on six.
+    The plain "{<shard>}" of old put shards 1 and 2 on one master of three (slots 9842 and 5649). The
+    shard count moves no shard: more shards take further places. Pure, so every process names the same keys."""
+    third = CLUSTER_SLOTS / 3
+    target = (shard % 3 + _place(shard // 3)) * third
+    window = third / 64
     for k in itertools.count():
         tag = f"{shard}.{k}"
-        if low <= _crc16(tag.encode()) % CLUSTER_SLOTS < high:
+        if abs(_crc16(tag.encode()) % CLUSTER_SLOTS - target) < window:
             return tag
     raise AssertionError("unreachable")
+
+
+def _place(round_: int) -> float:
+    """1/4, 3/4, 3/8, 7/8, 1/16, ...: the middles of ever finer halves, spread (van der Corput)."""
+    if round_ < 2:
+        return 0.25 + 0.5 * round_
+    bits, corput, n, scale = round_.bit_length(), 0.0, round_, 0.5
+    while n:
+        corput += scale * (n & 1)
+        n, scale = n >> 1, scale / 2
+    return corput + 2.0 ** -(bits + 1)
 
 
 def _crc16(data: bytes) -> int:

@@ -1,0 +1,202 @@
+"""vaxline on a real Redis Cluster (tests/redis_cluster.py: 3 masters, 3 replicas of Debian's redis-server,
+append-only, fsync always), and acknowledgements that wait for a replica.
+
+Covers: the shards' hash tags spread them over the masters; the ingest contract on the cluster (202 then
+persisted with its receipt and history, per-item rejections, a batch of only rejections not enqueued, an
+idempotent retry); the crash tests on the cluster (a worker process SIGKILLed three times mid-drain, a
+certifier SIGKILLed three times: every certificate issued exactly once, a poison entry dead-lettered); a
+master SIGKILLed while a client posts batches without pause and records every 202: its replica takes over,
+ingest and a worker process carry on without a restart, every 202'd dose is in Postgres exactly once, and
+`vaxline reconcile` run as a user would (the CLI in a subprocess) shows 0 unexplained; a WAIT that cannot
+be satisfied (more replicas asked for than exist, a replica stopped with SIGSTOP, a standalone Redis told to
+wait for one) answers 503 with Retry-After, and its entry is persisted all the same. The stream mechanics
+(own pending list, XAUTOCLAIM, trim) run on the cluster too, in tests/test_streams.py.
+"""
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+
+import pytest
+from redis.crc import key_slot
+
+from tests import test_api, test_crash
+from tests.conftest import ROOT, reaped, spawn, wait_until
+from tests.factory import batch
+from tests.redis_cluster import cluster_make_settings, cluster_redis, cluster_settings, redis_cluster  # noqa: F401
+from tests.stack import running_stack
+from vaxline.streams import connect_redis, is_cluster
+
+
+def test_the_shards_spread_over_the_masters(redis_cluster, cluster_make_settings):
+    for shards in (3, 4, 6):
+        settings = cluster_make_settings(shards=shards)
+        masters = [redis_cluster.master_of(settings.stream(shard)).address for shard in range(shards)]
+        assert len(set(masters[:3])) == 3, (shards, masters)  # shards 0-2 on three different masters
+        assert len(set(masters)) == 3
+        for shard in range(shards):  # every key of a shard in one slot: one script, one MULTI
+            keys = [settings.stream(shard), settings.accepted_key(shard), settings.replayed_key(shard)]
+            assert len({key_slot(k.encode()) for k in keys}) == 1
+
+
+async def test_the_client_is_a_cluster_client_detected_from_any_node(redis_cluster, cluster_settings):
+    for node in redis_cluster.nodes:
+        client = connect_redis(dataclasses.replace(cluster_settings, redis_url=f"redis://{node.address}/0"))
+        try:
+            assert is_cluster(client) and await client.ping()
+        finally:
+            await client.aclose()
+
+
+async def test_a_batch_is_accepted_and_persisted_on_the_cluster(cluster_settings, db):
+    await test_api.test_accepted_batch_is_persisted_with_receipt_and_history(cluster_settings, db)
+
+
+async def test_a_mixed_batch_accepts_its_valid_items_on_the_cluster(cluster_settings, db):
+    await test_api.test_a_mixed_batch_accepts_the_valid_items(cluster_settings, db)
+
+
+async def test_only_rejections_are_not_enqueued_on_the_cluster(cluster_settings, cluster_redis):
+    await test_api.test_a_batch_of_only_rejected_items_is_not_enqueued(cluster_settings, cluster_redis)
+
+
+async def test_a_retried_batch_is_stored_once_on_the_cluster(cluster_settings, db):
+    async with running_stack(cluster_settings) as stack:
+        _, token = await stack.site()
+        first, again = [await (await stack.post(token, batch(0, 50))).json() for _ in range(2)]
+        receipts = [await wait_until(lambda b=b: test_api.persisted(stack, token, b["batch_id"]),
+                                     message="receipt") for b in (first, again)]
+    assert [(r["inserted"], r["duplicates"]) for r in receipts] == [(50, 0), (0, 50)]
+    assert await db.fetchval("SELECT count(*) FROM doses") == 50
+
+
+async def test_workers_killed_mid_drain_lose_nothing_on_the_cluster(cluster_make_settings, db, cluster_redis):
+    await test_crash.test_workers_killed_three_times_mid_drain_lose_nothing(cluster_make_settings, db, cluster_redis)
+
+
+async def test_a_certifier_killed_issues_each_certificate_once_on_the_cluster(cluster_make_settings, db,
+                                                                               cluster_redis):
+    await test_crash.test_certifier_killed_three_times_issues_each_certificate_exactly_once(
+        cluster_make_settings, db, cluster_redis)
+
+
+async def test_a_poison_entry_is_dead_lettered_on_the_cluster(cluster_make_settings, db, cluster_redis):
+    await test_crash.test_a_poison_entry_is_dead_lettered_and_does_not_block_the_rest(
+        cluster_make_settings, db, cluster_redis)
+
+
+async def test_more_replicas_than_exist_answer_503_and_the_entry_persists(cluster_make_settings, db):
+    settings = cluster_make_settings(redis_min_replicas=2, redis_wait_timeout=0.2)
+    async with running_stack(settings) as stack:
+        _, token = await stack.site()
+        response = await stack.post(token, batch(0, 5))
+        assert response.status == 503 and 1 <= int(response.headers["Retry-After"]) <= 30
+        # Not acknowledged, but in the stream: persisted all the same (the client's retry would be duplicates).
+        await wait_until(lambda: db.fetchval("SELECT count(*) = 5 FROM doses"), message="the entry persisted")
+
+
+async def test_a_stopped_replica_makes_the_wait_time_out_with_503(redis_cluster, cluster_make_settings):
+    settings = cluster_make_settings(redis_wait_timeout=0.3)  # min replicas: auto, 1 (every master has one)
+    async with running_stack(settings, workers=0) as stack:
+        site_id, token = await stack.site()
+        assert (await stack.post(token, batch(0, 5))).status == 202
+        master = redis_cluster.master_of(settings.stream(settings.shard_of(site_id))).address
+        [replica] = redis_cluster.topology()[master]
+        process = redis_cluster.node(replica).process
+        process.send_signal(signal.SIGSTOP)
+        try:
+            response = await stack.post(token, batch(5, 5))
+        finally:
+            process.send_signal(signal.SIGCONT)
+        assert response.status == 503 and "Retry-After" in response.headers
+        assert (await stack.post(token, batch(5, 5))).status == 202  # the replica is back: the retry goes in
+
+
+async def test_standalone_redis_told_to_wait_for_a_replica_answers_503(make_settings):
+    settings = make_settings(redis_min_replicas=1, redis_wait_timeout=0.1)  # the embedded Redis has none
+    async with running_stack(settings, workers=0) as stack:
+        _, token = await stack.site()
+        response = await stack.post(token, batch(0, 2))
+        assert response.status == 503 and "Retry-After" in response.headers
+
+
+async def test_a_master_killed_mid_stream_fails_over_and_loses_nothing(redis_cluster, cluster_make_settings, db):
+    """Four sites (one per shard) post 20-dose batches without pause, retrying each until its 202; the master
+    of site 1's shard is SIGKILLed after 40 acknowledgements; posting goes on until 40 more came after its
+    replica took over. Then every acknowledged batch is in Postgres, every dose once, and reconcile is clean."""
+    settings = cluster_make_settings(claim_idle_ms=1000, redis_wait_timeout=0.5)
+    acked: list[tuple[str, list[tuple[int, str]]]] = []  # (batch id, its (site, record id)s) of every 202
+    refused = 0
+    async with running_stack(settings, workers=0) as stack:
+        sites = [await stack.site(f"FO-{n}") for n in range(settings.shards)]
+        victim = redis_cluster.master_of(settings.stream(settings.shard_of(sites[1][0])))
+        worker = spawn("workers", settings, "--consumer", "failover-0")
+        with reaped([worker]):
+            stop = asyncio.Event()
+
+            async def post(site: int, site_id: int, token: str):
+                nonlocal refused
+                n = site * 200_000  # each site its own persons
+                while not stop.is_set():
+                    body = batch(n, 20)
+                    while True:  # the same batch until it is acknowledged, as a desk does
+                        response = await stack.post(token, body)
+                        if response.status == 202:
+                            acked.append(((await response.json())["batch_id"],
+                                          [(site_id, d["record_id"]) for d in body["doses"]]))
+                            break
+                        assert response.status == 503 and "Retry-After" in response.headers
+                        refused += 1
+                        await asyncio.sleep(0.1)  # sooner than Retry-After: the test has a deadline
+                    n += 20
+
+            posting = [asyncio.create_task(post(i, site_id, token)) for i, (site_id, token) in enumerate(sites)]
+            await wait_until(lambda: len(acked) >= 40, timeout=60, message="40 batches before the kill")
+            redis_cluster.kill(victim)
+            killed_at, before = time.monotonic(), len(acked)
+            await wait_until(lambda: victim.address not in redis_cluster.topology(), timeout=30,
+                             message="the replica promoted")
+            await wait_until(lambda: len(acked) >= before + 40 and any(
+                b.startswith(f"{settings.shard_of(sites[1][0])}-") for b, _ in acked[before:]),
+                timeout=60, message="40 more batches, the failed-over shard's among them")
+            stop.set()
+            await asyncio.gather(*posting)
+            await wait_until(lambda: persisted_all(db, acked), timeout=90, message="every 202 persisted")
+            assert worker.poll() is None  # the same worker process throughout
+        failover_seconds = time.monotonic() - killed_at
+    records = {record for _, records in acked for record in records}
+    rows = await db.fetch("SELECT site_id, record_id FROM doses")
+    assert len(rows) == len(records)  # none doubled (nor any not acknowledged)
+    assert {(r["site_id"], r["record_id"]) for r in rows} == records  # none lost
+    last: list = []
+
+    async def reconciled() -> bool:  # exact at rest: the worker may still be acknowledging the last group
+        last[:] = await reconcile_cli(settings)
+        return last[0] == 0 and last[1]["unexplained"] == 0
+
+    await wait_until(reconciled, timeout=30, interval=0.5, message="reconcile: 0 unexplained")
+    report = last[1]
+    assert report["totals"]["received"] >= len(records)
+    print(f"failover: {refused} refusals, {len(acked)} batches acknowledged, {failover_seconds:.1f} s")
+    redis_cluster.restart(victim)  # it rejoins as its successor's replica: the cluster whole for later tests
+    await wait_until(redis_cluster.healthy, timeout=60, message="the cluster whole again")
+
+
+async def persisted_all(db, acked) -> bool:
+    ids = [batch_id for batch_id, _ in acked]
+    return await db.fetchval("SELECT count(*) FROM batches WHERE batch_id = ANY($1)", ids) == len(ids)
+
+
+async def reconcile_cli(settings) -> tuple[int, dict]:
+    """`vaxline reconcile --json` in a subprocess, with the deployment's environment (REDIS_URL, DATABASE_URL):
+    (its exit status, its report)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "commands", "reconcile", "--json", cwd=ROOT, env={**os.environ, **settings.to_env()},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert out, err.decode()[-2000:]
+    return process.returncode, json.loads(out)
