@@ -1,11 +1,12 @@
-"""Stream mechanics on every Redis at hand: the embedded 6.2 and, when one
-answers, a Redis 7 (TEST_REDIS7_URL, or the machine's 127.0.0.1:6379).
+"""Stream mechanics on every Redis at hand: the embedded 6.2, when one
+answers, a Redis 7 (TEST_REDIS7_URL, or the machine's 127.0.0.1:6379), and
+the Redis Cluster of tests/redis_cluster.py (where each shard is read on its own).
 
 XAUTOCLAIM's reply and XINFO's fields differ between the two; a worker that
 crashes on one of them stops draining without a word.
 
 Covers: own pending list after restart, XAUTOCLAIM, trimming that keeps pending and undelivered entries, a
-pending entry whose data was deleted, on Redis 6.2 and 7.
+pending entry whose data was deleted, on Redis 6.2, 7 and a Redis 7 Cluster.
 """
 
 import asyncio
@@ -16,7 +17,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from vaxline.streams import ensure_groups
+from tests.redis_cluster import redis_cluster  # noqa: F401 (the cluster, for the "cluster" parameter)
+from vaxline.streams import connect_redis, ensure_groups
 from workers.consume import ShardReader
 from workers.trim import safe_min_id, trim
 
@@ -33,21 +35,23 @@ async def _reachable(url: str) -> str | None:
         await client.aclose()
 
 
-@pytest.fixture(params=["embedded", "redis7"])
+@pytest.fixture(params=["embedded", "redis7", "cluster"])
 async def stream_settings(request, make_settings):
     if request.param == "embedded":
         settings = make_settings()
+    elif request.param == "cluster":
+        settings = make_settings(redis_url=request.getfixturevalue("redis_cluster").url)
     else:
         version = await _reachable(REDIS7)
         if not version or int(version.split(".")[0]) < 7:
             pytest.skip(f"no Redis 7 at {REDIS7}")
         settings = make_settings(redis_url=REDIS7)
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = connect_redis(settings)
     await ensure_groups(client, settings)
     yield settings, client
     keys = [k async for k in client.scan_iter(match=f"{settings.stream_prefix}:*")]
-    if keys:
-        await client.delete(*keys)
+    for key in keys:  # one by one: a cluster's keys are in several slots
+        await client.delete(key)
     await client.aclose()
 
 
