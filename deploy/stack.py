@@ -122,17 +122,21 @@ class Stack:
 
     def start_workers(self, *, name: str, processes: int, certifiers: int, reviewers: int, notifiers: int = 1) -> None:
         """Persisting workers, certifiers, reviewers and notifiers, consumers named after `name` (keep it stable: a
-        restarted worker reads its own pending list). Without a configured notifier (VAXLINE_NOTIFIER) none
-        starts: notifications wait in Postgres until one runs."""
+        restarted worker reads its own pending list). Without a usable notifier (VAXLINE_NOTIFIER, and for a
+        real one VAXLINE_PUBLIC_BASE_URL) none starts, said in the log: notifications wait in Postgres until one
+        runs."""
         for i in range(processes):
             self.supervisor.add(f"worker-{i}", worker_process, self.settings, f"{name}-{i}")
         for i in range(certifiers):
             self.supervisor.add(f"certifier-{i}", worker_process, self.settings, f"{name}-certifier-{i}", "certify")
         for i in range(reviewers):
             self.supervisor.add(f"reviewer-{i}", worker_process, self.settings, f"{name}-reviewer-{i}", "review")
-        if notifiers and not self.settings.notifier:
-            log.warning("no notifier is configured (VAXLINE_NOTIFIER): citizens' SMS wait in the outbox")
-            notifiers = 0
+        if notifiers:
+            try:  # here, not in a child that would fall at start and be restarted for ever
+                notify.notifier(self.settings)
+            except notify.NoNotifier as e:  # the rest of the stack runs: notifications wait in Postgres, lost to none
+                log.warning("no notifier started (%s); citizens' SMS wait in the outbox", e)
+                notifiers = 0
         for i in range(notifiers):
             self.supervisor.add(f"notifier-{i}", worker_process, self.settings, f"{name}-notifier-{i}", "notify")
 

@@ -2,8 +2,9 @@
 
 Covers: the message is the portal's link and a fixed sentence (no name, no dose, no decision); the notifier is
 plugged as the OTP sender (`module:Class`, `dev`, none refused, a real one refused without an absolute public
-base URL) and the development one appends to <data_dir>/notify-outbox.jsonl, 0600; the demo stack starts with
-the development notifier and a notifier process; against real Postgres and Redis, with the persisting workers
+base URL or an unknown class) and the development one appends to <data_dir>/notify-outbox.jsonl, 0600;
+`python -m workers --notify` without one exits 2 naming the setting; the demo stack starts with the development
+notifier and a notifier process, and a stack whose notifier cannot start starts none (the rest runs); against real Postgres and Redis, with the persisting workers
 and a certifier: a person whose certificate is superseded twice before a notifier runs gets one SMS, about the
 current certificate, to the phone on record, and a later certificate its own ("updated"), never two for one
 certificate; while the gateway fails, two notifier loops retry with backoff (failures counted, nothing sent,
@@ -19,6 +20,9 @@ import contextlib
 import json
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -34,6 +38,7 @@ from vaxline import notify
 from workers.notify import backoff, run_notifier, send_due
 
 BASE = "https://tiemchung.example.vn"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Gateway:
@@ -112,6 +117,15 @@ def test_the_notifier_is_plugged_as_the_otp_sender(make_settings):
         notify.notifier(make_settings(notifier=f"{__name__}:Gateway"))  # an SMS link cannot be relative
     chosen = notify.notifier(make_settings(notifier=f"{__name__}:Gateway", public_base_url=BASE))
     assert isinstance(chosen, Gateway) and chosen.settings.public_base_url == BASE
+    with pytest.raises(notify.NoNotifier, match="no such class"):
+        notify.notifier(make_settings(notifier=f"{__name__}:Nowhere", public_base_url=BASE))
+
+
+def test_a_notifier_process_without_a_notifier_exits_2_naming_the_setting(settings):
+    env = {**os.environ, **settings.to_env(), "VAXLINE_NOTIFIER": ""}
+    ran = subprocess.run([sys.executable, "-m", "workers", "--notify"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert ran.returncode == 2 and "VAXLINE_NOTIFIER=module:Class" in ran.stderr and "Traceback" not in ran.stderr
 
 
 async def test_the_development_outbox_is_owner_only(make_settings, tmp_path):
@@ -145,6 +159,14 @@ def test_the_demo_stack_starts_a_development_notifier(tmp_path, settings, monkey
         assert stack.settings.to_env()["VAXLINE_NOTIFIER"] == "dev"
         stack.start_workers(name="t", processes=0, certifiers=0, reviewers=0)
         assert set(stack.supervisor.pids()) == {"notifier-0"}
+    finally:
+        stack.stop()
+    monkeypatch.setenv("VAXLINE_NOTIFIER", f"{__name__}:Gateway")  # a real one, but no public base URL
+    stack = Stack(tmp_path / "demo")
+    try:
+        stack.start()
+        stack.start_workers(name="t", processes=0, certifiers=0, reviewers=0)
+        assert stack.supervisor.pids() == {}  # none falling at start and restarted for ever: the log says why
     finally:
         stack.stop()
 

@@ -98,4 +98,9 @@ def notifier(settings: Settings) -> Notifier:
         raise NoNotifier("VAXLINE_PUBLIC_BASE_URL must be the portal's absolute address (https://...): an SMS"
                          " link cannot be relative")
     module, _, name = settings.notifier.partition(":")
-    return getattr(importlib.import_module(module), name)(settings)
+    try:
+        plugged = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise NoNotifier(f"VAXLINE_NOTIFIER={settings.notifier}: no such class ({type(e).__name__}); it names"
+                         " package.module:Class") from None
+    return plugged(settings)

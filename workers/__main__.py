@@ -9,6 +9,7 @@ import argparse
 import socket
 
 from monitoring.logs import configure
+from vaxline import notify
 from vaxline.config import Settings
 
 from .process import run_process
@@ -21,5 +22,11 @@ role.add_argument("--review", action="store_true", help="keep review flags and r
 role.add_argument("--notify", action="store_true", help="send citizens' SMS from the notifications outbox")
 args = parser.parse_args()
 configure()
-run_process(Settings.from_env(), args.consumer,
+settings = Settings.from_env()
+if args.notify:
+    try:  # a notifier without a gateway to send with says so once, rather than falling at every restart
+        notify.notifier(settings)
+    except notify.NoNotifier as e:
+        parser.exit(2, f"python -m workers: {e}\n")
+run_process(settings, args.consumer,
             "certify" if args.certify else "review" if args.review else "notify" if args.notify else "persist")
