@@ -500,10 +500,12 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "get", "/docs/assets/{asset}", "docsAsset", "A file of the `/docs` page",
         "Served from the installed `openapi-ui-bundles` package.", "operations", (),
-        {200: Answer("the file", media=(("text/javascript", {"type": "string"}), ("image/svg+xml", {"type": "string"})))},
+        {200: Answer("the file", media=(("text/javascript", {"type": "string"}),
+                                        ("image/svg+xml", {"type": "string"})))},
         {404: "no such file"},
         parameters=(_param("asset", "path", {"type": "string", "minLength": 1, "maxLength": 64},
-                           "the file's name: `redoc.standalone.js` or `logo-mini.svg`", example="redoc.standalone.js"),),
+                           "the file's name: `redoc.standalone.js` or `logo-mini.svg`",
+                           example="redoc.standalone.js"),),
     ),
 )
 

@@ -75,7 +75,8 @@ def _browse(url: str) -> tuple[str, list[dict], list[dict]]:
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         driver.get(url)
-        WebDriverWait(driver, 60).until(lambda d: "Post a batch of administered doses" in d.find_element("tag name", "body").text)
+        WebDriverWait(driver, 60).until(
+            lambda d: "Post a batch of administered doses" in d.find_element("tag name", "body").text)
         text = driver.find_element("tag name", "body").text
         console = driver.get_log("browser")
         return text, console, [json.loads(entry["message"])["message"] for entry in driver.get_log("performance")]

@@ -1,16 +1,16 @@
 """Notifications: an SMS with a link, never the data, when a certificate is stored or a correction decided.
 
 Covers: the message is the portal's link and a fixed sentence (no name, no dose, no decision); the notifier is
-plugged as the OTP sender (`module:Class`, `dev`, none refused, a real one refused without an absolute public
-base URL or an unknown class) and the development one appends to <data_dir>/notify-outbox.jsonl, 0600;
-`python -m workers --notify` without one exits 2 naming the setting; the demo stack starts with the development
-notifier and a notifier process, and a stack whose notifier cannot start starts none (the rest runs); against real Postgres and Redis, with the persisting workers
-and a certifier: a person whose certificate is superseded twice before a notifier runs gets one SMS, about the
-current certificate, to the phone on record, and a later certificate its own ("updated"), never two for one
-certificate; while the gateway fails, two notifier loops retry with backoff (failures counted, nothing sent,
-nothing lost) and, once it answers, each person gets exactly one SMS; a person with no phone on record is
-skipped and counted; a rejected correction request tells the phone on record (not the one typed into the
-request) with the link to /corrections/{id}; the backoff doubles up to its cap.
+plugged as the OTP sender (`module:Class`, `dev`, none refused, a real one refused without an absolute public base
+URL or an unknown class) and the development one appends to <data_dir>/notify-outbox.jsonl, 0600; `python -m
+workers --notify` without one exits 2 naming the setting; the demo stack starts with the development notifier and a
+notifier process, and a stack whose notifier cannot start starts none (the rest runs); against real Postgres and
+Redis, with the persisting workers and a certifier: a person whose certificate is superseded twice before a
+notifier runs gets one SMS, about the current certificate, to the phone on record, and a later certificate its own
+("updated"), never two for one certificate; while the gateway fails, two notifier loops retry with backoff
+(failures counted, nothing sent, nothing lost) and, once it answers, each person gets exactly one SMS; a person
+with no phone on record is skipped and counted; a rejected correction request tells the phone on record (not the
+one typed into the request) with the link to /corrections/{id}; the backoff doubles up to its cap.
 """
 
 from __future__ import annotations
@@ -185,13 +185,15 @@ async def test_a_certificate_superseded_twice_before_sending_is_told_once_about_
         await certified(db, person["national_id"], 2)
         assert (await stack.post(token, {"doses": [later(person, 3, "2021-12-01")]})).status == 202
         third = await certified(db, person["national_id"], 3)
-        waiting = await db.fetch("SELECT subject, event FROM notifications WHERE national_id = $1", person["national_id"])
+        waiting = await db.fetch("SELECT subject, event FROM notifications WHERE national_id = $1",
+                                 person["national_id"])
         assert [tuple(r) for r in waiting] == [(third, "issued")] and third != first
 
         assert await send_due(pool, settings, gateway) == 1
         assert await send_due(pool, settings, gateway) == 0  # sent: nothing is due again
         assert [(s["phone"], s["link"]) for s in gateway.sent] == [(person["phone"], BASE + "/")]
-        assert person["full_name"] not in gateway.sent[0]["text"] and person["national_id"] not in gateway.sent[0]["text"]
+        text = gateway.sent[0]["text"]
+        assert person["full_name"] not in text and person["national_id"] not in text
 
         assert (await stack.post(token, {"doses": [later(person, 4, "2022-03-01")]})).status == 202
         fourth = await certified(db, person["national_id"], 4)
@@ -216,7 +218,8 @@ async def test_nothing_is_lost_while_the_gateway_is_down(make_settings, db):
         async with notifiers(settings, gateway, count=2):
             await wait_until(lambda: db.fetchval("SELECT min(attempts) >= 3 FROM notifications"),
                              message="every notification tried three times")
-            assert gateway.sent == [] and await db.fetchval("SELECT count(*) FROM notifications WHERE sent_at IS NULL") == 20
+            assert gateway.sent == []
+            assert await db.fetchval("SELECT count(*) FROM notifications WHERE sent_at IS NULL") == 20
             gateway.down = False
             await wait_until(lambda: db.fetchval("SELECT count(*) = 0 FROM notifications WHERE sent_at IS NULL"),
                              message="every notification sent once the gateway answers")
