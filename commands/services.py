@@ -36,6 +36,7 @@ def add_parsers(commands) -> None:
     run.add_argument("--workers", type=int, default=2)
     run.add_argument("--certifiers", type=int, default=1)
     run.add_argument("--reviewers", type=int, default=1)
+    run.add_argument("--notifiers", type=int, default=1, help="notifier processes (citizens' SMS; development outbox)")
     run.set_defaults(func=cmd_run)
 
     migrate = commands.add_parser("migrate", help="apply schema migrations")
@@ -51,6 +52,8 @@ def add_parsers(commands) -> None:
     work.add_argument("--processes", type=int, default=2, help="persisting workers")
     work.add_argument("--certifiers", type=int, default=1, help="certifier processes (0: certify elsewhere)")
     work.add_argument("--reviewers", type=int, default=1, help="reviewer processes (0: review elsewhere)")
+    work.add_argument("--notifiers", type=int, default=1,
+                      help="notifier processes, when VAXLINE_NOTIFIER is set (0: notify elsewhere)")
     work.add_argument("--name", default=socket.gethostname(),
                       help="consumer name prefix; keep it stable so a restarted worker reads its own pending list")
     work.add_argument("--metrics-host", default="0.0.0.0")
@@ -126,7 +129,7 @@ def cmd_work(args) -> int:
         rotation = KeyRotation(keys)  # as `vaxline run`: a month before the newest key stops signing
         rotation.rotate()
     stack.start_workers(name=args.name, processes=args.processes, certifiers=args.certifiers,
-                        reviewers=args.reviewers)
+                        reviewers=args.reviewers, notifiers=args.notifiers)
     started = args.processes + args.certifiers + args.reviewers
     # READY=1 once every consumer started has Postgres and Redis (its `running` gauge is up).
     stack.supervise(tick=_both(_systemd(lambda: _consumers_running() >= started), rotation))
@@ -195,7 +198,7 @@ def cmd_run(args) -> int:
         if rotation.rotate():
             log.warning("created a signing key in %s (`vaxline keys list` shows it)", settings.signing_keys_dir)
         stack.start_workers(name=f"{socket.gethostname()}-run", processes=args.workers,
-                            certifiers=args.certifiers, reviewers=args.reviewers)
+                            certifiers=args.certifiers, reviewers=args.reviewers, notifiers=args.notifiers)
         _wait_ready(args, stack)
         _print_banner(args, DEMO_SITE["code"], token)
         stack.supervise(tick=_both(_status_printer(), rotation, _systemd(lambda: True)))
