@@ -1,6 +1,6 @@
 """End-to-end throughput: HTTP in, Postgres out, certificates signed, beside the raw COPY ceiling.
 
-    python -m benchmarks.e2e [--doses 1000000] [--clients 4] [--batch 1000] [--rate DOSES_PER_S]
+    python -m benchmarks.e2e [--doses 1000000] [--clients 4] [--batch 1000] [--rate DOSES_PER_S] [--redis-cluster]
 
 Starts the stack (the servers in DATABASE_URL/REDIS_URL, or the embedded
 default in a temporary folder, Redis with appendfsync always unless
@@ -16,6 +16,12 @@ Without --rate the clients post as fast as the stack accepts (throughput;
 certification then trails persisting, which never waits for it). With
 --rate they post at that pace, the way the 202-to-certificate latency is
 meant to be read: at a load the stack sustains.
+
+With --redis-cluster the same run is made twice: on the standalone Redis
+above, then on a Redis Cluster of Debian's redis-server on loopback (3
+masters, 3 replicas, appendfsync always on each, every 202 after a WAIT for
+its master's replica), started by deploy/rediscluster.py as the tests start
+theirs; it prints both doses/s side by side.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from pathlib import Path
 
 import asyncpg
 
+from deploy import rediscluster
 from deploy.embedded import psql_binary
 from deploy.stack import Stack, reconcile
 from deploy.waits import wait_certified, wait_persisted, wait_reviewed
@@ -228,6 +235,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--appendfsync", default="always", choices=["always", "everysec"],
                         help="embedded Redis only")
     parser.add_argument("--port", type=int, default=18080)
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="also run on a 3+3 Redis Cluster on loopback and print both doses/s")
     return parser.parse_args()
 
 
@@ -317,10 +326,8 @@ def print_figures(args, stack: Stack, f: dict) -> None:
     print(f"    {'clients (each)':<24} {max(m for _, _, m in f['outcomes']):8.0f} MiB")
 
 
-def main() -> None:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below
-    args = _arguments()
-    folder = Path(tempfile.mkdtemp(prefix="vaxline-bench-"))
+def run(args, folder: Path) -> dict:
+    """One stack on the Redis of REDIS_URL (or the embedded one), measured and printed; its figures."""
     stack = Stack(folder, database=f"vaxline_bench_{secrets.token_hex(3)}", appendfsync=args.appendfsync)
     try:
         stack.start(shards=args.shards, stream_prefix=f"bench{secrets.token_hex(3)}", max_backlog_entries=10_000)
@@ -330,9 +337,48 @@ def main() -> None:
             stack.ensure_signing_key()
         stack.start_workers(name="bench", processes=args.workers, certifiers=args.certifiers,
                             reviewers=args.reviewers)
-        print_figures(args, stack, measure(args, stack, tokens))
+        figures = measure(args, stack, tokens)
+        print_figures(args, stack, figures)
+        return figures
     finally:
         stack.stop()
+
+
+def on_cluster(args, folder: Path) -> dict:
+    """The same run on a Redis Cluster started here (deploy/rediscluster.py, as the tests start theirs)."""
+    with rediscluster.LocalCluster(folder / "redis-cluster") as cluster:
+        previous = os.environ.get("REDIS_URL")
+        os.environ["REDIS_URL"] = cluster.url  # the stack and every process it starts take it from there
+        try:
+            print(f"\nRedis Cluster: {cluster.masters} masters, {cluster.replicas} replica each, appendfsync always,"
+                  " each 202 after WAIT for the replica")
+            return run(args, folder)
+        finally:
+            if previous is None:
+                os.environ.pop("REDIS_URL", None)
+            else:
+                os.environ["REDIS_URL"] = previous
+
+
+def print_comparison(standalone: dict, cluster: dict) -> None:
+    print("\nsame run, doses/s        Redis Cluster   standalone Redis   cluster / standalone")
+    for label, key in (("accepted (202)", "posted"), ("persisted", "persisted"), ("end to end", "elapsed")):
+        on_cluster, alone = cluster["accepted"] / cluster[key], standalone["accepted"] / standalone[key]
+        print(f"  {label:<22} {on_cluster:>13,.0f} {alone:>18,.0f} {on_cluster / alone:>21.0%}")
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below
+    args = _arguments()
+    if args.redis_cluster and (why := rediscluster.available()):
+        sys.exit(f"--redis-cluster: {why}")
+    folder = Path(tempfile.mkdtemp(prefix="vaxline-bench-"))
+    try:
+        standalone = run(args, folder)
+        if args.redis_cluster:
+            cluster = on_cluster(args, folder)
+            print_comparison(standalone, cluster)
+    finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
