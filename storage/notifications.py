@@ -3,7 +3,7 @@
     certificates_stored(conn, ...)    in storage.certificates.issue's transaction (certifiers, lookups)
     correction_decided(conn, ...)     in storage.citizen.decide's transaction
     claim(conn, ...)                  a notifier takes due rows for a lease (FOR UPDATE SKIP LOCKED)
-    sent / failed                     after the gateway answered: done, or due again after a backoff
+    sent / failed                     after the gateway answered, a round at a time: done, or due again later
 
 See storage/migrations/0008_notifications.sql for the promises: nothing committed is lost, one notification
 waiting per person's certificate, at least once. Nothing here holds a lock while an SMS is being sent: a
@@ -86,21 +86,30 @@ async def claim(conn: asyncpg.Connection, *, limit: int, lease: float) -> list[N
     return [Notification(**dict(r)) for r in rows]
 
 
-async def sent(conn: asyncpg.Connection, notification: Notification, *, outcome: str = "sent") -> bool:
-    """Mark it sent (outcome `no_phone`: there was nobody to send it to). False when a newer certificate replaced
-    its subject meanwhile: the row stays waiting, due at once, for the current certificate."""
-    done = await conn.fetchval(
-        "UPDATE notifications SET sent_at = now(), outcome = $3 WHERE id = $1 AND subject = $2 AND sent_at IS NULL"
-        " RETURNING true", notification.id, notification.subject, outcome)
+async def sent(conn: asyncpg.Connection, done: list[tuple[Notification, str]]) -> int:
+    """Mark these sent, each with its outcome (`sent`, or `no_phone`: nobody to send it to), in one statement;
+    how many. One whose subject a newer certificate replaced meanwhile stays waiting, due at once, for the
+    current certificate."""
     if not done:
-        await conn.execute("UPDATE notifications SET due_at = now() WHERE id = $1 AND sent_at IS NULL", notification.id)
-    return bool(done)
+        return 0
+    marked = {r["id"] for r in await conn.fetch(
+        "UPDATE notifications n SET sent_at = now(), outcome = d.outcome"
+        " FROM unnest($1::bigint[], $2::text[], $3::text[]) AS d(id, subject, outcome)"
+        " WHERE n.id = d.id AND n.subject = d.subject AND n.sent_at IS NULL RETURNING n.id",
+        [n.id for n, _ in done], [n.subject for n, _ in done], [outcome for _, outcome in done])}
+    if replaced := [n.id for n, _ in done if n.id not in marked]:
+        await conn.execute("UPDATE notifications SET due_at = now() WHERE id = ANY($1::bigint[]) AND sent_at IS NULL",
+                           replaced)
+    return len(marked)
 
 
-async def failed(conn: asyncpg.Connection, notification: Notification, *, retry_in: float) -> None:
-    """The gateway failed: due again in `retry_in` seconds (the notifier's backoff)."""
-    await conn.execute("UPDATE notifications SET due_at = now() + $2::interval WHERE id = $1 AND sent_at IS NULL",
-                       notification.id, dt.timedelta(seconds=retry_in))
+async def failed(conn: asyncpg.Connection, retries: list[tuple[Notification, float]]) -> None:
+    """The gateway failed these: each due again after its wait in seconds (the notifier's backoff)."""
+    if retries:
+        await conn.execute(
+            "UPDATE notifications n SET due_at = now() + r.wait * interval '1 second'"
+            " FROM unnest($1::bigint[], $2::float8[]) AS r(id, wait) WHERE n.id = r.id AND n.sent_at IS NULL",
+            [n.id for n, _ in retries], [wait for _, wait in retries])
 
 
 async def backlog(conn: asyncpg.Connection) -> int:

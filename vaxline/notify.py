@@ -72,7 +72,8 @@ class DevelopmentNotifier:
         self.outbox = settings.data_dir / OUTBOX
 
     async def send(self, *, phone: str, text: str, link: str, notification_id: str) -> None:
-        log.info("development notifier: notification %s written to the outbox (no SMS is sent)", notification_id)
+        # debug: a load test tells thousands a second (the outbox is what a developer reads)
+        log.debug("development notifier: notification %s written to the outbox (no SMS is sent)", notification_id)
         line = json.dumps({"notification_id": notification_id, "phone": phone, "text": text, "link": link,
                            "at": time.time()}, ensure_ascii=False) + "\n"
         await asyncio.to_thread(self._append, line)

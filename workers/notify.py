@@ -66,9 +66,25 @@ async def send_due(pool: asyncpg.Pool, settings: Settings, sender: notify.Notifi
         return 0
     # A gateway call may not outlast half the lease, so no other notifier takes a row still being sent.
     results = await asyncio.gather(*(_send(sender, n, settings) for n in due), return_exceptions=True)
-    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-        for notification, result in zip(due, results):
-            await _record(conn, settings, notification, result)
+    done: list[tuple[store.Notification, str]] = []
+    retries: list[tuple[store.Notification, float]] = []
+    for notification, result in zip(due, results):
+        kind = notification.kind
+        if isinstance(result, BaseException):
+            wait = backoff(notification.attempts, base=settings.notify_backoff, cap=settings.notify_backoff_max)
+            retries.append((notification, wait))
+            metrics.notifications_failed.labels(kind=kind).inc()
+        else:
+            done.append((notification, result))
+            counter = metrics.notifications_skipped if result == "no_phone" else metrics.notifications_sent
+            counter.labels(kind=kind).inc()
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:  # two statements a round, whatever its size
+        await store.sent(conn, done)
+        await store.failed(conn, retries)
+    if retries:  # one line a round, however many failed: an outage would otherwise flood the log
+        errors = sorted({type(r).__name__ for r in results if isinstance(r, BaseException)})
+        log.warning("%d of %d notifications failed (%s; notification %d at attempt %d); retried after a backoff",
+                    len(retries), len(due), ", ".join(errors), retries[0][0].id, retries[0][0].attempts)
     return len(due)
 
 
@@ -81,23 +97,6 @@ async def _send(sender: notify.Notifier, notification: store.Notification, setti
                                        notification_id=notification_id(notification)),
                            settings.notify_lease / 2)
     return "sent"
-
-
-async def _record(conn: asyncpg.Connection, settings: Settings, notification: store.Notification,
-                  result: str | BaseException) -> None:
-    kind = notification.kind
-    if isinstance(result, BaseException):
-        retry_in = backoff(notification.attempts, base=settings.notify_backoff, cap=settings.notify_backoff_max)
-        await store.failed(conn, notification, retry_in=retry_in)
-        metrics.notifications_failed.labels(kind=kind).inc()
-        log.warning("notification %d failed (%s, attempt %d); retrying in %.0f s", notification.id,
-                    type(result).__name__, notification.attempts, retry_in)
-        return
-    await store.sent(conn, notification, outcome=result)
-    if result == "no_phone":
-        metrics.notifications_skipped.labels(kind=kind).inc()
-    else:
-        metrics.notifications_sent.labels(kind=kind).inc()
 
 
 def notification_id(notification: store.Notification) -> str:
