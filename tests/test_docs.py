@@ -2,7 +2,7 @@
 
 Covers: GET /docs answers 200 HTML with a Content-Security-Policy that allows scripts from this origin only,
 names no external URL, and every file it loads answers 200 from this server, byte for byte the installed
-package's; an asset not on the list (a traversal included) is a 404 in problem details; in headless Chromium
+package's, and an asset asked again with its ETag is a 304; an asset not on the list (a traversal included) is a 404 in problem details; in headless Chromium
 the page renders the document's operations from /openapi.json, and nothing from another origin is fetched: the one
 request Redoc makes elsewhere (Redocly's logo, from its CDN) is blocked by the policy, and nothing else is
 (skipped without chromium, a failure in CI); errors of every origin (a route's ApiError, aiohttp's 404
@@ -40,6 +40,9 @@ async def test_docs_and_its_assets_come_from_this_server(settings):
         for address in ADDRESSES.findall(html):
             answer = await stack.client.get(address)
             loaded[address] = (answer.status, await answer.read())
+        script = await stack.client.get("/docs/assets/redoc.standalone.js")
+        again = await stack.client.get("/docs/assets/redoc.standalone.js",
+                                       headers={"If-None-Match": script.headers["ETag"]})
         missing = await stack.client.get("/docs/assets/index.html")  # in the package's folder, not on the list
         traversal = await stack.client.get("/docs/assets/..%2F..%2F__init__.py")
         missing_body = await missing.json()
@@ -52,6 +55,7 @@ async def test_docs_and_its_assets_come_from_this_server(settings):
     assert all(status == 200 for status, _ in loaded.values()), {a: s for a, (s, _) in loaded.items()}
     for name in ASSETS:
         assert loaded[f"/docs/assets/{name}"][1] == (openapi_ui_bundles.redoc.static_path / name).read_bytes()
+    assert again.status == 304 and not await again.read() and again.headers["ETag"] == script.headers["ETag"]
     assert missing.status == 404 and missing.content_type == "application/problem+json"
     assert missing_body["status"] == 404 and missing_body["error"] == missing_body["detail"]
     assert traversal.status == 404
