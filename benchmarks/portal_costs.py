@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import os
 import re
 import secrets
@@ -95,6 +96,8 @@ def main() -> None:
     args = _arguments()
     os.environ.setdefault("VAXLINE_LOG_LEVEL", "WARNING")
     folder = Path(tempfile.mkdtemp(prefix="vaxline-portal-costs-"))
+    # Removed at exit, after pgserver's own exit hook (registered later, run first) stopped Postgres in it.
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     stack = Stack(folder, database=f"vaxline_portal_{secrets.token_hex(3)}")
     base = f"http://127.0.0.1:{args.port}"
     try:
@@ -122,7 +125,6 @@ def main() -> None:
                 spent[name] += meter.stop()["ingest"]
     finally:
         stack.stop()
-        shutil.rmtree(folder, ignore_errors=True)
     n = args.people * args.rounds
     json_cost, get_cost, post_cost = (spent[k] / n for k in ("json", "get", "post"))
     print(f"\nvaxline portal costs ({os.cpu_count()} cores; ingest CPU from /proc, user + system;"
