@@ -8,6 +8,8 @@ and is handed back, to be rebuilt from a fresh read of the history. The
 partial unique index keeps one current certificate per person whatever
 happens. Building and signing what is written here is storage.issuing, for
 the certifiers and for a lookup that finds a certificate behind its history.
+Each certificate written tells its holder: a notification is written in the
+same transaction (storage.notifications), so none stored goes untold.
 """
 
 from __future__ import annotations
