@@ -195,8 +195,7 @@ def cmd_run(args) -> int:
         announce(settings)
         stack.start_ingest(hosts=args.host, port=args.port, processes=args.ingest_processes)
         rotation = KeyRotation(KeyStore(settings.signing_keys_dir))  # the first key, then a month ahead
-        if rotation.rotate():
-            log.warning("created a signing key in %s (`vaxline keys list` shows it)", settings.signing_keys_dir)
+        rotation.rotate()  # logs the key it made
         stack.start_workers(name=f"{socket.gethostname()}-run", processes=args.workers,
                             certifiers=args.certifiers, reviewers=args.reviewers, notifiers=args.notifiers)
         _wait_ready(args, stack)

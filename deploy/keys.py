@@ -35,8 +35,8 @@ class KeyRotation:
         except (OSError, LooseMode, ValueError) as e:  # tried again at the next check
             log.error("signing key rotation in %s failed: %s: %s", self.keys.directory, type(e).__name__, e)
             return None
-        if created:
-            log.warning("rotated the signing key: new key kid=%s in %s (its DSC valid until %s)",
+        if created:  # the first key, or the next one a month before the newest stops signing
+            log.warning("created a signing key (kid %s) in %s, its DSC valid until %s (`vaxline keys list`)",
                         created.kid.hex(), self.keys.directory, f"{created.not_after:%Y-%m-%d}")
         return created
 

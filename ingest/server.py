@@ -119,7 +119,7 @@ async def export_replica_lag(read_pool: asyncpg.Pool, every: float = 5.0) -> Non
                 lag = await replica_lag(conn)
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
             lag = math.inf  # unreachable: as far behind as it gets (its reads answer 503)
-        metrics.replica_lag.set(0.0 if lag is None else lag)  # None: DATABASE_READ_URL names a primary
+        metrics.replica_lag.labels(role="ingest").set(0.0 if lag is None else lag)  # None: DATABASE_READ_URL names a primary
         await asyncio.sleep(every)
 
 

@@ -168,12 +168,14 @@ correction_changes_pending = Gauge(
 # prometheus-client's process collector, so each process samples its own: monitoring/processes.py).
 replica_lag = Gauge(
     REPLICA_LAG, "Seconds the read replica (DATABASE_READ_URL) trails the primary; +Inf when it does not answer",
-    multiprocess_mode="livemax",
+    ["role"], multiprocess_mode="livemax",  # role="ingest", its reader: no series without a replica
 )
+# Labelled (role="certify", the processes that read it), so that no other process exports an unset 0: a gauge
+# without labels has a value, 0, in every process from the start.
 signing_key_validity = Gauge(
     SIGNING_KEY_VALIDITY, "Seconds until the signer certificate (DSC) of the key certifiers sign with expires;"
-    " a key signs only while that exceeds a certificate's 12 months; 0 when no key can sign",
-    multiprocess_mode="livemin",
+    " a key signs only while that exceeds a certificate's 12 months; 0 when no key can sign", ["role"],
+    multiprocess_mode="livemax",
 )
 # "liveall": the multiprocess exposition adds each live process's `pid` label itself (an own `pid` label
 # would be dropped by the other modes); counters keep an own `pid`, as they are summed per label set.

@@ -37,6 +37,7 @@ from tests.stack import running_stack
 from vaxline.dcc.keys import KeyStore
 
 DATABASE = "vaxline"
+INGEST_ROLE = {"role": "ingest"}
 
 
 def _free_port() -> int:
@@ -273,10 +274,10 @@ async def test_the_lag_is_exported_and_an_unreachable_standby_reads_as_infinitel
     pool = await asyncpg.create_pool(replica_settings.database_read_url, min_size=0, max_size=1)
     exporting = asyncio.create_task(export_replica_lag(pool, every=0.05))
     try:
-        await wait_until(lambda: REGISTRY.get_sample_value(names.REPLICA_LAG) == 0.0, message="lag 0")
+        await wait_until(lambda: REGISTRY.get_sample_value(names.REPLICA_LAG, INGEST_ROLE) == 0.0, message="lag 0")
         await paused(standby)
         await primary.execute("CREATE TABLE lag_probe (n int); INSERT INTO lag_probe VALUES (1)")
-        await wait_until(lambda: (REGISTRY.get_sample_value(names.REPLICA_LAG) or 0) > 0, message="lag above 0")
+        await wait_until(lambda: (REGISTRY.get_sample_value(names.REPLICA_LAG, INGEST_ROLE) or 0) > 0, message="lag above 0")
     finally:
         exporting.cancel()
         await pool.close()
@@ -284,7 +285,7 @@ async def test_the_lag_is_exported_and_an_unreachable_standby_reads_as_infinitel
     gone = await asyncpg.create_pool(f"postgresql://postgres@127.0.0.1:{_free_port()}/x", min_size=0, max_size=1)
     exporting = asyncio.create_task(export_replica_lag(gone, every=0.05))
     try:
-        await wait_until(lambda: REGISTRY.get_sample_value(names.REPLICA_LAG) == math.inf, message="+Inf")
+        await wait_until(lambda: REGISTRY.get_sample_value(names.REPLICA_LAG, INGEST_ROLE) == math.inf, message="+Inf")
     finally:
         exporting.cancel()
         await gone.close()

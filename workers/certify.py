@@ -154,7 +154,7 @@ KEY_VALIDITY_EVERY = 60.0
 def export_key_validity(keys: KeyStore) -> None:
     """vaxline_signing_key_validity_seconds: 0 when no key can sign (or the folder is refused: nothing signs)."""
     try:
-        metrics.signing_key_validity.set(keys.signing_validity())
+        metrics.signing_key_validity.labels(role="certify").set(keys.signing_validity())
     except (OSError, LooseMode, ValueError) as e:
         log.warning("signing key validity unreadable: %s", type(e).__name__)
-        metrics.signing_key_validity.set(0)
+        metrics.signing_key_validity.labels(role="certify").set(0)
