@@ -9,14 +9,16 @@ Redis, with the persisting workers and a certifier: a person whose certificate i
 notifier runs gets one SMS, about the current certificate, to the phone on record, and a later certificate its own
 ("updated"), never two for one certificate; while the gateway fails, two notifier loops retry with backoff
 (failures counted, nothing sent, nothing lost) and, once it answers, each person gets exactly one SMS; a person
-with no phone on record is skipped and counted; a rejected correction request tells the phone on record (not the
-one typed into the request) with the link to /corrections/{id}; the backoff doubles up to its cap.
+with no phone on record is skipped and counted; a certificate whose transaction rolls back leaves no notification,
+and one that commits leaves one; a rejected correction request tells the phone on record (not the one typed into
+the request) with the link to /corrections/{id}; the backoff doubles up to its cap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import stat
@@ -30,6 +32,7 @@ from prometheus_client import REGISTRY
 
 from deploy.stack import Stack
 from monitoring.names import NOTIFICATIONS_FAILED, NOTIFICATIONS_SENT, NOTIFICATIONS_SKIPPED
+from storage import certificates
 from tests.conftest import wait_until
 from tests.factory import dose
 from tests.stack import running_stack
@@ -202,6 +205,22 @@ async def test_a_certificate_superseded_twice_before_sending_is_told_once_about_
                           person["national_id"])
     assert [tuple(r) for r in rows] == [(third, "issued", "sent"), (fourth, "updated", "sent")]
     assert len({s["id"] for s in gateway.sent}) == len(gateway.sent) == 2
+
+
+async def test_a_notification_is_written_with_its_certificate_or_not_at_all(db):
+    uvci = "URN:UVCI:01:VN:" + "A" * 32
+    new = certificates.NewCertificate(uvci, "001090000001", None, None, b"f", b"v", "Nguyễn Văn A", dt.date(1990, 1, 1),
+                                      "[]", "HC1:X", None)
+    now = dt.datetime.now(dt.UTC)
+    with pytest.raises(RuntimeError):
+        async with db.transaction():
+            await certificates.issue(db, [new], kid=b"k", issued_at=now, expires_at=now)
+            raise RuntimeError("the transaction that stored it rolls back")
+    assert await db.fetchval("SELECT count(*) FROM certificates") == 0
+    assert await db.fetchval("SELECT count(*) FROM notifications") == 0
+    written, _ = await certificates.issue(db, [new], kid=b"k", issued_at=now, expires_at=now)
+    assert written == {"001090000001"}
+    assert [tuple(r) for r in await db.fetch("SELECT subject, event FROM notifications")] == [(uvci, "issued")]
 
 
 async def test_nothing_is_lost_while_the_gateway_is_down(make_settings, db):
