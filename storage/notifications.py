@@ -87,29 +87,40 @@ async def claim(conn: asyncpg.Connection, *, limit: int, lease: float) -> list[N
 
 
 async def sent(conn: asyncpg.Connection, done: list[tuple[Notification, str]]) -> int:
-    """Mark these sent, each with its outcome (`sent`, or `no_phone`: nobody to send it to), in one statement;
-    how many. One whose subject a newer certificate replaced meanwhile stays waiting, due at once, for the
-    current certificate."""
+    """Mark these sent, each with its outcome (`sent`, or `no_phone`: nobody to send it to); how many. One whose
+    subject a newer certificate replaced meanwhile stays waiting, due at once, for the current certificate."""
     if not done:
         return 0
-    marked = {r["id"] for r in await conn.fetch(
-        "UPDATE notifications n SET sent_at = now(), outcome = d.outcome"
-        " FROM unnest($1::bigint[], $2::text[], $3::text[]) AS d(id, subject, outcome)"
-        " WHERE n.id = d.id AND n.subject = d.subject AND n.sent_at IS NULL RETURNING n.id",
-        [n.id for n, _ in done], [n.subject for n, _ in done], [outcome for _, outcome in done])}
-    if replaced := [n.id for n, _ in done if n.id not in marked]:
-        await conn.execute("UPDATE notifications SET due_at = now() WHERE id = ANY($1::bigint[]) AND sent_at IS NULL",
-                           replaced)
+    async with conn.transaction():
+        await _lock(conn, [n.id for n, _ in done])
+        marked = {r["id"] for r in await conn.fetch(
+            "UPDATE notifications n SET sent_at = now(), outcome = d.outcome"
+            " FROM unnest($1::bigint[], $2::text[], $3::text[]) AS d(id, subject, outcome)"
+            " WHERE n.id = d.id AND n.subject = d.subject AND n.sent_at IS NULL RETURNING n.id",
+            [n.id for n, _ in done], [n.subject for n, _ in done], [outcome for _, outcome in done])}
+        if replaced := [n.id for n, _ in done if n.id not in marked]:
+            await conn.execute("UPDATE notifications SET due_at = now() WHERE id = ANY($1::bigint[])"
+                               " AND sent_at IS NULL", replaced)
     return len(marked)
 
 
 async def failed(conn: asyncpg.Connection, retries: list[tuple[Notification, float]]) -> None:
     """The gateway failed these: each due again after its wait in seconds (the notifier's backoff)."""
-    if retries:
+    if not retries:
+        return
+    async with conn.transaction():
+        await _lock(conn, [n.id for n, _ in retries])
         await conn.execute(
             "UPDATE notifications n SET due_at = now() + r.wait * interval '1 second'"
             " FROM unnest($1::bigint[], $2::float8[]) AS r(id, wait) WHERE n.id = r.id AND n.sent_at IS NULL",
             [n.id for n, _ in retries], [wait for _, wait in retries])
+
+
+async def _lock(conn: asyncpg.Connection, ids: list[int]) -> None:
+    """Lock these rows in the order the issuers' upsert takes them (by national id), so that marking a round and
+    an issuer's transaction only ever wait on each other, never deadlock."""
+    await conn.execute("SELECT 1 FROM notifications WHERE id = ANY($1::bigint[]) AND sent_at IS NULL"
+                       " ORDER BY national_id, id FOR UPDATE", ids)
 
 
 async def backlog(conn: asyncpg.Connection) -> int:
