@@ -341,6 +341,8 @@ class Enqueuer:
         if self._cluster is not None:
             return await self._cluster.run(source, keys, args)
         if self._pipe is not None:
+            if self._replicas.none_required(""):  # a standalone Redis without replicas: the plain hot path
+                return await self._pipe.evalsha(source, keys, args)
             return await self._replicas.write("", self._pipe, source, keys, args)
         return await script(keys=keys, args=args)  # a URL the pipe cannot reach: redis-py, without WAIT
 

@@ -87,7 +87,16 @@ class RedisPipe:
 
     async def call(self, *args) -> object:
         protocol = await self._connected()
-        return await self._reply(protocol, self._write(protocol, args))
+        future = asyncio.get_running_loop().create_future()
+        protocol.waiting.append(future)
+        protocol.transport.write(_encode(args))
+        protocol.sent += 1
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await future
+        except asyncio.TimeoutError:
+            protocol.transport.close()  # the replies behind this one could not be matched any more
+            raise TimeoutError(f"Redis did not answer within {self.timeout:g} s") from None
 
     def _write(self, protocol: _Protocol, *commands: tuple) -> list[asyncio.Future]:
         """Write `commands` together (nothing of another request comes between them); their futures."""
@@ -111,8 +120,17 @@ class RedisPipe:
 
     async def evalsha(self, script: str, keys: list, args: list, *, asking: bool = False) -> object:
         """The script's reply; `asking`: sent after ASKING (a Redis Cluster slot being migrated)."""
-        reply, _, _ = await self._evalsha(script, keys, args, asking)
-        return reply
+        if asking:
+            reply, _, _ = await self._evalsha(script, keys, args, asking)
+            return reply
+        sha = self._scripts.get(script)  # the hot path of every 202: as few steps as can be
+        if sha is None:
+            sha = self._scripts[script] = hashlib.sha1(script.encode()).hexdigest().encode()
+        try:
+            return await self.call(b"EVALSHA", sha, len(keys), *keys, *args)
+        except NoScriptError:  # a restarted (or failed-over) Redis has not seen it: load it, then again
+            await self.call(b"SCRIPT", b"LOAD", script)
+            return await self.call(b"EVALSHA", sha, len(keys), *keys, *args)
 
     async def evalsha_waited(self, script: str, keys: list, args: list, *, replicas: int, wait_timeout: float,
                              asking: bool = False) -> tuple[object, int]:

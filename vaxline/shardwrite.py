@@ -45,6 +45,10 @@ class Replicas:
         self._wait_timeout = settings.redis_wait_timeout
         self._required: dict[str, int] = {}
 
+    def none_required(self, address: str) -> bool:
+        """Known to need no replica (the setting says 0, or the master had none when first asked)."""
+        return self._setting == 0 or (self._setting < 0 and self._required.get(address) == 0)
+
     async def required(self, address: str, pipe: RedisPipe) -> int:
         if self._setting >= 0:
             return self._setting
