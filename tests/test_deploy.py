@@ -6,7 +6,8 @@ with options the real `vaxline` parser takes, its own metrics port (the ones pro
 multiprocess folder; the sd_notify code against a real unix datagram socket (a path and the abstract
 namespace; nothing sent without NOTIFY_SOCKET; watchdog pings half the period apart). Real processes under a
 NOTIFY_SOCKET: `vaxline serve` says READY=1 only once its /readyz answers 200, then pings the watchdog;
-`vaxline work` with persisting workers alone says READY=1 once its worker runs. The container health check
+`vaxline work` says READY=1 once its worker and certifier run, having rotated a key 340 days old (it signs
+25 days more), and exports each process's resources, the build and the new key's validity. The container health check
 (`python -m deploy.healthcheck`) passes on ingest's /readyz and on a `vaxline work` /metrics with a consumer
 running, and fails, naming why, on a port nobody answers; the Containerfile copies every package, runs
 `vaxline`, and has a HEALTHCHECK running it. systemd-analyze comes with Debian's systemd (scripts/setup.sh):
@@ -15,6 +16,7 @@ without it the verify test skips, and fails under CI=1.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import platform
@@ -41,6 +43,7 @@ from deploy.sdnotify import Notifier, notify
 from monitoring import names
 from tests.conftest import ROOT
 from tests.test_crash import free_port
+from vaxline.dcc.keys import KeyStore
 
 UNITS = ROOT / "deploy" / "systemd"
 ROLES = {  # unit -> what its `vaxline` runs
@@ -182,6 +185,13 @@ def status(url: str) -> int:
         return 0
 
 
+def wait_for(check, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"no {what} within {timeout}s"
+        time.sleep(0.2)
+
+
 def first_message(sock: socket.socket, process: subprocess.Popen, *, timeout: float = 60) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -209,29 +219,45 @@ def test_serve_says_ready_once_it_serves_then_pings_the_watchdog(settings, tmp_p
     assert healthcheck.main([f"http://127.0.0.1:{port}/readyz"]) == 1
 
 
-def test_work_says_ready_once_its_consumers_run_and_its_metrics_pass_the_health_check(settings, tmp_path,
-                                                                                      notify_socket):
+def test_work_says_ready_once_its_consumers_run_rotates_the_key_and_passes_the_health_check(
+        settings, tmp_path, notify_socket):
     path, sock = notify_socket
     metrics_port = free_port()
+    keys = KeyStore(tmp_path / "work" / "keys")
+    old = keys.create(now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=340))  # signs 25 days more
     work = spawn_command(settings, tmp_path / "work", [
-        "work", "--processes", "1", "--certifiers", "0", "--reviewers", "0", "--name", "deploy-test",
+        "work", "--processes", "1", "--certifiers", "1", "--reviewers", "0", "--name", "deploy-test",
         "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port)], path)
     try:
         assert first_message(sock, work) == "READY=1\nSTATUS=serving"
+        assert len(keys.public_keys()) == 2 and keys.signing_key().kid != old.kid  # rotated at start
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         assert healthcheck.check(url) is None
         with urllib.request.urlopen(url, timeout=5) as response:
             exposition = response.read().decode()
         samples = [s for f in text_string_to_metric_families(exposition) for s in f.samples]
-        [fds] = [s for s in samples if s.name == names.PROCESS_OPEN_FDS]  # one process: the worker
-        [limit] = [s for s in samples if s.name == names.PROCESS_MAX_FDS]
-        assert fds.labels["role"] == limit.labels["role"] == "persist" and fds.labels["pid"].isdigit()
-        assert 0 < fds.value < limit.value
-        [rss] = [s for s in samples if s.name == names.PROCESS_RESIDENT_MEMORY]
-        assert rss.value > 10 * 1024**2 and rss.labels["pid"] == fds.labels["pid"]
-        assert [s.labels["pid"] for s in samples if s.name == names.PROCESS_CPU] == [fds.labels["pid"]]
+        fds = {s.labels["role"]: s for s in samples if s.name == names.PROCESS_OPEN_FDS}
+        limits = {s.labels["role"]: s for s in samples if s.name == names.PROCESS_MAX_FDS}
+        assert set(fds) == set(limits) == {"persist", "certify"}  # one series per process
+        assert all(0 < fds[role].value < limits[role].value for role in fds)
+        pids = {s.labels["pid"] for s in fds.values()}
+        assert len(pids) == 2 and all(pid.isdigit() for pid in pids)
+        rss = [s for s in samples if s.name == names.PROCESS_RESIDENT_MEMORY]
+        assert {s.labels["pid"] for s in rss} == pids and all(s.value > 10 * 1024**2 for s in rss)
+        assert {s.labels["pid"] for s in samples if s.name == names.PROCESS_CPU} == pids
         [build] = [s for s in samples if s.name == names.BUILD_INFO]
         assert build.value == 1 and build.labels["python"] == platform.python_version() and build.labels["version"]
+        validity = {}
+
+        def exported() -> bool:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+            validity.update((s.labels["role"], s.value) for f in text_string_to_metric_families(text)
+                            for s in f.samples if s.name == names.SIGNING_KEY_VALIDITY)
+            return bool(validity)
+
+        wait_for(exported, "the signing key's validity")
+        assert validity == {"certify": pytest.approx(730 * 86400, abs=120)}  # the new key's DSC
     finally:
         stopped(work)
 
