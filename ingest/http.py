@@ -5,8 +5,8 @@ Every error answers RFC 9457 problem details (`application/problem+json`): `type
 `type` is `about:blank` when the status says all there is to say (RFC 9457 4.2.1: then `title` is the
 status's reason phrase), and a URI under PROBLEM_TYPES when the problem means more than its status: a
 client can tell a full backlog (come back after Retry-After) from a backing service down, or a server its
-operator must fix, from a bug (docs/api.md#errors lists them). Route modules import this module; `app.py`
-imports the route modules and builds the app, so nothing imports back up.
+operator must fix, from a bug (docs/api.md#errors-and-limits lists them). Route modules import this module;
+`app.py` imports the route modules and builds the app, so nothing imports back up.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def json_response(body: Any, status: int = 200, headers: dict | None = None) -> 
 PROBLEM_JSON = "application/problem+json"
 # Problem types with a meaning beyond their status. Identifiers, not locators: `.example` is reserved (RFC
 # 2606), so no client can be sent to a host nobody controls, and a deployment's own address would make the
-# type differ between deployments. Each is documented in docs/api.md#errors.
+# type differ between deployments. Each is documented in docs/api.md#errors-and-limits.
 PROBLEM_TYPES = "https://vaxline.example/problems/"
 OVERLOADED = PROBLEM_TYPES + "overloaded"  # the stream's backlog is full: retry after Retry-After
 UNAVAILABLE_SERVICE = PROBLEM_TYPES + "unavailable"  # Postgres or Redis failed under the request: retry

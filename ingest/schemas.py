@@ -53,8 +53,9 @@ class Problem(msgspec.Struct):
 
     type: Annotated[str, msgspec.Meta(
         min_length=1, extra_json_schema={"format": "uri"},
-        description="`about:blank` when the status says it all, else a problem type listed in docs/api.md#errors"
-                    " (https://vaxline.example/problems/...): an identifier, not a page to fetch")]
+        description="`about:blank` when the status says it all, else a problem type listed in"
+                    " docs/api.md#errors-and-limits (https://vaxline.example/problems/...): an identifier, not a page"
+                    " to fetch")]
     title: Annotated[str, msgspec.Meta(min_length=1, description="the problem type's short summary (for about:blank,"
                                                                  " the status's reason phrase)")]
     status: Annotated[int, msgspec.Meta(ge=400, le=599, description="the HTTP status of this answer")]
