@@ -24,13 +24,14 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from deploy.stack import Stack
+from deploy.stack import Stack, on_database
 from monitoring.names import NOTIFICATIONS_FAILED, NOTIFICATIONS_SENT, NOTIFICATIONS_SKIPPED
 from storage import certificates
 from tests.conftest import wait_until
@@ -152,6 +153,14 @@ def test_the_backoff_doubles_up_to_its_cap():
         assert all(full / 2 <= w <= full for w in waits), (attempts, min(waits), max(waits))
 
 
+_ONE_WAITING = """
+INSERT INTO persons (national_id, full_name, birth_date, phone, first_administered_at, last_administered_at)
+VALUES ('001090000002', 'Trần Thị B', '1990-01-01', '0912345678', now(), now());
+INSERT INTO notifications (kind, national_id, subject, event)
+VALUES ('certificate', '001090000002', 'URN:UVCI:01:VN:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB', 'issued');
+"""
+
+
 def test_the_demo_stack_starts_a_development_notifier(tmp_path, settings, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", settings.database_url)  # the test's services: nothing embedded starts
     monkeypatch.setenv("REDIS_URL", settings.redis_url)
@@ -162,6 +171,15 @@ def test_the_demo_stack_starts_a_development_notifier(tmp_path, settings, monkey
         assert stack.settings.to_env()["VAXLINE_NOTIFIER"] == "dev"
         stack.start_workers(name="t", processes=0, certifiers=0, reviewers=0)
         assert set(stack.supervisor.pids()) == {"notifier-0"}
+        asyncio.run(on_database(stack.settings, lambda conn: conn.execute(_ONE_WAITING)))
+        outbox = tmp_path / "demo" / notify.OUTBOX
+        deadline = time.monotonic() + 60
+        while not (outbox.exists() and outbox.read_text()) and time.monotonic() < deadline:
+            stack.supervisor.poll()
+            time.sleep(0.1)  # polling the outbox the notifier process writes, against a deadline
+        sent = [json.loads(line) for line in outbox.read_text().splitlines()]
+        assert [(line["phone"], line["link"]) for line in sent] == [("0912345678", "/")]  # no base URL: relative
+        assert stat.S_IMODE(outbox.stat().st_mode) == 0o600
     finally:
         stack.stop()
     monkeypatch.setenv("VAXLINE_NOTIFIER", f"{__name__}:Gateway")  # a real one, but no public base URL
