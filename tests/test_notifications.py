@@ -4,14 +4,15 @@ Covers: the message is the portal's link and a fixed sentence (no name, no dose,
 plugged as the OTP sender (`module:Class`, `dev`, none refused, a real one refused without an absolute public base
 URL or an unknown class) and the development one appends to <data_dir>/notify-outbox.jsonl, 0600; `python -m
 workers --notify` without one exits 2 naming the setting; the demo stack starts with the development notifier and a
-notifier process, and a stack whose notifier cannot start starts none (the rest runs); against real Postgres and
-Redis, with the persisting workers and a certifier: a person whose certificate is superseded twice before a
-notifier runs gets one SMS, about the current certificate, to the phone on record, and a later certificate its own
-("updated"), never two for one certificate; while the gateway fails, two notifier loops retry with backoff
-(failures counted, nothing sent, nothing lost) and, once it answers, each person gets exactly one SMS; a person
-with no phone on record is skipped and counted; a certificate whose transaction rolls back leaves no notification,
-and one that commits leaves one; a rejected correction request tells the phone on record (not the one typed into
-the request) with the link to /corrections/{id}; the backoff doubles up to its cap.
+notifier process, which sends what waits to the outbox, and a stack whose notifier cannot start starts none (the
+rest runs); against real Postgres and Redis, with the persisting workers and a certifier: a person whose
+certificate is superseded twice before a notifier runs gets one SMS, about the current certificate, to the phone on
+record, and a later certificate its own ("updated"), never two for one certificate; while the gateway fails, two
+notifier loops retry with backoff (failures counted, nothing sent, nothing lost) and, once it answers, each person
+gets exactly one SMS; a person with no phone on record is skipped and counted; a certificate whose transaction
+rolls back leaves no notification, and one that commits leaves one; a rejected correction request tells the phone
+on record (not the one typed into the request) with the link to /corrections/{id}; the backoff doubles up to its
+cap.
 """
 
 from __future__ import annotations
