@@ -29,7 +29,8 @@ from tests.conftest import ROOT, reaped, spawn, wait_until
 from tests.factory import batch
 from tests.redis_cluster import cluster_make_settings, cluster_redis, cluster_settings, redis_cluster  # noqa: F401
 from tests.stack import running_stack
-from vaxline.streams import connect_redis, is_cluster
+from vaxline.redispipe import RedisPipe
+from vaxline.streams import connect_redis, ensure_groups, is_cluster
 
 
 def test_the_shards_spread_over_the_masters(redis_cluster, cluster_make_settings):
@@ -41,6 +42,39 @@ def test_the_shards_spread_over_the_masters(redis_cluster, cluster_make_settings
         for shard in range(shards):  # every key of a shard in one slot: one script, one MULTI
             keys = [settings.stream(shard), settings.accepted_key(shard), settings.replayed_key(shard)]
             assert len({key_slot(k.encode()) for k in keys}) == 1
+
+
+async def test_a_standalone_deployment_keeps_its_entries_under_the_new_tags(make_settings, redis):
+    """Keys written under the plain "{<shard>}" tag of before are renamed once, groups and pending lists too."""
+    settings = make_settings(shards=2)
+    legacy = f"{settings.stream_prefix}:doses:{{1}}"
+    await redis.set(f"{settings.stream_prefix}:shards", 2)
+    entry_id = (await redis.xadd(legacy, {b"b": b"x"})).decode()
+    await redis.xgroup_create(legacy, settings.group, id="0")
+    await redis.xreadgroup(settings.group, "w-0", {legacy: ">"})  # pending for w-0
+    await redis.hset(f"{settings.stream_prefix}:accepted:{{1}}", "7:2021-08-14", 3)
+    await ensure_groups(redis, settings)
+    assert not await redis.exists(legacy) and settings.stream(1) != legacy
+    assert (await redis.xpending(settings.stream(1), settings.group))["pending"] == 1
+    assert [e[0].decode() for e in await redis.xrange(settings.stream(1))] == [entry_id]
+    assert await redis.hget(settings.accepted_key(1), "7:2021-08-14") == b"3"
+
+
+async def test_the_requests_in_flight_share_their_wait(redis_cluster):
+    """200 writes at once to a master with a replica: each confirmed by its replica, with far fewer WAITs."""
+    master = redis_cluster.master_of("{shared-wait}").address
+    pipe = RedisPipe(f"redis://{master}/0")
+    with redis_cluster.node(master).client() as client:
+        client.config_resetstat()
+        try:
+            replies = await asyncio.gather(*(pipe.evalsha_waited(
+                "return redis.call('INCR', KEYS[1])", ["{shared-wait}"], [], replicas=1, wait_timeout=2)
+                for _ in range(200)))
+        finally:
+            await pipe.close()
+        waits = client.info("commandstats").get("cmdstat_wait", {}).get("calls", 0)
+    assert sorted(reply for reply, _ in replies)[-1] == 200 and all(acked == 1 for _, acked in replies)
+    assert 1 <= waits < 100, waits
 
 
 async def test_the_client_is_a_cluster_client_detected_from_any_node(redis_cluster, cluster_settings):
