@@ -30,6 +30,13 @@ if ! command -v promtool >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get 
         >/dev/null || echo "could not install promtool; its tests will be skipped outside CI" >&2
 fi
 
+# redis-server and redis-cli (Debian's redis-server package, 7.0) form the 3+3 Redis Cluster of the cluster
+# tests and of `benchmarks/e2e.py --redis-cluster` (deploy/rediscluster.py).
+if ! { [ -x /usr/bin/redis-server ] && [ -x /usr/bin/redis-cli ]; } && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server) \
+        >/dev/null || echo "could not install redis-server; the Redis Cluster tests will be skipped outside CI" >&2
+fi
+
 # Headless chromium and its driver (Debian's packages) run the portal's browser tests through Selenium.
 if ! { command -v chromium && command -v chromedriver; } >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
