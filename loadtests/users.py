@@ -26,6 +26,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 from pathlib import Path
 
@@ -42,6 +43,7 @@ DOSES = "POST /v1/doses"
 locust.runners.HEARTBEAT_LIVENESS = 60
 RETRY_FOR = 120.0  # seconds a desk keeps trying one batch
 LOOKUP_AFTER = 10.0  # a citizen looks up a certificate at least this long after the 202 (its SLO is 2 s)
+_CSRF = re.compile(r'name="csrf" value="([^"]+)"')  # the portal's form token (ingest/portal/rendering.py)
 
 
 @events.init_command_line_parser.add_listener
@@ -446,7 +448,8 @@ class BackEntry(PostingUser):
 
 
 class CitizenLookup(SessionUser):
-    """A citizen looking up their certificate, sometimes with a mistyped birth date, and downloading its QR."""
+    """A citizen looking up their certificate, through the API or the portal's page, sometimes with a mistyped
+    birth date, and downloading its QR."""
 
     fixed_count = 0  # set by the suite from --vx-citizens
     wait_time = between(3, 10)
@@ -473,6 +476,31 @@ class CitizenLookup(SessionUser):
             link = response.json()["link"]  # the QR image needs the lookup's signed link: a UVCI alone is no secret
         if self.rng.random() < 0.3:
             self.client.get(f"{link}&format=png", name="/v1/certificates/[uvci]?format=png")
+
+    @task
+    def look_up_on_the_page(self) -> None:
+        """The portal's lookup as a browser does it: GET / (the form, its CSRF cookie and token), then the form
+        post, answered with the certificate page (or the one miss page for a wrong birth date)."""
+        person = self._someone_vaccinated_a_while_ago()
+        if person is None:
+            return
+        with self.client.get("/", name="GET / (lookup page)", catch_response=True) as response:
+            token = _CSRF.search(response.text or "")
+            if response.status_code != 200 or token is None:
+                response.failure(f"the lookup page answered {response.status_code} without its form")
+                return
+        wrong = self.rng.random() < 0.15
+        form = {"csrf": token.group(1), "national_id": person.national_id,
+                "birth_date": people.wrong_birth_date(self.rng, person) if wrong else person.birth_date.isoformat()}
+        name = "POST / (lookup page, wrong birth date)" if wrong else "POST / (lookup page)"
+        with self.client.post("/", data=form, name=name, catch_response=True) as response:
+            if wrong:
+                if response.status_code == 404:
+                    response.success()  # the miss page: what a wrong birth date must get
+                else:
+                    response.failure(f"a wrong birth date answered {response.status_code}")
+            elif response.status_code != 200 or 'id="qr"' not in (response.text or ""):
+                response.failure(f"no certificate page {LOOKUP_AFTER:.0f} s after the 202: {response.status_code}")
 
     def _someone_vaccinated_a_while_ago(self) -> people.Person | None:
         """A random person acknowledged at least LOOKUP_AFTER ago (the deque is in acknowledgement order)."""
