@@ -36,8 +36,9 @@ def at(day: str) -> str:
     return dt.datetime.fromisoformat(day).replace(hour=9, tzinfo=VN).isoformat()
 
 
-async def vaccinated(stack, db, n: int = 1) -> dict:
-    """Person n with two doses, persisted and certified (the certificate states both)."""
+async def vaccinated(stack, db, n: int = 1) -> tuple[dict, str]:
+    """Person n with two doses, persisted and certified (the certificate states both); and the token of the
+    site that vaccinated them."""
     _, token = await stack.site()
     first = dose(n, administered_at=at("2021-08-14"))
     second = dose(n, record_id=f"R-second-{n}", dose_number=2, administered_at=at("2021-11-01"))
@@ -48,7 +49,7 @@ async def vaccinated(stack, db, n: int = 1) -> dict:
                                 first["national_id"])
         return row is not None and len(json.loads(row["doses"])) == 2
     await wait_until(certified, message="a certificate of two doses")
-    return first
+    return first, token
 
 
 async def token_of(client, path: str = "/") -> str:
@@ -99,7 +100,7 @@ def test_both_languages_say_everything():
 
 
 async def test_a_form_without_its_csrf_token_is_refused(stack, db):
-    person = await vaccinated(stack, db)
+    person, _ = await vaccinated(stack, db)
     form = {"national_id": person["national_id"], "birth_date": person["birth_date"]}
     # No cookie at all (a fresh client has none until a page sets it).
     response = await stack.client.post("/", data={**form, "csrf": "x" * 40})
@@ -116,7 +117,7 @@ async def test_a_form_without_its_csrf_token_is_refused(stack, db):
 
 
 async def test_a_lookup_shows_the_name_the_doses_in_order_and_the_qr(stack, db):
-    person = await vaccinated(stack, db)
+    person, _ = await vaccinated(stack, db)
     token = await token_of(stack.client, "/?lang=en")
     response = await stack.client.post("/?lang=en", data={"national_id": person["national_id"],
                                                           "birth_date": person["birth_date"], "csrf": token})
@@ -133,7 +134,7 @@ async def test_a_lookup_shows_the_name_the_doses_in_order_and_the_qr(stack, db):
 
 
 async def test_a_miss_says_the_same_for_an_unknown_id_and_a_wrong_birth_date(stack, db):
-    person = await vaccinated(stack, db)
+    person, _ = await vaccinated(stack, db)
     token = await token_of(stack.client)
     unknown = {"national_id": "079090999999", "birth_date": "1990-02-03", "csrf": token}
     wrong = {"national_id": person["national_id"], "birth_date": "1990-02-03", "csrf": token}
@@ -160,7 +161,7 @@ async def test_the_page_shares_the_apis_per_address_limit(make_settings):
 
 
 async def test_verify_judges_a_valid_and_a_tampered_hc1(stack, db):
-    person = await vaccinated(stack, db)
+    person, _ = await vaccinated(stack, db)
     hc1 = await db.fetchval("SELECT hc1 FROM certificates WHERE national_id = $1 AND status = 'current'",
                             person["national_id"])
     token = await token_of(stack.client, "/verify")
@@ -172,7 +173,7 @@ async def test_verify_judges_a_valid_and_a_tampered_hc1(stack, db):
 
 
 async def test_a_correction_form_reaches_the_code_step_or_names_its_wrong_fields(stack, db):
-    person = await vaccinated(stack, db)
+    person, _ = await vaccinated(stack, db)
     token = await token_of(stack.client, "/corrections/new")
     fields = {"csrf": token, "national_id": person["national_id"], "full_name": person["full_name"],
               "birth_date": person["birth_date"], "phone": "0987654321", "kind": "missing_dose",

@@ -27,19 +27,15 @@ import shutil
 import PIL.Image
 import pytest
 import zxingcpp
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from tests.conftest import wait_until
-from tests.factory import dose
 from tests.stack import running_stack
-from tests.test_portal import at
+from tests.test_portal import vaccinated
 from vaxline.dcc.keys import KeyStore
-
-selenium = pytest.importorskip("selenium")  # the test extra; a missing driver binary is the check below
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -85,21 +81,6 @@ async def stack(settings, browser):
 
 def url(stack, path: str) -> str:
     return str(stack.client.make_url(path))
-
-
-async def vaccinated(stack, db, n: int = 1) -> tuple[dict, str]:
-    """Person n with two doses, certified; and the token of the site that vaccinated them."""
-    _, token = await stack.site()
-    first = dose(n, administered_at=at("2021-08-14"))
-    second = dose(n, record_id=f"R-second-{n}", dose_number=2, administered_at=at("2021-11-01"))
-    assert (await stack.post(token, {"doses": [first, second]})).status == 202
-
-    async def certified():
-        row = await db.fetchrow("SELECT doses FROM certificates WHERE national_id = $1 AND status = 'current'",
-                                first["national_id"])
-        return row is not None and len(json.loads(row["doses"])) == 2
-    await wait_until(certified, message="a certificate of two doses")
-    return first, token
 
 
 async def in_browser(function, *args, **kwargs):
