@@ -30,6 +30,7 @@ from tests.factory import batch
 from tests.redis_cluster import cluster_make_settings, cluster_redis, cluster_settings, redis_cluster  # noqa: F401
 from tests.stack import running_stack
 from vaxline.redispipe import RedisPipe
+from vaxline.shardwrite import REPLICAS_REREAD, Replicas
 from vaxline.streams import connect_redis, ensure_groups, is_cluster
 
 
@@ -148,6 +149,28 @@ async def test_a_stopped_replica_makes_the_wait_time_out_with_503(redis_cluster,
             process.send_signal(signal.SIGCONT)
         assert response.status == 503 and "Retry-After" in response.headers
         assert (await stack.post(token, batch(5, 5))).status == 202  # the replica is back: the retry goes in
+
+
+async def test_auto_waits_for_a_replica_once_the_master_has_one(settings):
+    """The default (-1): a master's replicas read at its first write, and again REPLICAS_REREAD s later."""
+    class Master:  # answers INFO replication only: the rule under test is pure
+        replicas = 0
+
+        async def call(self, *args):
+            assert args == (b"INFO", b"replication")
+            return b"# Replication\r\nrole:master\r\nconnected_slaves:%d\r\n" % self.replicas
+
+    now, master = [0.0], Master()
+    replicas = Replicas(settings, clock=lambda: now[0])
+    assert not replicas.none_required("m") and await replicas.required("m", master) == 0
+    assert replicas.none_required("m")
+    master.replicas = 1  # a replica attached (the old master back after a failover)
+    now[0] = REPLICAS_REREAD - 0.1
+    assert await replicas.required("m", master) == 0
+    now[0] = REPLICAS_REREAD
+    assert not replicas.none_required("m") and await replicas.required("m", master) == 1
+    explicit = Replicas(dataclasses.replace(settings, redis_min_replicas=1))
+    assert await explicit.required("m", Master()) == 1  # refuses (503) while the master has none
 
 
 async def test_standalone_redis_told_to_wait_for_a_replica_answers_503(make_settings):

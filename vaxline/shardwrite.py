@@ -2,8 +2,10 @@
 
 A 202 (and a back-entry acknowledgement) follows `write`: the script ran on the shard's master and, unless no
 replica is asked for, at least `required` replicas have it. `required` is the `redis_min_replicas` setting, or
-(-1, the default) 1 when the master has a replica and 0 when it has none, read from its INFO replication the
-first time this process writes to it: a standalone Redis waits for nothing, as before. Fewer replicas within
+(-1, the default) 1 when the master has a replica and 0 when it has none, read from its INFO replication when
+this process first writes to it and again every REPLICAS_REREAD seconds: a standalone Redis waits for nothing,
+as before; a replica promoted by a failover acknowledges alone until a replica is attached to it, then waits
+for it (the explicit setting 1 refuses instead: 503 while the master has no replica). Fewer replicas within
 `redis_wait_timeout` raise NotReplicated, a RedisError (ingest answers 503 with Retry-After): the entry is in
 the stream and will be persisted all the same; the client's retry is deduplicated by the records' keys.
 
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 REDIRECTIONS = 3  # MOVED/ASK followed per write before it fails (a slot moving twice meanwhile)
 REFRESH_INTERVAL = 1.0  # seconds between two slot-map refreshes asked for by failed writes
+REPLICAS_REREAD = 10.0  # seconds a master's replica count (INFO replication) is taken as known
 
 
 class NotReplicated(RedisError):
@@ -40,25 +43,31 @@ class NotReplicated(RedisError):
 class Replicas:
     """How many replicas a write to each master must reach (per master address: a failover changes it)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, clock=time.monotonic):
         self._setting = settings.redis_min_replicas
         self._wait_timeout = settings.redis_wait_timeout
-        self._required: dict[str, int] = {}
+        self._clock = clock
+        self._required: dict[str, tuple[int, float]] = {}  # address -> (replicas required, read at)
 
     def none_required(self, address: str) -> bool:
-        """Known to need no replica (the setting says 0, or the master had none when first asked)."""
-        return self._setting == 0 or (self._setting < 0 and self._required.get(address) == 0)
+        """Known to need no replica (the setting says 0, or the master had none when last asked)."""
+        if self._setting >= 0:
+            return self._setting == 0
+        known = self._required.get(address)
+        return known is not None and known[0] == 0 and self._clock() - known[1] < REPLICAS_REREAD
 
     async def required(self, address: str, pipe: RedisPipe) -> int:
         if self._setting >= 0:
             return self._setting
-        if address not in self._required:
-            info = await pipe.call(b"INFO", b"replication")
-            replicas = _info_field(info, b"connected_slaves")
-            self._required[address] = 1 if replicas > 0 else 0
-            log.info("Redis %s has %d replica(s): acknowledgements wait for %d", address, replicas,
-                     self._required[address])
-        return self._required[address]
+        known = self._required.get(address)
+        if known is None or self._clock() - known[1] >= REPLICAS_REREAD:
+            replicas = _info_field(await pipe.call(b"INFO", b"replication"), b"connected_slaves")
+            required = 1 if replicas > 0 else 0
+            if known is None or known[0] != required:
+                log.info("Redis %s has %d replica(s): acknowledgements wait for %d", address or "(standalone)",
+                         replicas, required)
+            known = self._required[address] = (required, self._clock())
+        return known[0]
 
     async def write(self, address: str, pipe: RedisPipe, script: str, keys: list, args: list, *,
                     asking: bool = False) -> object:
