@@ -8,11 +8,11 @@ notifier process, which sends what waits to the outbox, and a stack whose notifi
 rest runs); against real Postgres and Redis, with the persisting workers and a certifier: a person whose
 certificate is superseded twice before a notifier runs gets one SMS, about the current certificate, to the phone on
 record, and a later certificate its own ("updated"), never two for one certificate; while the gateway fails, two
-notifier loops retry with backoff (failures counted, nothing sent, nothing lost) and, once it answers, each person
-gets exactly one SMS; a person with no phone on record is skipped and counted; a certificate whose transaction
-rolls back leaves no notification, and one that commits leaves one; a rejected correction request tells the phone
-on record (not the one typed into the request) with the link to /corrections/{id}; the backoff doubles up to its
-cap.
+notifier loops retry with backoff (failures counted, the backlog gauge at 20, nothing sent, nothing lost) and, once
+it answers, each person gets exactly one SMS; a person with no phone on record is skipped and counted; a
+certificate whose transaction rolls back leaves no notification, and one that commits leaves one; a rejected
+correction request tells the phone on record (not the one typed into the request) with the link to
+/corrections/{id}; the backoff doubles up to its cap.
 """
 
 from __future__ import annotations
@@ -33,8 +33,13 @@ import pytest
 from prometheus_client import REGISTRY
 
 from deploy.stack import Stack, on_database
-from monitoring.names import NOTIFICATIONS_FAILED, NOTIFICATIONS_SENT, NOTIFICATIONS_SKIPPED
-from storage import certificates
+from monitoring.names import (
+    NOTIFICATIONS_BACKLOG,
+    NOTIFICATIONS_FAILED,
+    NOTIFICATIONS_SENT,
+    NOTIFICATIONS_SKIPPED,
+)
+from storage import certificates, notifications
 from tests.conftest import wait_until
 from tests.factory import dose
 from tests.stack import running_stack
@@ -244,7 +249,7 @@ async def test_a_notification_is_written_with_its_certificate_or_not_at_all(db):
 
 async def test_nothing_is_lost_while_the_gateway_is_down(make_settings, db):
     settings = make_settings(public_base_url=BASE, notify_backoff=0.05, notify_backoff_max=0.2, notify_interval=0.02,
-                             notify_batch=7)
+                             notify_batch=7, trim_interval=0.2)  # housekeeping (the backlog gauge) every 0.5 s
     people = [dose(80 + i, phone=f"09000000{i:02d}") for i in range(20)]
     gateway = Gateway()
     gateway.down = True
@@ -258,12 +263,25 @@ async def test_nothing_is_lost_while_the_gateway_is_down(make_settings, db):
                              message="every notification tried three times")
             assert gateway.sent == []
             assert await db.fetchval("SELECT count(*) FROM notifications WHERE sent_at IS NULL") == 20
+            assert REGISTRY.get_sample_value(NOTIFICATIONS_BACKLOG) == 20
             gateway.down = False
             await wait_until(lambda: db.fetchval("SELECT count(*) = 0 FROM notifications WHERE sent_at IS NULL"),
                              message="every notification sent once the gateway answers")
+            await wait_until(lambda: REGISTRY.get_sample_value(NOTIFICATIONS_BACKLOG) == 0, message="backlog 0")
     assert sorted(s["phone"] for s in gateway.sent) == sorted(p["phone"] for p in people)  # one each, none twice
     assert counted(NOTIFICATIONS_SENT) - sent_before == 20
     assert counted(NOTIFICATIONS_FAILED) - failed_before == gateway.failures >= 60
+
+
+async def test_sent_notifications_are_forgotten_after_their_retention(db):
+    await db.execute(_ONE_WAITING)
+    await db.execute("INSERT INTO notifications (kind, national_id, subject, event, sent_at, outcome) VALUES"
+                     " ('certificate', '001090000002', 'old', 'issued', now() - interval '31 days', 'sent'),"
+                     " ('certificate', '001090000002', 'recent', 'updated', now() - interval '29 days', 'sent')")
+    assert await notifications.purge(db, older_than=30 * 86400.0) == 1
+    left = await db.fetch("SELECT subject, sent_at IS NULL AS waiting FROM notifications ORDER BY id")
+    assert [tuple(r) for r in left] == [("URN:UVCI:01:VN:" + "B" * 32, True), ("recent", False)]
+    assert await notifications.backlog(db) == 1
 
 
 async def test_a_person_with_no_phone_on_record_is_skipped(make_settings, db):
