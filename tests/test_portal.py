@@ -7,7 +7,8 @@ stylesheet and script come from the package, and no page, style or script names 
 languages have the same texts; a form posted without the CSRF cookie, or with another browser's token, is
 refused (403) and nothing is looked up; a lookup finds the name, the doses in order and a QR link that
 serves the SVG; a miss answers the same status and, but for the typed values, the same bytes for an
-unknown ID and for a wrong birth date; the lookup page shares the API's per-address limit (429 with
+unknown ID and for a wrong birth date; past the guess limit the page asks for the code, which the right
+birth date alone does not replace and the code from the OTP outbox unlocks; the lookup page shares the API's per-address limit (429 with
 Retry-After, counted with the JSON lookups); /verify judges a valid and a tampered HC1; a correction filed
 through the form (fields as the API names them) reaches the code step, with the API's field errors shown
 when the form is wrong.
@@ -198,3 +199,26 @@ def _multipart(fields: dict):
         form.add_field(name, value)
     form.add_field("evidence", b"", filename="", content_type="application/octet-stream")  # as a browser sends none
     return form
+
+
+async def test_past_the_guess_limit_the_page_asks_for_the_code_sent_to_the_phone(make_settings, db):
+    settings = make_settings(lookup_guess_limit=1)
+    KeyStore(settings.signing_keys_dir).ensure()
+    async with running_stack(settings, certifiers=1) as stack:
+        person, _ = await vaccinated(stack, db)
+        token = await token_of(stack.client, "/?lang=en")
+        wrong = {"national_id": person["national_id"], "birth_date": "1990-02-03", "csrf": token}
+        assert (await stack.client.post("/?lang=en", data=wrong)).status == 404
+        response = await stack.client.post("/?lang=en", data=wrong)
+        html = await response.text()
+        assert response.status == 403 and EN["code_needed"] in html and 'name="code"' in html
+
+        async def sent():
+            outbox = settings.data_dir / "otp-outbox.jsonl"
+            lines = outbox.read_text().splitlines() if outbox.exists() else []
+            return [json.loads(line)["code"] for line in lines if json.loads(line)["request_id"].startswith("LK-")]
+        [code] = await wait_until(sent, message="the lookup's code in the outbox")
+        right = {**wrong, "birth_date": person["birth_date"]}
+        assert (await stack.client.post("/?lang=en", data=right)).status == 403  # the right date alone: no
+        response = await stack.client.post("/?lang=en", data={**right, "code": code})
+        assert response.status == 200 and person["full_name"] in await response.text()

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 COOKIE = "vx_csrf"
 _nonce_shape = re.compile(r"[A-Za-z0-9_-]{24}")
 FORM_LIMIT = 16 * 1024  # the lookup, verify, code and status forms: an HC1 is at most 8 KiB
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:;"
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; media-src 'self' blob:;"
        " connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 PAGE_HEADERS = {
     "Content-Security-Policy": CSP,

@@ -51,7 +51,13 @@ function cameraScan() {
   button.addEventListener("click", async () => {
     if (running) { running.done = true; return; }
     running = { done: false };
-    const stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" } });
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" } });
+    } catch (e) {  // no camera, or permission refused: pasting still works
+      running = null;
+      return;
+    }
     video.srcObject = stream;
     video.hidden = false;
     await video.play();
