@@ -88,7 +88,8 @@ async def claim(conn: asyncpg.Connection, *, limit: int, lease: float) -> list[N
 
 async def sent(conn: asyncpg.Connection, done: list[tuple[Notification, str]]) -> int:
     """Mark these sent, each with its outcome (`sent`, or `no_phone`: nobody to send it to); how many. One whose
-    subject a newer certificate replaced meanwhile stays waiting, due at once, for the current certificate."""
+    subject a newer certificate replaced meanwhile stays waiting, due at once, for the current certificate (as
+    an update: the person heard of the one before)."""
     if not done:
         return 0
     async with conn.transaction():
@@ -98,9 +99,9 @@ async def sent(conn: asyncpg.Connection, done: list[tuple[Notification, str]]) -
             " FROM unnest($1::bigint[], $2::text[], $3::text[]) AS d(id, subject, outcome)"
             " WHERE n.id = d.id AND n.subject = d.subject AND n.sent_at IS NULL RETURNING n.id",
             [n.id for n, _ in done], [n.subject for n, _ in done], [outcome for _, outcome in done])}
-        if replaced := [n.id for n, _ in done if n.id not in marked]:
-            await conn.execute("UPDATE notifications SET due_at = now() WHERE id = ANY($1::bigint[])"
-                               " AND sent_at IS NULL", replaced)
+        if replaced := [n.id for n, _ in done if n.id not in marked]:  # they heard of one: the next is an update
+            await conn.execute("UPDATE notifications SET due_at = now(), attempts = 0, event = 'updated'"
+                               " WHERE id = ANY($1::bigint[]) AND sent_at IS NULL AND kind = 'certificate'", replaced)
     return len(marked)
 
 

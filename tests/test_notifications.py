@@ -7,12 +7,13 @@ workers --notify` without one exits 2 naming the setting; the demo stack starts 
 notifier process, which sends what waits to the outbox, and a stack whose notifier cannot start starts none (the
 rest runs); against real Postgres and Redis, with the persisting workers and a certifier: a person whose
 certificate is superseded twice before a notifier runs gets one SMS, about the current certificate, to the phone on
-record, and a later certificate its own ("updated"), never two for one certificate; while the gateway fails, two
-notifier loops retry with backoff (failures counted, the backlog gauge at 20, nothing sent, nothing lost) and, once
-it answers, each person gets exactly one SMS; a person with no phone on record is skipped and counted; a
-certificate whose transaction rolls back leaves no notification, and one that commits leaves one; a rejected
-correction request tells the phone on record (not the one typed into the request) with the link to
-/corrections/{id}; the backoff doubles up to its cap.
+record, and a later certificate its own ("updated"), never two for one certificate, and one stored while the SMS of
+the one before is in flight gets its own, as an update; while the gateway fails, two notifier loops retry with
+backoff (failures counted, the backlog gauge at 20, nothing sent, nothing lost) and, once it answers, each person
+gets exactly one SMS; a person with no phone on record is skipped and counted; a certificate whose transaction
+rolls back leaves no notification, and one that commits leaves one; a rejected correction request tells the phone
+on record (not the one typed into the request) with the link to /corrections/{id}; the backoff doubles up to its
+cap.
 """
 
 from __future__ import annotations
@@ -271,6 +272,25 @@ async def test_nothing_is_lost_while_the_gateway_is_down(make_settings, db):
     assert sorted(s["phone"] for s in gateway.sent) == sorted(p["phone"] for p in people)  # one each, none twice
     assert counted(NOTIFICATIONS_SENT) - sent_before == 20
     assert counted(NOTIFICATIONS_FAILED) - failed_before == gateway.failures >= 60
+
+
+async def test_a_certificate_stored_while_the_sms_of_the_one_before_is_in_flight_gets_its_own(db):
+    await db.execute(_ONE_WAITING)
+    await db.execute("DELETE FROM notifications")
+    nid, now = "001090000002", dt.datetime.now(dt.UTC)
+    first, second = "URN:UVCI:01:VN:" + "C" * 32, "URN:UVCI:01:VN:" + "D" * 32
+    await certificates.issue(db, [certificates.NewCertificate(first, nid, None, None, b"f1", b"v1", "Trần Thị B",
+                                                              dt.date(1990, 1, 1), "[]", "HC1:X", None)],
+                             kid=b"k", issued_at=now, expires_at=now)
+    (in_flight,) = await notifications.claim(db, limit=10, lease=60)
+    await certificates.issue(db, [certificates.NewCertificate(second, nid, first, b"v1", b"f2", b"v2", "Trần Thị B",
+                                                              dt.date(1990, 1, 1), "[]", "HC1:Y", None)],
+                             kid=b"k", issued_at=now, expires_at=now)
+    assert await notifications.sent(db, [(in_flight, "sent")]) == 0  # the row tells of the second one now
+    (again,) = await notifications.claim(db, limit=10, lease=60)  # due at once, not after the lease
+    assert (again.id, again.subject, again.event, again.attempts) == (in_flight.id, second, "updated", 1)
+    assert await notifications.sent(db, [(again, "sent")]) == 1
+    assert await notifications.claim(db, limit=10, lease=60) == []
 
 
 async def test_sent_notifications_are_forgotten_after_their_retention(db):
