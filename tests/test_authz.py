@@ -154,6 +154,7 @@ PUBLIC = {
     ("POST", "/v1/corrections/{request_id}/code"), ("POST", "/v1/certificates/lookup"),
     ("POST", "/v1/certificates/verify"), ("GET", "/v1/certificates/{uvci}"), ("GET", "/v1/trust-list"),
     ("GET", "/v1/revocations"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/openapi.json"),
+    ("GET", "/docs"), ("GET", "/docs/assets/{asset}"),
 }
 
 
