@@ -5,9 +5,10 @@ ExecStart pointed at this checkout's vaxline); each is Type=notify with a watchd
 with options the real `vaxline` parser takes, its own metrics port (the ones prometheus-hosts.yml scrapes) and
 multiprocess folder; the sd_notify code against a real unix datagram socket (a path and the abstract
 namespace; nothing sent without NOTIFY_SOCKET; watchdog pings half the period apart). Real processes under a
-NOTIFY_SOCKET: `vaxline serve` says READY=1 only once its /readyz answers 200, then pings the watchdog;
-`vaxline work` says READY=1 once its worker and certifier run, having rotated a key 340 days old (it signs
-25 days more), and exports each process's resources, the build and the new key's validity. The container health check
+NOTIFY_SOCKET: `vaxline serve` says READY=1 only once its /readyz answers 200 (never while Redis is
+unreachable, though it answers /healthz), then pings the watchdog; `vaxline work` says READY=1 once its
+worker and certifier run, having rotated a key 340 days old (it signs 25 days more), and exports each
+process's resources, the build and the new key's validity. The container health check
 (`python -m deploy.healthcheck`) passes on ingest's /readyz and on a `vaxline work` /metrics with a consumer
 running, and fails, naming why, on a port nobody answers; the Containerfile copies every package, runs
 `vaxline`, and has a HEALTHCHECK running it. systemd-analyze comes with Debian's systemd (scripts/setup.sh):
@@ -85,7 +86,7 @@ def test_systemd_analyze_verifies_the_units(tmp_path):
         text = (UNITS / name).read_text().replace("/opt/vaxline/.venv/bin/vaxline", str(vaxline))
         (tmp_path / name).write_text(re.sub(r"^(User|Group)=vaxline$", r"\1=root", text, flags=re.MULTILINE))
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", *ROLES], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0 and not result.stderr.strip(), result.stdout + result.stderr
 
 
@@ -193,13 +194,16 @@ def wait_for(check, what: str, timeout: float = 30) -> None:
 
 
 def first_message(sock: socket.socket, process: subprocess.Popen, *, timeout: float = 60) -> str:
+    """The first notification other than a watchdog ping (the supervisor pings from its start)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, "the command exited"
         try:
-            return sock.recv(4096).decode()
+            message = sock.recv(4096).decode()
         except TimeoutError:
             continue
+        if message != "WATCHDOG=1":
+            return message
     raise AssertionError(f"no notification within {timeout}s")
 
 
@@ -219,12 +223,31 @@ def test_serve_says_ready_once_it_serves_then_pings_the_watchdog(settings, tmp_p
     assert healthcheck.main([f"http://127.0.0.1:{port}/readyz"]) == 1
 
 
+def test_serve_is_not_ready_while_redis_is_unreachable(make_settings, tmp_path, notify_socket):
+    path, sock = notify_socket
+    port = free_port()
+    settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    serve = spawn_command(settings, tmp_path / "serve", ["serve", "--host", "127.0.0.1", "--port", str(port),
+                                                         "--processes", "1"], path)
+    try:
+        deadline = time.monotonic() + 30
+        while status(f"http://127.0.0.1:{port}/healthz") != 200:  # the process serves...
+            assert time.monotonic() < deadline and serve.poll() is None, "ingest did not start"
+            time.sleep(0.2)
+        assert status(f"http://127.0.0.1:{port}/readyz") == 503  # ...but is not ready
+        assert "answered 503" in healthcheck.check(f"http://127.0.0.1:{port}/readyz")
+        assert set(received(sock, timeout=4)) <= {"WATCHDOG=1"}  # so systemd is not told READY=1
+        assert serve.poll() is None
+    finally:
+        stopped(serve)
+
+
 def test_work_says_ready_once_its_consumers_run_rotates_the_key_and_passes_the_health_check(
         settings, tmp_path, notify_socket):
     path, sock = notify_socket
     metrics_port = free_port()
     keys = KeyStore(tmp_path / "work" / "keys")
-    old = keys.create(now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=340))  # signs 25 days more
+    old = keys.create(now=dt.datetime.now(dt.UTC) - dt.timedelta(days=340))  # signs 25 days more
     work = spawn_command(settings, tmp_path / "work", [
         "work", "--processes", "1", "--certifiers", "1", "--reviewers", "0", "--name", "deploy-test",
         "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port)], path)

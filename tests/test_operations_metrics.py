@@ -11,6 +11,7 @@ tests/test_deploy.py.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -31,12 +32,10 @@ DAY = 86400
 
 def test_usage_reads_this_process():
     before = processes.usage()
-    files = [open(os.devnull) for _ in range(20)]
-    try:
+    with contextlib.ExitStack() as files:
+        for _ in range(20):
+            files.enter_context(open(os.devnull))
         assert processes.usage().open_fds >= before.open_fds + 20
-    finally:
-        for f in files:
-            f.close()
     assert before.max_fds == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     assert before.resident_bytes > 10 * 1024**2
     started = time.process_time()
@@ -66,7 +65,7 @@ def test_the_sampler_exports_gauges_a_cpu_counter_and_the_build():
 
 
 def aged_key(keys: KeyStore, days: int):
-    return keys.create(now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days))
+    return keys.create(now=dt.datetime.now(dt.UTC) - dt.timedelta(days=days))
 
 
 def test_signing_validity_and_ensure_ahead(tmp_path):

@@ -80,7 +80,7 @@ class KeyStore:
     def ensure(self, *, ahead: dt.timedelta = dt.timedelta(0)) -> PublicKey | None:
         """Create a key unless one can sign now and still `ahead` from now; the new key, or None if one could."""
         try:
-            self.signing_key(now=dt.datetime.now(dt.timezone.utc) + ahead)
+            self.signing_key(now=dt.datetime.now(dt.UTC) + ahead)
         except NoSigningKey:
             return self.create()
         return None
@@ -88,7 +88,7 @@ class KeyStore:
     def signing_validity(self, *, now: dt.datetime | None = None) -> float:
         """Seconds until the DSC of the key that signs now expires; 0 when none can sign. A key signs while
         this exceeds a certificate's validity (12 months): under 12 months, the next key signs."""
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         try:
             key = self.signing_key(now=now)
         except NoSigningKey:
