@@ -8,7 +8,8 @@ or the lookup, and is once replay resumes. A lookup whose certificate is behind 
 (the standby is read-only: issuing there would fail), and its link answers at once although the standby has
 not replayed the new certificate (a miss falls back to the primary). Receipts stay on the primary. The lag
 query reads 0 on a caught-up standby and more while replay is paused; ingest exports it as
-vaxline_postgres_replica_lag_seconds, +Inf when the standby does not answer.
+vaxline_postgres_replica_lag_seconds, +Inf when the standby does not answer. Past one Postgres: the Citus
+plan in docs/operations.md names every table the migrations create.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -30,7 +32,7 @@ from ingest.server import export_replica_lag
 from monitoring import names
 from storage.migrate import migrate
 from storage.replica import replica_lag
-from tests.conftest import wait_until
+from tests.conftest import ROOT, wait_until
 from tests.factory import dose
 from tests.stack import running_stack
 from vaxline.dcc.keys import KeyStore
@@ -289,3 +291,13 @@ async def test_the_lag_is_exported_and_an_unreachable_standby_reads_as_infinitel
     finally:
         exporting.cancel()
         await gone.close()
+
+
+def test_the_citus_plan_names_every_table():
+    migrations = " ".join(p.read_text() for p in (ROOT / "storage" / "migrations").glob("*.sql"))
+    tables = set(re.findall(r"CREATE TABLE (\w+) \(", migrations))  # partitions are "PARTITION OF", not "("
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    plan = docs[docs.index("## Past one Postgres: a Citus plan"):docs.index("## Durability")]
+    planned = set(re.findall(r"^\| (.+?) \|", plan, flags=re.MULTILINE))
+    named = {name for row in planned for name in re.findall(r"`(\w+)`", row)}
+    assert tables and tables <= named, tables - named
