@@ -46,6 +46,7 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
         self.sent = 0  # commands written, counted from 1: what a WAIT written after one covers
+        self.unsent: list[bytes] = []  # written by _write in this turn of the loop, sent at its end
         self.last_wait: tuple[int, int, asyncio.Task] | None = None  # (its index, replicas, the WAIT)
 
     def connection_made(self, transport) -> None:
@@ -62,6 +63,11 @@ class _Protocol(asyncio.Protocol):
                 future.set_exception(NoScriptError(text) if text.startswith("NOSCRIPT") else ResponseError(text))
             else:
                 future.set_result(reply)
+
+    def flush(self) -> None:
+        if self.unsent and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.unsent))
+        self.unsent.clear()
 
     def connection_lost(self, exc) -> None:
         self.lost = ConnectionError(f"Redis closed the connection ({exc or 'EOF'})")
@@ -89,6 +95,8 @@ class RedisPipe:
         protocol = await self._connected()
         future = asyncio.get_running_loop().create_future()
         protocol.waiting.append(future)
+        if protocol.unsent:  # what _write holds for this turn goes first: replies are matched in order
+            protocol.flush()
         protocol.transport.write(_encode(args))
         protocol.sent += 1
         try:
@@ -99,11 +107,15 @@ class RedisPipe:
             raise TimeoutError(f"Redis did not answer within {self.timeout:g} s") from None
 
     def _write(self, protocol: _Protocol, *commands: tuple) -> list[asyncio.Future]:
-        """Write `commands` together (nothing of another request comes between them); their futures."""
+        """Write `commands` together (nothing of another request comes between them); their futures. The
+        bytes go out with everything else written in this turn of the event loop: one send for all the
+        requests in flight (a send on TCP costs more than the rest of a write with its WAIT)."""
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
         protocol.waiting.extend(futures)
-        protocol.transport.write(b"".join(_encode(args) for args in commands))
+        if not protocol.unsent:
+            loop.call_soon(protocol.flush)
+        protocol.unsent.extend(_encode(args) for args in commands)
         protocol.sent += len(commands)
         return futures
 

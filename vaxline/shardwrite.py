@@ -72,6 +72,8 @@ class Replicas:
     async def write(self, address: str, pipe: RedisPipe, script: str, keys: list, args: list, *,
                     asking: bool = False) -> object:
         """Run the script on `pipe`, then WAIT for the replicas required; NotReplicated when fewer confirm."""
+        if self.none_required(address):
+            return await pipe.evalsha(script, keys, args, asking=asking)
         required = await self.required(address, pipe)
         if required == 0:
             return await pipe.evalsha(script, keys, args, asking=asking)
@@ -103,10 +105,16 @@ class ClusterWriter:
         self._moved: dict[int, str] = {}  # slot -> address, from MOVED, until the slot map is refreshed
         self._refreshed_at = 0.0
         self._refreshing: asyncio.Task | None = None
+        self._slots: dict[str, int] = {}  # a shard's key -> its slot (CRC16 in Python costs ~10 us a key)
+        self._initialized = False
 
     async def run(self, script: str, keys: list, args: list) -> object:
-        await self._cluster.initialize()
-        slot = self._cluster.keyslot(keys[0])
+        if not self._initialized:
+            await self._cluster.initialize()  # the slot map, once; later refreshes are asked for below
+            self._initialized = True
+        slot = self._slots.get(keys[0])
+        if slot is None:
+            slot = self._slots[keys[0]] = self._cluster.keyslot(keys[0])
         address, asking = self._moved.get(slot) or self._master(slot), False
         for _ in range(REDIRECTIONS):
             try:
