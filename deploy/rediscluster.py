@@ -73,7 +73,7 @@ class LocalCluster:
         """Any node names the cluster: the first one."""
         return f"redis://{self.nodes[0].address}/0"
 
-    def start(self, timeout: float = 60.0) -> "LocalCluster":
+    def start(self, timeout: float = 60.0) -> LocalCluster:
         if why := available():
             raise ClusterError(why)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,7 @@ class LocalCluster:
                     node.process.kill()
                     node.process.wait()
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -30,6 +30,12 @@ from deploy import embedded
 from monitoring.logs import JsonLines
 from storage.migrate import migrate
 from tests.factory import FAMILY, GIVEN
+from tests.redis_cluster import (  # noqa: F401 (fixtures: the session's Redis Cluster, for every module)
+    cluster_make_settings,
+    cluster_redis,
+    cluster_settings,
+    redis_cluster,
+)
 from vaxline.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

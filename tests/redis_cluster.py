@@ -3,7 +3,7 @@
 session under the session's temporary folder and stopped at its end. Without redis-server the tests that use
 it are skipped, or fail with CI=1 (scripts/setup.sh installs it as root).
 
-Import the fixtures into a test module to use them: `from tests.redis_cluster import redis_cluster, ...`.
+tests/conftest.py imports the fixtures, so every module shares the one cluster.
 """
 
 from __future__ import annotations

@@ -21,13 +21,11 @@ import signal
 import sys
 import time
 
-import pytest
 from redis.crc import key_slot
 
 from tests import test_api, test_crash
 from tests.conftest import ROOT, reaped, spawn, wait_until
 from tests.factory import batch
-from tests.redis_cluster import cluster_make_settings, cluster_redis, cluster_settings, redis_cluster  # noqa: F401
 from tests.stack import running_stack
 from vaxline.redispipe import RedisPipe
 from vaxline.shardwrite import REPLICAS_REREAD, Replicas

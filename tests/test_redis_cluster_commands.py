@@ -18,23 +18,23 @@ import functools
 
 import pytest
 
-from tests.redis_cluster import redis_cluster  # noqa: F401 (a fixture)
 from tests.test_certificate_api import test_lookups_past_the_limit_are_429_with_retry_after  # noqa: F401
 from tests.test_citizen import test_a_missing_dose_goes_from_request_to_a_reissued_certificate  # noqa: F401
 from tests.test_deadletters import test_a_dead_letter_replayed_once_its_cause_is_fixed_persists_once  # noqa: F401
-from tests.test_import import vaxline  # noqa: F401 (a fixture: the command in-process)
 from tests.test_import import (  # noqa: F401
     test_csv_with_vietnamese_headers_imports_good_rows_reports_bad_ones_and_reimports_idempotently,
+    vaxline,
 )
-from tests.test_lookup_security import signing_key  # noqa: F401 (a fixture)
 from tests.test_lookup_security import (  # noqa: F401
+    signing_key,
     test_past_ten_wrong_birth_dates_from_any_addresses_only_the_code_sent_to_the_phone_on_record_lets_in,
 )
 from vaxline.streams import connect_redis
 
 
 @pytest.fixture
-def make_settings(make_settings, redis_cluster):  # noqa: F811 (conftest's, on the cluster)
+def make_settings(make_settings, redis_cluster):
+    """conftest's make_settings, on the cluster: `settings`, `db`, `vaxline` and the rest follow."""
     return functools.partial(make_settings, redis_url=redis_cluster.url)
 
 

@@ -17,7 +17,6 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tests.redis_cluster import redis_cluster  # noqa: F401 (the cluster, for the "cluster" parameter)
 from vaxline.streams import connect_redis, ensure_groups
 from workers.consume import ShardReader
 from workers.trim import safe_min_id, trim

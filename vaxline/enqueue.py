@@ -29,8 +29,15 @@ from vaxline.entries import ENTRY_FIELD, batch_id, encode_correction, encode_ent
 from vaxline.redispipe import RedisPipe
 from vaxline.sequence import VIETNAM
 from vaxline.shardwrite import ClusterWriter, NotReplicated, Replicas
-from vaxline.streams import (REDIS_TRANSIENT, Backlog, added_key, check_shard_count, eviction_risk, is_cluster,
-                             read_backlog)
+from vaxline.streams import (
+    REDIS_TRANSIENT,
+    Backlog,
+    added_key,
+    check_shard_count,
+    eviction_risk,
+    is_cluster,
+    read_backlog,
+)
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections import defaultdict
-
 import logging
+from collections import defaultdict
 
 import redis
 import redis.asyncio as aioredis
