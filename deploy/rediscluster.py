@@ -6,7 +6,9 @@ Redis), joined by `redis-cli --cluster create --cluster-replicas N`, which gives
 ranges in order (what vaxline.config.shard_tag spreads the shards over). `cluster-node-timeout` is short
 (2 s by default) so that a master killed fails over to its replica within seconds;
 `cluster-require-full-coverage no` keeps the other masters serving meanwhile. Ports are free ones (each
-node's port and its bus port, +10000); the data, configs and logs are under `folder`.
+node's port and its bus port, +10000); the data, configs and logs are under `folder`. With `tls` (a CA, and a
+certificate and key for 127.0.0.1 that it signed), every node speaks TLS only, between nodes too, and
+`url` is a rediss:// one naming the CA.
 """
 
 from __future__ import annotations
@@ -45,32 +47,46 @@ def _binary(path: str) -> str:
     return path if os.access(path, os.X_OK) else shutil.which(Path(path).name) or path
 
 
+@dataclasses.dataclass(frozen=True)
+class Tls:
+    ca: Path
+    certificate: Path
+    key: Path
+
+
 @dataclasses.dataclass
 class Node:
     port: int
     folder: Path
     process: subprocess.Popen | None = None
+    tls: Tls | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def client(self, timeout: float = 5.0) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout, socket_connect_timeout=timeout)
+        tls = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls else {}
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout, socket_connect_timeout=timeout,
+                           **tls)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
 
 class LocalCluster:
-    def __init__(self, folder: Path, *, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 2000):
+    def __init__(self, folder: Path, *, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 2000,
+                 tls: Tls | None = None):
         self.folder = folder.resolve()
         self.masters, self.replicas, self.node_timeout_ms = masters, replicas, node_timeout_ms
+        self.tls = tls
         self.nodes: list[Node] = []
 
     @property
     def url(self) -> str:
         """Any node names the cluster: the first one."""
+        if self.tls:
+            return f"rediss://{self.nodes[0].address}/0?ssl_ca_certs={self.tls.ca}"
         return f"redis://{self.nodes[0].address}/0"
 
     def start(self, timeout: float = 60.0) -> LocalCluster:
@@ -78,14 +94,15 @@ class LocalCluster:
             raise ClusterError(why)
         self.folder.mkdir(parents=True, exist_ok=True)
         ports = _free_ports(self.masters * (1 + self.replicas))
-        self.nodes = [Node(port, self.folder / f"node-{port}") for port in ports]
+        self.nodes = [Node(port, self.folder / f"node-{port}", tls=self.tls) for port in ports]
         try:
             for node in self.nodes:
                 self._launch(node)
             deadline = time.monotonic() + timeout
             for node in self.nodes:
                 _until(lambda n=node: _answers(n), deadline, f"node {node.address} to answer")
-            subprocess.run([_binary(REDIS_CLI), "--cluster", "create", *(n.address for n in self.nodes),
+            tls = ["--tls", "--cacert", str(self.tls.ca)] if self.tls else []
+            subprocess.run([_binary(REDIS_CLI), *tls, "--cluster", "create", *(n.address for n in self.nodes),
                             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                            check=True, capture_output=True, timeout=timeout)
             _until(self.healthy, deadline, "the cluster to be ok with every replica in sync")
@@ -96,7 +113,11 @@ class LocalCluster:
 
     def _launch(self, node: Node) -> None:
         node.folder.mkdir(parents=True, exist_ok=True)
-        args = [_binary(REDIS_SERVER), "--port", str(node.port), "--bind", "127.0.0.1", "--dir", str(node.folder),
+        listen = ["--port", str(node.port)] if not self.tls else [
+            "--port", "0", "--tls-port", str(node.port), "--tls-cluster", "yes", "--tls-replication", "yes",
+            "--tls-cert-file", str(self.tls.certificate), "--tls-key-file", str(self.tls.key),
+            "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no"]
+        args = [_binary(REDIS_SERVER), *listen, "--bind", "127.0.0.1", "--dir", str(node.folder),
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(self.node_timeout_ms), "--cluster-require-full-coverage", "no",
                 "--cluster-replica-validity-factor", "0", "--appendonly", "yes", "--appendfsync", "always",

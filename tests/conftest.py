@@ -35,6 +35,7 @@ from tests.redis_cluster import (  # noqa: F401 (fixtures: the session's Redis C
     cluster_redis,
     cluster_settings,
     redis_cluster,
+    tls_cluster,
 )
 from vaxline.config import Settings
 

@@ -97,6 +97,19 @@ async def test_only_rejections_are_not_enqueued_on_the_cluster(cluster_settings,
     await test_api.test_a_batch_of_only_rejected_items_is_not_enqueued(cluster_settings, cluster_redis)
 
 
+async def test_rediss_reaches_a_tls_cluster(tls_cluster, make_settings, db):
+    """rediss:// naming any node of a TLS-only cluster: detected as a cluster, ingest's pipelined writes and the
+    workers' reads over TLS, a batch accepted and persisted."""
+    settings = make_settings(redis_url=tls_cluster.url)
+    assert settings.redis_url.startswith("rediss://")
+    client = connect_redis(settings)
+    try:
+        assert is_cluster(client) and await client.ping()
+    finally:
+        await client.aclose()
+    await test_api.test_accepted_batch_is_persisted_with_receipt_and_history(settings, db)
+
+
 async def test_a_retried_batch_is_stored_once_on_the_cluster(cluster_settings, db):
     async with running_stack(cluster_settings) as stack:
         _, token = await stack.site()
