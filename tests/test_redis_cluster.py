@@ -1,7 +1,10 @@
 """vaxline on a real Redis Cluster (tests/redis_cluster.py: 3 masters, 3 replicas of Debian's redis-server,
 append-only, fsync always), and acknowledgements that wait for a replica.
 
-Covers: the shards' hash tags spread them over the masters; the ingest contract on the cluster (202 then
+Covers: the shards' hash tags spread them over the masters, and a standalone deployment's keys under the old
+tags are renamed with their groups and pending entries; any node's URL gives a cluster client, and rediss://
+reaches a TLS-only cluster; the requests in flight share one WAIT; the default replica count follows the
+master's replicas (a pure unit); the ingest contract on the cluster (202 then
 persisted with its receipt and history, per-item rejections, a batch of only rejections not enqueued, an
 idempotent retry); the crash tests on the cluster (a worker process SIGKILLed three times mid-drain, a
 certifier SIGKILLed three times: every certificate issued exactly once, a poison entry dead-lettered); a
