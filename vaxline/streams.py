@@ -58,7 +58,8 @@ async def read_backlog(redis: aioredis.Redis, settings: Settings) -> Backlog:
         replies = await pipe.execute()
     if is_cluster(redis):
         per_node = await redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
-        memory = max(int(info["used_memory"]) for info in per_node.values())
+        infos = [per_node] if "used_memory" in per_node else per_node.values()  # one master: its reply alone
+        memory = max(int(info["used_memory"]) for info in infos)
         per_shard = replies
     else:
         *per_shard, info = replies
