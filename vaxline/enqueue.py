@@ -229,6 +229,8 @@ class Enqueuer:
         self._pipe = RedisPipe(settings.redis_url) if (
             self._cluster is None and RedisPipe.supports(settings.redis_url)) else None
         self._replicas = Replicas(settings)
+        self._append_keys = [[settings.stream(shard), added_key(settings, shard), settings.accepted_key(shard)]
+                             for shard in range(settings.shards)]  # per shard, built once: the hot path's keys
         self._replay = redis.register_script(_REPLAY)
         self._on_backlog = on_backlog
         self._settings = settings
@@ -339,8 +341,9 @@ class Enqueuer:
         `counts` (field, number, ...) to the shard's accepted hash: one script, so all or nothing (the
         first write is the XADD; Redis refuses the script before it when out of memory), written to the
         AOF as one transaction, in one round trip that costs ingest a third less CPU than MULTI ... EXEC."""
-        settings = self._settings
-        keys = [settings.stream(shard), added_key(settings, shard), settings.accepted_key(shard)]
+        keys = self._append_keys[shard]
+        if self._pipe is not None and self._replicas.none_required(""):  # standalone, no replica: as before
+            return await self._pipe.evalsha(_APPEND, keys, [ENTRY_FIELD, payload, *counts])
         return await self._run(_APPEND, self._script, keys, [ENTRY_FIELD, payload, *counts])
 
     async def _run(self, source: str, script, keys: list, args: list) -> bytes:
