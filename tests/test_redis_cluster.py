@@ -3,7 +3,8 @@ append-only, fsync always), and acknowledgements that wait for a replica.
 
 Covers: the shards' hash tags spread them over the masters, and a standalone deployment's keys under the old
 tags are renamed with their groups and pending entries; any node's URL gives a cluster client, and rediss://
-reaches a TLS-only cluster; the requests in flight share one WAIT; the default replica count follows the
+reaches a TLS-only cluster; a shard's slot migrated by hand while ingest writes (ASK while its keys move,
+MOVED after) is followed without a restart; the requests in flight share one WAIT; the default replica count follows the
 master's replicas (a pure unit); the ingest contract on the cluster (202 then
 persisted with its receipt and history, per-item rejections, a batch of only rejections not enqueued, an
 idempotent retry); the crash tests on the cluster (a worker process SIGKILLed three times mid-drain, a
@@ -193,6 +194,52 @@ async def test_standalone_redis_told_to_wait_for_a_replica_answers_503(make_sett
         _, token = await stack.site()
         response = await stack.post(token, batch(0, 2))
         assert response.status == 503 and "Retry-After" in response.headers
+
+
+async def test_a_shards_slot_migrated_while_ingest_writes_is_followed(redis_cluster, cluster_make_settings, db,
+                                                                       caplog):
+    """The slot of site 1's shard moved to another master by hand, as `redis-cli --cluster reshard` does: while
+    importing (the keys already moved: ASK) and after (MOVED), ingest's writes follow without a restart, the
+    worker reads on, and every batch is persisted; the slot is moved back after."""
+    settings = cluster_make_settings()
+    async with running_stack(settings) as stack:
+        site_id, token = await stack.site()
+        shard = settings.shard_of(site_id)
+        keys = [settings.stream(shard), settings.accepted_key(shard), f"{settings.stream_prefix}:added:"
+                f"{settings.shard_tag(shard)}"]
+        slot = key_slot(keys[0].encode())
+        source = redis_cluster.master_of(keys[0])
+        target = next(redis_cluster.node(a) for a in redis_cluster.topology() if a != source.address)
+        assert (await stack.post(token, batch(0, 5))).status == 202
+        migrate_slot(slot, source, target, redis_cluster, finish=False)  # keys moved, slot still the source's
+        asked = await stack.post(token, batch(5, 5))
+        assert asked.status == 202, await asked.text()
+        assert f"slot {slot}: ASK to {target.address}" in caplog.text  # ingest's own write followed it
+        migrate_slot(slot, source, target, redis_cluster, finish=True)
+        assert redis_cluster.master_of(keys[0]) == target
+        moved = await stack.post(token, batch(10, 5))
+        assert moved.status == 202, await moved.text()
+        assert f"slot {slot}: MOVED to {target.address}" in caplog.text
+        await wait_until(lambda: db.fetchval("SELECT count(*) = 15 FROM doses"), message="every batch persisted")
+        for finish in (False, True):  # back, for the tests after this one
+            migrate_slot(slot, target, source, redis_cluster, finish=finish)
+        assert (await stack.post(token, batch(15, 5))).status == 202
+        await wait_until(lambda: db.fetchval("SELECT count(*) = 20 FROM doses"), message="and after moving back")
+
+
+def migrate_slot(slot: int, source, target, cluster, *, finish: bool) -> None:
+    """CLUSTER SETSLOT IMPORTING/MIGRATING and MIGRATE of the slot's keys; with `finish`, SETSLOT NODE everywhere."""
+    with source.client() as src, target.client() as dst:
+        source_id, target_id = src.execute_command("CLUSTER MYID"), dst.execute_command("CLUSTER MYID")
+        if not finish:
+            dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+            src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+            src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+        if finish:
+            for address in cluster.topology():
+                with cluster.node(address).client() as master:
+                    master.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
 
 
 async def test_a_master_killed_mid_stream_fails_over_and_loses_nothing(redis_cluster, cluster_make_settings, db):

@@ -127,6 +127,7 @@ class ClusterWriter:
                 if kind not in ("MOVED", "ASK"):
                     raise
                 address, asking = rest.split()[-1], kind == "ASK"
+                (log.debug if asking else log.info)("slot %d: %s to %s", slot, kind, address)
                 if kind == "MOVED":
                     self._moved[slot] = address
                     self._refresh()
