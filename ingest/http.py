@@ -23,7 +23,7 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from monitoring import exposition, metrics
 from vaxline.config import Settings
@@ -35,7 +35,10 @@ from .auth import SiteAuth
 
 log = logging.getLogger("ingest.app")
 
-UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError)
+# RedisClusterException: a Redis Cluster none of whose nodes answers, or a slot no master serves (redis-py's
+# cluster errors that are no RedisError).
+UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError,
+               RedisClusterException)
 BODY_FORMATS = {"application/json": "json", "application/msgpack": "msgpack", "application/x-msgpack": "msgpack"}
 # A key folder or key open to other users: the operator's to fix (the log names the path, the mode and the
 # chmod, every minute while it lasts); the public answer names no path.
