@@ -25,6 +25,8 @@ import signal
 import sys
 import time
 
+import pytest
+import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from tests import test_api, test_crash
@@ -33,7 +35,7 @@ from tests.factory import batch
 from tests.stack import running_stack
 from vaxline.redispipe import RedisPipe
 from vaxline.shardwrite import REPLICAS_REREAD, Replicas
-from vaxline.streams import connect_redis, ensure_groups, is_cluster
+from vaxline.streams import ClusterNotDetected, check_shard_count, connect_redis, ensure_groups, is_cluster
 
 
 def test_the_shards_spread_over_the_masters(redis_cluster, cluster_make_settings):
@@ -78,6 +80,17 @@ async def test_the_requests_in_flight_share_their_wait(redis_cluster):
         waits = client.info("commandstats").get("cmdstat_wait", {}).get("calls", 0)
     assert sorted(reply for reply, _ in replies)[-1] == 200 and all(acked == 1 for _, acked in replies)
     assert 1 <= waits < 100, waits
+
+
+async def test_a_standalone_client_on_a_cluster_node_stops_rather_than_loops(redis_cluster, cluster_settings):
+    """A process that could not reach the cluster at start took it for a standalone Redis: the shard count check
+    (every process's first step) says so and stops it, where MOVED errors would be retried for ever."""
+    client = aioredis.Redis.from_url(redis_cluster.url)
+    try:
+        with pytest.raises(ClusterNotDetected, match="restart the process"):
+            await check_shard_count(client, cluster_settings)
+    finally:
+        await client.aclose()
 
 
 async def test_the_client_is_a_cluster_client_detected_from_any_node(redis_cluster, cluster_settings):

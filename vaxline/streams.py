@@ -125,10 +125,18 @@ class ShardCountMismatch(RuntimeError):
     """This process would use another number of shards than the deployment: entries would be stranded."""
 
 
+class ClusterNotDetected(RuntimeError):
+    """A standalone client is talking to a cluster node (it was unreachable at start): fatal, not retried."""
+
+
 async def check_shard_count(redis: aioredis.Redis, settings: Settings) -> None:
     """The first process fixes the deployment's shard count in Redis; every later one must agree."""
     key = f"{settings.stream_prefix}:shards"
     if not is_cluster(redis):
+        if (await redis.info("cluster")).get("cluster_enabled"):
+            raise ClusterNotDetected(
+                "REDIS_URL names a Redis Cluster node, but Redis could not be reached when this process started,"
+                " so it took it for a standalone Redis: restart the process")
         await adopt_legacy_keys(redis, settings)
     await redis.set(key, settings.shards, nx=True)
     recorded = int(await redis.get(key))
