@@ -148,13 +148,18 @@ CASES = [
          body={"decision": "defer", "message": "Đang xác minh."}, route="/v1/corrections/{request_id}/decision"),
 ]
 
-# Routes that take no token (citizens, verifiers, probes), and the citizen's own view of a request.
+# Routes that take no token (citizens, verifiers, probes, the portal), and the citizen's own view of a request.
 PUBLIC = {
     ("POST", "/v1/corrections"), ("POST", "/v1/corrections/{request_id}/confirm"),
     ("POST", "/v1/corrections/{request_id}/code"), ("POST", "/v1/certificates/lookup"),
     ("POST", "/v1/certificates/verify"), ("GET", "/v1/certificates/{uvci}"), ("GET", "/v1/trust-list"),
     ("GET", "/v1/revocations"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/openapi.json"),
     ("GET", "/docs"), ("GET", "/docs/assets/{asset}"),
+    # The citizen portal: pages over the public routes above, no token anywhere.
+    ("GET", "/"), ("POST", "/"), ("GET", "/verify"), ("POST", "/verify"), ("GET", "/static/{name}"),
+    ("GET", "/corrections/new"), ("POST", "/corrections/new"), ("GET", "/corrections/{request_id}"),
+    ("POST", "/corrections/{request_id}"), ("POST", "/corrections/{request_id}/code"),
+    ("POST", "/corrections/{request_id}/confirm"),
 }
 
 
