@@ -130,7 +130,10 @@ def cmd_work(args) -> int:
         rotation.rotate()
     stack.start_workers(name=args.name, processes=args.processes, certifiers=args.certifiers,
                         reviewers=args.reviewers, notifiers=args.notifiers)
-    started = args.processes + args.certifiers + args.reviewers
+    started = len(stack.supervisor.children)  # the notifiers only when VAXLINE_NOTIFIER names one
+    if not started:  # a unit of its own for notifiers, on a host without VAXLINE_NOTIFIER: not a silent no-op
+        raise ConfigError("nothing to run: no workers, certifiers or reviewers asked, and no notifier "
+                          "(set VAXLINE_NOTIFIER, and VAXLINE_PUBLIC_BASE_URL for a real one)")
     # READY=1 once every consumer started has Postgres and Redis (its `running` gauge is up).
     stack.supervise(tick=_both(_systemd(lambda: _consumers_running() >= started), rotation))
     return 0
@@ -150,7 +153,8 @@ def _consumers_running() -> float:
 
     running = registry()
     return sum(running.get_sample_value(name) or 0.0
-               for name in (names.WORKERS_RUNNING, names.CERTIFIERS_RUNNING, names.REVIEWERS_RUNNING))
+               for name in (names.WORKERS_RUNNING, names.CERTIFIERS_RUNNING, names.REVIEWERS_RUNNING,
+                            names.NOTIFIERS_RUNNING))
 
 
 def _systemd(ready):

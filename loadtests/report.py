@@ -52,8 +52,8 @@ CHARTS = (
     # The series' keys of sampling.cpu_key(role) for each of sampling.ROLES (this module stays standard library).
     Chart("CPU per process role", "% of one core", (
         ("ingest", "cpu_ingest_pct"), ("workers", "cpu_workers_pct"), ("certifiers", "cpu_certifiers_pct"),
-        ("reviewers", "cpu_reviewers_pct"), ("Postgres", "cpu_postgres_pct"), ("Redis", "cpu_redis_pct"),
-        ("Locust", "cpu_locust_pct"))),
+        ("reviewers", "cpu_reviewers_pct"), ("notifiers", "cpu_notifiers_pct"), ("Postgres", "cpu_postgres_pct"),
+        ("Redis", "cpu_redis_pct"), ("Locust", "cpu_locust_pct"))),
     Chart("Throughput", "per s", (("accepted doses/s", "accepted_per_s"), ("persisted doses/s", "persisted_per_s"),
                                   ("certificates/s", "certified_per_s"))),
     Chart("Requests", "per s", (("requests/s", "requests_per_s"), ("503 rejected/s", "rejected_503_per_s"))),

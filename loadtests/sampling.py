@@ -16,7 +16,7 @@ MiB = 1024 * 1024
 # A process's role from the start of its name in Stack.pids (or the runner's own "locust"): the report's
 # CPU plot has one line per role, in this order.
 ROLES = (("ingest", "ingest-"), ("workers", "worker-"), ("certifiers", "certifier-"), ("reviewers", "reviewer-"),
-         ("Postgres", "postgres"), ("Redis", "redis"), ("Locust", "locust"))
+         ("notifiers", "notifier-"), ("Postgres", "postgres"), ("Redis", "redis"), ("Locust", "locust"))
 
 
 # -- sampling the server ----------------------------------------------------------

@@ -1,6 +1,6 @@
 """Deployment over hosts: the systemd units and the container file of deploy/, and their health checks.
 
-Covers: `systemd-analyze verify` accepts the four units (ingest, workers, certifiers, reviewers; with
+Covers: `systemd-analyze verify` accepts the five units (ingest, workers, certifiers, reviewers, notifier; with
 ExecStart pointed at this checkout's vaxline); each is Type=notify with a watchdog and runs one role alone,
 with options the real `vaxline` parser takes, its own metrics port (the ones prometheus-hosts.yml scrapes) and
 multiprocess folder; the sd_notify code against a real unix datagram socket (a path and the abstract
@@ -17,6 +17,7 @@ without it the verify test skips, and fails under CI=1.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -52,6 +53,7 @@ ROLES = {  # unit -> what its `vaxline` runs
     "vaxline-workers.service": "work",
     "vaxline-certifiers.service": "work",
     "vaxline-reviewers.service": "work",
+    "vaxline-notifier.service": "work",
 }
 
 
@@ -105,7 +107,8 @@ def test_each_unit_runs_one_role_with_a_health_check_and_its_own_metrics():
         folders.add(multiproc)
         assert multiproc == f"PROMETHEUS_MULTIPROC_DIR=/run/{keys['RuntimeDirectory'][0]}"  # fresh at each start
         if command == "work":
-            running = {"workers": args.processes, "certifiers": args.certifiers, "reviewers": args.reviewers}
+            running = {"workers": args.processes, "certifiers": args.certifiers, "reviewers": args.reviewers,
+                       "notifier": args.notifiers}
             assert [role for role, n in running.items() if n] == [name.split("-")[1].split(".")[0]]
     assert len(ports) == len(folders) == len(ROLES) and ports == scraped
     assert int(unit("vaxline-ingest.service")["LimitNOFILE"][0]) >= 20_000  # one descriptor per connection
@@ -283,6 +286,27 @@ def test_work_says_ready_once_its_consumers_run_rotates_the_key_and_passes_the_h
         assert validity == {"certify": pytest.approx(730 * 86400, abs=120)}  # the new key's DSC
     finally:
         stopped(work)
+
+
+def test_the_notifier_unit_runs_its_notifier_and_refuses_to_run_nothing(settings, tmp_path, notify_socket):
+    """The notifier unit's own command: READY=1 once its notifier runs; on a host without VAXLINE_NOTIFIER it
+    exits 2 (the units' RestartPreventExitStatus) naming the setting, rather than idling as a healthy unit."""
+    path, sock = notify_socket
+    command = command_of("vaxline-notifier.service")
+    args = command[command.index("work"):]  # the test gives its own --data-dir
+    args = [a if a != "9468" else str(free_port()) for a in args] + ["--metrics-host", "127.0.0.1"]
+    work = spawn_command(dataclasses.replace(settings, notifier="dev"), tmp_path / "dev", args, path)
+    try:
+        assert first_message(sock, work) == "READY=1\nSTATUS=serving"
+    finally:
+        stopped(work)
+    idle = spawn_command(dataclasses.replace(settings, notifier=""), tmp_path / "none", args, path)
+    try:
+        assert idle.wait(timeout=60) == 2
+    finally:
+        stopped(idle)
+    assert "VAXLINE_NOTIFIER" in (tmp_path / "none" / "work.log").read_text()
+    assert "RestartPreventExitStatus" in unit("vaxline-notifier.service")
 
 
 def test_the_container_file_runs_vaxline_with_a_health_check():

@@ -269,7 +269,7 @@ def test_cpu_is_read_for_this_process_and_for_a_child_and_stays_counted_once_the
 
 
 def test_every_process_of_the_stack_has_its_role():
-    names = ("ingest-0", "worker-1", "certifier-0", "reviewer-0", "postgres (postmaster)", "redis", "locust")
+    names = ("ingest-0", "worker-1", "certifier-0", "reviewer-0", "notifier-0", "postgres (postmaster)", "redis", "locust")
     assert [sampling.role_of(name) for name in names] == [role for role, _ in sampling.ROLES]
     assert sampling.role_of("something else") is None
 

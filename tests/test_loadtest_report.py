@@ -137,7 +137,7 @@ ROLES = [role for role, _ in sampling.ROLES]
 
 
 def cpu_samples() -> list[dict]:
-    shares = {"ingest": 25.0, "workers": 15.0, "certifiers": 49.0, "reviewers": 3.0, "Postgres": 52.0,
+    shares = {"ingest": 25.0, "workers": 15.0, "certifiers": 49.0, "reviewers": 3.0, "notifiers": 1.0, "Postgres": 52.0,
               "Redis": 8.0, "Locust": 22.0}
     return [{"t": t, "accepted_per_s": 1000.0} | {sampling.cpu_key(role): share * (1 + t / 100)
                                                   for role, share in shares.items()} for t in (0, 5, 10)]
