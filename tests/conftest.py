@@ -75,6 +75,18 @@ def no_personal_data_in_logs(tmp_path_factory):
     assert not leaks, f"{len(leaks)} log lines carry personal data, e.g. {leaks[:3]}"
 
 
+@pytest.fixture(autouse=True)
+def logging_restored():
+    """A command run in-process (`commands.main.main`) configures logging as its process would: one stderr
+    handler at INFO or WARNING. Undone after each test, so later tests keep the session's collector (the scan
+    above) and DEBUG records, and their `caplog` sees what the code logs."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 def _with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{name}"))

@@ -20,6 +20,7 @@ wait for one) answers 503 with Retry-After, and its entry is persisted all the s
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
@@ -214,6 +215,7 @@ async def test_a_shards_slot_migrated_while_ingest_writes_is_followed(redis_clus
     """The slot of site 1's shard moved to another master by hand, as `redis-cli --cluster reshard` does: while
     importing (the keys already moved: ASK) and after (MOVED), ingest's writes follow without a restart, the
     worker reads on, and every batch is persisted; the slot is moved back after."""
+    caplog.set_level(logging.DEBUG, logger="vaxline.shardwrite")  # an ASK is logged at debug
     settings = cluster_make_settings()
     async with running_stack(settings) as stack:
         site_id, token = await stack.site()
