@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import redis
+
 log = logging.getLogger(__name__)
 
 
@@ -80,7 +82,23 @@ class EmbeddedRedis:
             if time.monotonic() > deadline:
                 raise EmbeddedError("redis-server did not start in time")
             time.sleep(0.02)
+        self._wait_loaded(deadline)
         return self
+
+    def _wait_loaded(self, deadline: float) -> None:
+        """The socket opens before the AOF is replayed; until then every command answers LOADING."""
+        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1)
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except (redis.BusyLoadingError, redis.ConnectionError):
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        raise EmbeddedError(f"redis-server did not load its data in time; see {self.folder}/redis.log")
+                    time.sleep(0.02)
+        finally:
+            client.close()
 
     def _stop_stale(self) -> None:
         """A Redis left by a run that was killed must not share the AOF with a new one: stop it first."""
