@@ -233,6 +233,22 @@ def test_a_certificate_we_sign_verifies(signer):
     assert json.loads(json.dumps(verdict.to_json()))["payload"] == DCC
 
 
+def test_our_issuers_small_deflate_window_verifies_beyond_its_size(signer):
+    """vaxline.dcc.issue deflates with a 4 KiB window: a DCC longer than that (a padded name) still inflates
+    and verifies, and the zlib header states the window, as any inflater reads it."""
+    from vaxline.dcc.issue import DEFLATE_WBITS, Signer, SigningKey
+
+    key, certificate = signer
+    issuer = Signer(SigningKey(kid_of(certificate.public_bytes(Encoding.DER)), key, b""))
+    dcc = {**DCC, "nam": {**DCC["nam"], "gn": " ".join(f"Tuyết{n}" for n in range(1200))}}
+    hc1 = issuer.sign(dcc, CLOCK - dt.timedelta(days=1), CLOCK + dt.timedelta(days=300))
+    compressed = b45decode(hc1[4:])
+    assert len(zlib.decompress(compressed)) > 2 ** DEFLATE_WBITS
+    assert compressed[0] >> 4 == DEFLATE_WBITS - 8  # CINFO: log2 of the window, less 8
+    verdict = verify(hc1, TrustList([certificate]), clock=CLOCK)
+    assert verdict.payload == dcc and verdict.outcomes["signature"] is True
+
+
 def test_a_revoked_uvci_fails_revocation_only(signer):
     key, certificate = signer
     verdict = verify(_issue(key, certificate), TrustList([certificate]), clock=CLOCK,
