@@ -11,6 +11,10 @@
 4. end to end (`benchmarks.e2e`, 1,000-dose batches) against the raw COPY ceiling (target: at least 0.19);
 5. a certificate's QR image served again, against its first rendering (target: nothing).
 
+Beside them, without a reference or target, what one SMS notification costs (notifier and Postgres): the
+certificates' outbox drained by one development notifier after the certificate figure, which runs with no
+notifier, so that each unit's Postgres CPU is its own.
+
 The stack is the embedded default in a temporary folder (or DATABASE_URL/REDIS_URL), started by
 deploy.stack. CPU is read from /proc (user + system, a process's reaped children included), so the
 figures are CPU per unit, not wall time: a noisy neighbour slows both sides of a ratio alike.
@@ -258,13 +262,46 @@ def certificate_cost(stack: Stack, postmaster: int) -> tuple[float, float, int]:
     stack.ensure_signing_key()
     meter = Meter(postgres=lambda: postgres_cpu(postmaster)).start()
     before = asyncio.run(_issued(stack.settings))
-    stack.start_workers(name="bench-cert", processes=0, certifiers=1, reviewers=0)
+    stack.start_workers(name="bench-cert", processes=0, certifiers=1, reviewers=0, notifiers=0)
     certifier = stack.pids["certifier-0"]
     asyncio.run(wait_certified(stack.settings, timeout=1800))
     spent = meter.stop()
     certifier_cpu = cpu_seconds(certifier)  # the whole process: start-up is a few ms beside the drain
     issued = asyncio.run(_issued(stack.settings)) - before
     return certifier_cpu / issued, spent["postgres"] / issued, issued
+
+
+def notification_cost(stack: Stack, postmaster: int) -> tuple[float, float, int]:
+    """(notifier CPU, Postgres CPU) per notification sent and how many: one development notifier draining
+    the outbox the certificates left (a different unit of work from the certificate: an SMS each)."""
+    meter = Meter(postgres=lambda: postgres_cpu(postmaster)).start()
+    before = asyncio.run(_sent(stack.settings))
+    stack.start_workers(name="bench-notify", processes=0, certifiers=0, reviewers=0, notifiers=1)
+    notifier = stack.pids["notifier-0"]
+    asyncio.run(_wait_sent(stack.settings, timeout=1800))
+    spent = meter.stop()
+    sent = asyncio.run(_sent(stack.settings)) - before
+    return cpu_seconds(notifier) / sent, spent["postgres"] / sent, sent
+
+
+async def _sent(settings: Settings) -> int:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM notifications WHERE sent_at IS NOT NULL")
+    finally:
+        await conn.close()
+
+
+async def _wait_sent(settings: Settings, timeout: float) -> None:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while await conn.fetchval("SELECT count(*) FROM notifications WHERE sent_at IS NULL"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the notifier did not drain the outbox in time")
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
 
 
 async def _issued(settings: Settings) -> int:
@@ -378,7 +415,7 @@ def main() -> None:
         lines.append(_line(f"ingest CPU per desk POST ({args.idle:,} idle sessions)", ingest, null, "<= 2x",))
         if args.only == "ingest":
             return print("\n".join(lines))
-        stack.start_workers(name="bench-units", processes=1, certifiers=0, reviewers=0)
+        stack.start_workers(name="bench-units", processes=1, certifiers=0, reviewers=0, notifiers=0)
         asyncio.run(wait_persisted(settings, asyncio.run(_accepted_so_far(settings)), timeout=600))
         small = persist_per_dose(args, stack, token, postmaster, (1, 10), first=2_000_000)
         large = persist_per_dose(args, stack, token, postmaster, (1000, 1000), first=4_000_000)
@@ -392,6 +429,9 @@ def main() -> None:
         lines.append(_line("certificate CPU (certifier + Postgres)", certifier + postgres, bare, "<= 1.5x"))
         lines.append(f"    {issued:,} certificates: certifier {certifier * 1e6:.1f} us + Postgres"
                      f" {postgres * 1e6:.1f} us; reference: a bare encode-and-sign loop")
+        notifier, postgres, sent = notification_cost(stack, postmaster)
+        lines.append(f"  {'notification (notifier + Postgres), no target':<44} {(notifier + postgres) * 1e6:9.1f} us"
+                     f"   {sent:,} sent: notifier {notifier * 1e6:.1f} us + Postgres {postgres * 1e6:.1f} us")
         again, first = qr_costs(args, stack)
         lines.append(_line("QR image (PNG) served again", again, first, "nothing", unit="ms"))
     finally:

@@ -31,7 +31,7 @@ DO UPDATE SET subject = EXCLUDED.subject
 _CORRECTION = """
 INSERT INTO notifications (kind, national_id, subject, event)
 SELECT 'correction', national_id, request_id, $2 FROM correction_requests WHERE request_id = $1
-ON CONFLICT (kind, subject, event) DO NOTHING
+ON CONFLICT (subject, event) WHERE kind = 'correction' DO NOTHING
 """
 
 # The phone on record when it is sent: the person's (persons.phone, kept by every persisted record that has

@@ -154,6 +154,25 @@ async def test_the_development_outbox_is_owner_only(make_settings, tmp_path):
     assert [json.loads(line)["notification_id"] for line in outbox.read_text().splitlines()] == ["N1-a", "N2-b"]
 
 
+async def test_the_development_outbox_writes_a_rounds_messages_together_each_returning_once_written(
+        make_settings, tmp_path):
+    notifier = notify.notifier(make_settings(notifier="dev", data_dir=tmp_path / "data"))
+    outbox = tmp_path / "data" / "notify-outbox.jsonl"
+    appended = []
+    write = notifier._append
+    notifier._append = lambda text: (appended.append(text.count("\n")), write(text))
+
+    async def send(n: int) -> set[str]:
+        await notifier.send(phone="0912345678", text="xem tại /", link="/", notification_id=f"N{n}-a")
+        return {json.loads(line)["notification_id"] for line in outbox.read_text().splitlines()}
+
+    seen = await asyncio.gather(*(send(n) for n in range(50)))
+    assert all(f"N{n}-a" in written for n, written in enumerate(seen))  # none returned before its line was written
+    assert appended == [50]  # one append for the round
+    await send(50)
+    assert appended == [50, 1] and len(outbox.read_text().splitlines()) == 51
+
+
 def test_the_backoff_doubles_up_to_its_cap():
     for attempts, full in [(1, 5.0), (2, 10.0), (3, 20.0), (9, 900.0), (30, 900.0)]:
         waits = [backoff(attempts, base=5.0, cap=900.0) for _ in range(50)]

@@ -68,22 +68,47 @@ def message(*, kind: str, event: str, subject: str, base_url: str) -> Message:
 
 
 class DevelopmentNotifier:
+    """Appends each message to the outbox, returning once its line is written. The messages a round sends
+    together (workers/notify.py sends a round's at once) are written together: one thread hop and one
+    append for the lot, so that a load test's notifier does not cost more than the gateway it stands for."""
+
     def __init__(self, settings: Settings):
         self.outbox = settings.data_dir / OUTBOX
+        self._pending: list[str] = []
+        self._written: asyncio.Future | None = None  # of the lines in _pending
+        self._writing: set[asyncio.Task] = set()  # held: the loop keeps only weak references to tasks
 
     async def send(self, *, phone: str, text: str, link: str, notification_id: str) -> None:
         # debug: a load test tells thousands a second (the outbox is what a developer reads)
         log.debug("development notifier: notification %s written to the outbox (no SMS is sent)", notification_id)
-        line = json.dumps({"notification_id": notification_id, "phone": phone, "text": text, "link": link,
-                           "at": time.time()}, ensure_ascii=False) + "\n"
-        await asyncio.to_thread(self._append, line)
+        self._pending.append(json.dumps({"notification_id": notification_id, "phone": phone, "text": text,
+                                         "link": link, "at": time.time()}, ensure_ascii=False) + "\n")
+        if self._written is None:
+            self._written = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._flush)  # after every send of this turn of the loop
+        await asyncio.shield(self._written)
 
-    def _append(self, line: str) -> None:
+    def _flush(self) -> None:
+        lines, written = self._pending, self._written
+        self._pending, self._written = [], None
+
+        def done(task: asyncio.Task) -> None:
+            self._writing.discard(task)
+            if task.exception() is not None:
+                written.set_exception(task.exception())
+            else:
+                written.set_result(None)
+
+        task = asyncio.ensure_future(asyncio.to_thread(self._append, "".join(lines)))
+        self._writing.add(task)
+        task.add_done_callback(done)
+
+    def _append(self, text: str) -> None:
         self.outbox.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.outbox, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # phones
         os.fchmod(fd, 0o600)  # an outbox made under a lax umask is closed too
         with os.fdopen(fd, "a", encoding="utf-8") as outbox:
-            outbox.write(line)
+            outbox.write(text)
 
 
 def notifier(settings: Settings) -> Notifier:

@@ -24,7 +24,7 @@ def b45encode(data: bytes) -> str:
         swapped[0::2] = pairs[1::2]
         swapped[1::2] = pairs[0::2]
         pairs = swapped
-    out = "".join([_PAIR[v] for v in memoryview(pairs).cast("H")])
+    out = "".join(map(_PAIR.__getitem__, memoryview(pairs).cast("H")))  # no bytecode per pair
     if n < len(data):
         v = data[-1]
         out += ALPHABET[v % 45] + ALPHABET[v // 45]
