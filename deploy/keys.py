@@ -9,6 +9,8 @@ next hour; the certifiers' vaxline_signing_key_validity_seconds and its alert sa
 
 from __future__ import annotations
 
+import base64
+
 import logging
 import time
 
@@ -36,8 +38,10 @@ class KeyRotation:
             log.error("signing key rotation in %s failed: %s: %s", self.keys.directory, type(e).__name__, e)
             return None
         if created:  # the first key, or the next one a month before the newest stops signing
+            # The kid in base64, as the EU trust lists and the certifiers' log write it: in hex it may begin with
+            # a run of digits that reads as an ID to a scan of the logs for personal data.
             log.warning("created a signing key (kid %s) in %s, its DSC valid until %s (`vaxline keys list`)",
-                        created.kid.hex(), self.keys.directory, f"{created.not_after:%Y-%m-%d}")
+                        base64.b64encode(created.kid).decode(), self.keys.directory, f"{created.not_after:%Y-%m-%d}")
         return created
 
     def __call__(self) -> None:

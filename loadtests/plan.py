@@ -31,6 +31,9 @@ class Plan:
     sites: int = 500
     sample_every: float = 5.0
     max_backlog_entries: int = 50_000
+    # overload: doses that benchmarks.e2e posts after the run, in the same run, to measure the rate the stack
+    # sustains, which goodput is held to (0: not measured, and no goodput threshold)
+    sustained_doses: int = 0
     seed: int = 1
     ingest_p99_limit: float = 0.25  # Locust's p99 of POST /v1/doses
     server_p99_limit: float = 0.1  # the server's own, from its histogram (0.1 s is a bucket bound)
@@ -58,7 +61,8 @@ SHAPE_DEFAULTS = {
     # Certificates trail the doses past capacity (by design: doses are never refused for them), so no
     # citizens here: a lookup 10 s after the 202 would fail for a reason the run means to cause.
     "overload": dict(desks=200, citizens=0, clerks=16, spawn_rate=100, within=60, ingest=2, destinations=2,
-                     locust_processes=2, sites=200, backentry_share=0.9, max_backlog_entries=50),
+                     locust_processes=2, sites=200, backentry_share=0.9, max_backlog_entries=50,
+                     sustained_doses=300_000),
 }
 
 

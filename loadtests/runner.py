@@ -27,6 +27,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import resource
 import secrets
 import shutil
@@ -242,8 +243,10 @@ def run(plan: Plan, out: Path) -> int:
         stack.supervisor.stop()
         checked, unexplained = asyncio.run(reconcile(stack.settings, work / "acks"))
         checked["abandoned_by_clients"] = max(0, client_counts(work)["started"] - checked["acknowledged"])
+        sustained = sustained_rate(plan, folder) if plan.shape == "overload" and plan.sustained_doses else None
         summary = summarize(plan, started, t0, sampler.samples, read_phases(work), read_locust_stats(folder),
-                            failures(work), checked, unexplained, peaks, locust_exit, drained, folder)
+                            failures(work), checked, unexplained, peaks, locust_exit, drained, folder,
+                            sustained=sustained)
         summary["locust_html"] = "locust.html"
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
         rows = series(sampler.samples, t0)
@@ -257,6 +260,24 @@ def run(plan: Plan, out: Path) -> int:
                 sampler.stop()
         stack.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+E2E_RATE = re.compile(r"^\s*end to end:\s+([\d,]+) doses/s", re.MULTILINE)
+
+
+def sustained_rate(plan: Plan, folder: Path) -> float | None:
+    """The rate this machine sustains, measured now (the run's own stack stopped): `benchmarks.e2e` with
+    `plan.sustained_doses` in 1,000-dose batches, its end-to-end doses/s (posted, persisted, certified).
+    Its output is kept in the report folder as e2e.log; None when it did not run to its figures."""
+    command = [sys.executable, "-m", "benchmarks.e2e", "--doses", str(plan.sustained_doses),
+               "--port", str(plan.port + 1000)]
+    with (folder / "e2e.log").open("w") as log:
+        try:
+            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=LOADTESTS.parent, timeout=3600)
+        except subprocess.TimeoutExpired:
+            return None
+    found = E2E_RATE.search((folder / "e2e.log").read_text())
+    return float(found.group(1).replace(",", "")) if found else None
 
 
 def _redis(stack: Stack):
@@ -300,6 +321,9 @@ def parser() -> argparse.ArgumentParser:
     day = loadtest.add_parser("day", help="a compressed vaccination day (default 5,000,000 doses within 30 min)")
     overload = loadtest.add_parser("overload", help="past capacity: 503 with Retry-After, everything still gets in")
     overload.add_argument("--rate", type=float, default=30_000, help="doses/s offered (default 30000)")
+    overload.add_argument("--sustained-doses", type=int,
+                          help="doses benchmarks.e2e posts after the run to measure the rate the stack sustains,"
+                               " which goodput is held to (default 300000; 0: not measured)")
     for paced in (day, overload):
         paced.add_argument("--doses", type=int, help="doses in all (overload: default rate x within)")
         paced.add_argument("--within", type=duration, help="in this long (default 30m; overload 60s)")

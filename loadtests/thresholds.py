@@ -56,8 +56,9 @@ def threshold(name: str, limit: str, measured: str, passed: bool) -> dict:
 
 def summarize(plan: Plan, started: dt.datetime, t0: float, samples: list[Sample], phases: dict[str, float],
               stats: dict[str, dict], failed: list[str], checked: dict, unexplained: int,
-              peaks: dict[str, float], locust_exit: int, drained: float | None, folder: Path = Path("/nonexistent")
-              ) -> dict:
+              peaks: dict[str, float], locust_exit: int, drained: float | None, folder: Path = Path("/nonexistent"),
+              *, sustained: float | None = None) -> dict:
+    """`sustained`: overload, the doses/s benchmarks.e2e reached in the same run (None: not measured)."""
     measured = window(plan, phases)
     thresholds, figures = [], {}
     doses_row, total_row = stats.get(DOSES_NAME, {}), stats.get("Aggregated", {})
@@ -74,6 +75,8 @@ def summarize(plan: Plan, started: dt.datetime, t0: float, samples: list[Sample]
                                     client_p99 <= plan.ingest_p99_limit))
     if measured and samples:
         _server_figures(plan, samples, phases, measured, thresholds, figures)
+        if overload and plan.sustained_doses:
+            thresholds.append(goodput(plan, figures["doses accepted/s (server)"], sustained))
     else:
         thresholds.append(threshold("measured phase reached", "yes", "no", False))
     thresholds += _run_thresholds(plan, checked, unexplained, peaks, locust_exit, drained)
@@ -142,6 +145,24 @@ def _server_figures(plan: Plan, samples: list[Sample], phases: dict[str, float],
         refused = a.value(names.BACKPRESSURE_REJECTIONS)
         thresholds.append(threshold("503 with Retry-After under overload", "> 0", f"{refused:,.0f}", refused > 0))
         thresholds += memory_flat(samples, measured)
+
+
+GOODPUT_SHARE = 0.8
+
+
+def goodput(plan: Plan, accepted_per_s: float, sustained: float | None) -> dict:
+    """Under overload, ingest accepts at least 80% of what the stack sustains (benchmarks.e2e's doses/s in
+    the same run), or of the offered rate were it lower: Retry-After sends clients away for as long as the
+    backlog takes to drain, not longer."""
+    name = "goodput under overload (doses accepted/s over the window)"
+    if sustained is None:
+        return threshold(name, f">= {GOODPUT_SHARE:.0%} of the e2e rate", "e2e rate not measured (see e2e.log)",
+                         False)
+    offered = plan.doses / plan.within
+    reference = min(sustained, offered)
+    return threshold(name, f">= {GOODPUT_SHARE:.0%} of {reference:,.0f} (e2e {sustained:,.0f}, offered {offered:,.0f})",
+                     f"{accepted_per_s:,.0f} ({accepted_per_s / reference:.0%})",
+                     accepted_per_s >= GOODPUT_SHARE * reference)
 
 
 def _latency_thresholds(plan: Plan, before: Sample, after: Sample) -> list[dict]:
