@@ -262,13 +262,16 @@ def run(plan: Plan, out: Path) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
-E2E_RATE = re.compile(r"^\s*end to end:\s+([\d,]+) doses/s", re.MULTILINE)
+# benchmarks.e2e's line for its persisting stage: "all persisted after: 11.9 s (25,153 doses/s persisted)"
+E2E_PERSISTED = re.compile(r"^\s*all persisted after:.*\(([\d,]+) doses/s persisted\)", re.MULTILINE)
 
 
 def sustained_rate(plan: Plan, folder: Path) -> float | None:
     """The rate this machine sustains, measured now (the run's own stack stopped): `benchmarks.e2e` with
-    `plan.sustained_doses` in 1,000-dose batches, its end-to-end doses/s (posted, persisted, certified).
-    Its output is kept in the report folder as e2e.log; None when it did not run to its figures."""
+    `plan.sustained_doses` in 1,000-dose batches, the doses/s it persists. That is what the backpressure
+    guards (the dose streams' backlog); certificates trail under overload by design, so its end-to-end rate
+    (certified too) would be a far lower bar. Its output stays in the report folder as e2e.log; None when it
+    did not run to its figures."""
     command = [sys.executable, "-m", "benchmarks.e2e", "--doses", str(plan.sustained_doses),
                "--port", str(plan.port + 1000)]
     with (folder / "e2e.log").open("w") as log:
@@ -276,7 +279,7 @@ def sustained_rate(plan: Plan, folder: Path) -> float | None:
             subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=LOADTESTS.parent, timeout=3600)
         except subprocess.TimeoutExpired:
             return None
-    found = E2E_RATE.search((folder / "e2e.log").read_text())
+    found = E2E_PERSISTED.search((folder / "e2e.log").read_text())
     return float(found.group(1).replace(",", "")) if found else None
 
 

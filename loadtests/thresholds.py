@@ -58,7 +58,7 @@ def summarize(plan: Plan, started: dt.datetime, t0: float, samples: list[Sample]
               stats: dict[str, dict], failed: list[str], checked: dict, unexplained: int,
               peaks: dict[str, float], locust_exit: int, drained: float | None, folder: Path = Path("/nonexistent"),
               *, sustained: float | None = None) -> dict:
-    """`sustained`: overload, the doses/s benchmarks.e2e reached in the same run (None: not measured)."""
+    """`sustained`: overload, the doses/s benchmarks.e2e persisted in the same run (None: not measured)."""
     measured = window(plan, phases)
     thresholds, figures = [], {}
     doses_row, total_row = stats.get(DOSES_NAME, {}), stats.get("Aggregated", {})
@@ -151,8 +151,8 @@ GOODPUT_SHARE = 0.8
 
 
 def goodput(plan: Plan, accepted_per_s: float, sustained: float | None) -> dict:
-    """Under overload, ingest accepts at least 80% of what the stack sustains (benchmarks.e2e's doses/s in
-    the same run), or of the offered rate were it lower: Retry-After sends clients away for as long as the
+    """Under overload, ingest accepts at least 80% of what the stack sustains (the doses/s benchmarks.e2e
+    persists in the same run), or of the offered rate were it lower: Retry-After sends clients away for as long as the
     backlog takes to drain, not longer."""
     name = "goodput under overload (doses accepted/s over the window)"
     if sustained is None:
@@ -160,7 +160,7 @@ def goodput(plan: Plan, accepted_per_s: float, sustained: float | None) -> dict:
                          False)
     offered = plan.doses / plan.within
     reference = min(sustained, offered)
-    return threshold(name, f">= {GOODPUT_SHARE:.0%} of {reference:,.0f} (e2e {sustained:,.0f}, offered {offered:,.0f})",
+    return threshold(name, f">= {GOODPUT_SHARE:.0%} of {reference:,.0f} (e2e persisted {sustained:,.0f}, offered {offered:,.0f})",
                      f"{accepted_per_s:,.0f} ({accepted_per_s / reference:.0%})",
                      accepted_per_s >= GOODPUT_SHARE * reference)
 
