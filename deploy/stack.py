@@ -175,6 +175,9 @@ class Stack:
             with contextlib.suppress(Exception):
                 asyncio.run(admin(self._server_url, f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)"))
             self._server_url = ""
+        if self._postgres is not None:  # stopped now: pgserver's own stop at exit fails once a caller has
+            self._postgres.cleanup()    # removed the folder (benchmarks do), leaving a postmaster running
+            self._postgres = None
 
 
 def _interrupt(signum, frame):

@@ -1,11 +1,16 @@
 """The embedded Redis: durable by default, and never two servers on one AOF.
 
-Covers: the embedded Redis runs `appendfsync always`; one left by a killed run is stopped and its data kept.
+Covers: the embedded Redis runs `appendfsync always`; one left by a killed run is stopped and its data kept;
+a stack stops the embedded Postgres it started, also when its folder is removed next (as benchmarks do).
 """
+
+import shutil
+from pathlib import Path
 
 import redis
 
 from deploy.embedded import EmbeddedRedis
+from deploy.stack import Stack
 
 
 def test_embedded_redis_appends_and_fsyncs_every_write(tmp_path):
@@ -33,3 +38,28 @@ def test_a_redis_left_by_a_killed_run_is_stopped_and_its_data_kept(tmp_path):
     finally:
         successor.stop()
         orphan.stop()
+
+
+def test_a_stack_stops_the_embedded_postgres_it_started(tmp_path, monkeypatch):
+    """pgserver stops its server at the interpreter's exit, which failed once the folder was gone: every
+    benchmark run left a postmaster behind."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    stack = Stack(tmp_path / "demo", database="vaxline_stop_test")
+    try:
+        stack.start()
+        postmaster = stack.service_pids["postgres (postmaster)"]
+        assert _running(postmaster)
+    finally:
+        stack.stop()
+    shutil.rmtree(tmp_path / "demo")
+    assert not _running(postmaster)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (the postmaster is init's child: a zombie until init reaps it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
