@@ -164,9 +164,9 @@ async def certify(pool: asyncpg.Pool, signing: Signing, todo: dict[str, float], 
             written, revoked = await store.issue(conn, new, kid=signer.key.kid, issued_at=issued_at,
                                                  expires_at=expires_at)
             updated = await store.update_views(conn, views) if views else set()
-        now = time.time()
+        now, certified = time.time(), metrics.freshness.labels(stage="certified")
         for nid in written | updated:
-            metrics.freshness.labels(stage="certified").observe(max(0.0, now - todo[nid]))
+            certified.observe(max(0.0, now - todo[nid]))
         outcome.issued += len(written)
         outcome.revoked += revoked
         outcome.updated += len(updated)

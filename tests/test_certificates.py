@@ -9,15 +9,17 @@ one day counts once and keeps the same certificate (its view lists both records)
 in-place view update cannot replace the newer one; a rotated key signs new certificates while old ones still
 verify; every certificate is verified with an independent COSE implementation (the `cwt` package, given only
 the DSC's public key); every product's certificate passes our verifier (schema and value sets included);
-ICAO names.
+ICAO names; UVCIs of 160 random bits in base32; the COSE framing written by hand is CBOR's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import zlib
 
+import cbor2
 import cwt
 import pytest
 from cryptography import x509
@@ -28,7 +30,7 @@ from tests.conftest import wait_until
 from tests.factory import dose
 from tests.stack import running_stack
 from vaxline.dcc.base45 import b45decode
-from vaxline.dcc.issue import Signer, expiry, new_uvci
+from vaxline.dcc.issue import Signer, byte_string_head, expiry, new_uvci
 from vaxline.dcc.keys import KeyStore
 from vaxline.dcc.names import dcc_name, transliterate
 from vaxline.dcc.payload import statement
@@ -239,3 +241,16 @@ async def test_a_certificate_built_from_an_older_view_does_not_replace_a_newer_o
     assert await store.update_views(db, [store.ViewUpdate("001090000001", "U-1", b"v1", b"v3", "[]")]) == set()
     rows = await db.fetch("SELECT uvci, status, view_fingerprint FROM certificates ORDER BY uvci")
     assert [tuple(r) for r in rows] == [("U-1", "current", b"v2")]
+
+
+def test_a_uvci_is_32_base32_characters_of_fresh_randomness():
+    uvcis = [new_uvci() for _ in range(2000)]
+    assert len(set(uvcis)) == len(uvcis)
+    assert all(re.fullmatch(r"URN:UVCI:01:VN:[A-Z2-7]{32}", u) for u in uvcis)
+    assert {c for u in uvcis for c in u[15:]} == set("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")  # every symbol drawn
+
+
+@pytest.mark.parametrize("length", [0, 1, 23, 24, 255, 256, 65535, 65536])
+def test_the_cose_framing_written_by_hand_is_cbor2s(length):
+    """Signer writes the payload's byte-string head itself (a certificate's payload is 250-1,200 bytes)."""
+    assert byte_string_head(length) + b"x" * length == cbor2.dumps(b"x" * length)

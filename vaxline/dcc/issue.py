@@ -9,16 +9,18 @@ CBOR encoding of the claims, one ECDSA signature.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
+import hashlib
+import io
 import secrets
+import threading
 import zlib
 from dataclasses import dataclass
 
 import cbor2
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
 
 from .base45 import b45encode
 
@@ -31,10 +33,15 @@ ES256 = -7
 CWT_ISS, CWT_IAT, CWT_EXP, CWT_HCERT = 1, 6, 4, -260
 
 
+# Each random byte keeps its low 5 bits, one base32 character (256 is a multiple of 32, so each is uniform):
+# 32 bytes, 160 bits. base64.b32encode does the same in Python bytecode at 3.5% of a certifier's CPU.
+_BASE32 = bytes.maketrans(bytes(range(256)), bytes(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"[i % 32] for i in range(256)))
+
+
 def new_uvci() -> str:
     """URN:UVCI:01:VN:<32 characters of base32>: 160 random bits, so it is unguessable and never collides
     in practice (no retry loop on collision needed, unlike sequential or short random ids)."""
-    return UVCI_PREFIX + base64.b32encode(secrets.token_bytes(20)).decode()
+    return UVCI_PREFIX + secrets.token_bytes(32).translate(_BASE32).decode()
 
 
 def expiry(issued_at: dt.datetime) -> dt.datetime:
@@ -56,7 +63,11 @@ class SigningKey:
 
 
 class Signer:
-    """Encodes and signs certificates with one key."""
+    """Encodes and signs certificates with one key.
+
+    cbor2.dumps costs about 5 us a call whatever it encodes (it builds an encoder each time), which was
+    three calls a certificate: the claims go through an encoder kept per thread, and the byte-string and
+    COSE_Sign1 framing around them, fixed for a key but for two lengths, is written here."""
 
     def __init__(self, key: SigningKey):
         self.key = key
@@ -64,21 +75,47 @@ class Signer:
         # Sig_structure = ["Signature1", protected, external_aad, payload]: a 4-array whose first three
         # items never change for this key; only the payload's byte string is appended per certificate.
         self._sig_head = b"\x84" + cbor2.dumps("Signature1") + cbor2.dumps(self._protected) + b"\x40"
-        self._algorithm = ec.ECDSA(hashes.SHA256())
+        # COSE_Sign1 = tag 18 [protected, unprotected {}, payload, signature]: all but the last two are fixed.
+        self._cose_head = b"\xd2\x84" + cbor2.dumps(self._protected) + b"\xa0"
+        # The Sig_structure is hashed here (hashlib) and signed as a digest: the same ECDSA signature, without
+        # OpenSSL's digest context per call (12 us of 41 measured).
+        self._algorithm = ec.ECDSA(Prehashed(hashes.SHA256()))
+        self._local = threading.local()
 
     def sign(self, dcc: dict, issued_at: dt.datetime, expires_at: dt.datetime) -> str:
         """The HC1 text of a DCC payload."""
-        claims = cbor2.dumps({
+        claims = self._encode({
             CWT_ISS: ISSUER_COUNTRY,
             CWT_IAT: int(issued_at.timestamp()),
             CWT_EXP: int(expires_at.timestamp()),
             CWT_HCERT: {1: dcc},
         })
-        payload = cbor2.dumps(claims)  # the byte string header + the claims
-        r, s = decode_dss_signature(self.key.private_key.sign(self._sig_head + payload, self._algorithm))
-        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")  # COSE wants raw r||s, not DER
-        cose = cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [self._protected, {}, claims, signature]))
+        payload = byte_string_head(len(claims)) + claims
+        digest = hashlib.sha256(self._sig_head + payload).digest()
+        r, s = decode_dss_signature(self.key.private_key.sign(digest, self._algorithm))
+        # COSE wants the raw r||s (64 bytes: head 58 40), not DER.
+        cose = self._cose_head + payload + b"\x58\x40" + r.to_bytes(32, "big") + s.to_bytes(32, "big")
         return PREFIX + b45encode(deflate(cose))
+
+    def _encode(self, value) -> bytes:
+        local = self._local
+        if not hasattr(local, "encoder"):
+            local.buffer = io.BytesIO()
+            local.encoder = cbor2.CBOREncoder(local.buffer)
+        local.buffer.seek(0)
+        local.buffer.truncate()
+        local.encoder.encode(value)
+        return local.buffer.getvalue()
+
+
+def byte_string_head(length: int) -> bytes:
+    """The head of a CBOR byte string (major type 2) of this length (RFC 8949, 3.1)."""
+    if length < 24:
+        return bytes((0x40 | length,))
+    for marker, size in ((0x58, 1), (0x59, 2), (0x5A, 4), (0x5B, 8)):
+        if length < 1 << (8 * size):
+            return bytes((marker,)) + length.to_bytes(size, "big")
+    raise ValueError(f"a byte string of {length} bytes is beyond CBOR")
 
 
 # The zlib stream holds the COSE message in stored blocks (level 0). Measured on 3,000 one-dose certificates,
