@@ -39,10 +39,10 @@ ON CONFLICT (subject, event) WHERE kind = 'correction' DO NOTHING
 # request.
 _CLAIM = """
 WITH due AS (
-    SELECT id FROM notifications WHERE sent_at IS NULL AND due_at <= now()
+    SELECT id FROM notifications WHERE sent_at IS NULL AND due_at <= now() AND leased_until <= now()
     ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED
 ), claimed AS (
-    UPDATE notifications n SET due_at = now() + $2::interval, attempts = n.attempts + 1
+    UPDATE notifications n SET leased_until = now() + $2::interval, attempts = n.attempts + 1
     FROM due WHERE n.id = due.id
     RETURNING n.id, n.kind, n.national_id, n.subject, n.event, n.attempts
 )
@@ -52,6 +52,18 @@ FROM claimed c
 LEFT JOIN persons p ON p.national_id = c.national_id
 LEFT JOIN correction_requests r ON c.kind = 'correction' AND r.request_id = c.subject
 ORDER BY c.id
+"""
+
+# Marking a round: its rows are locked in the order the issuers' upsert takes them (by national id), so that
+# marking and an issuer's transaction only ever wait on each other, never deadlock; locked and marked in one
+# statement (the lock's sort runs below it). A row whose subject a newer certificate replaced is not marked.
+_SENT = """
+UPDATE notifications n SET sent_at = now(), outcome = d.outcome
+FROM (SELECT id FROM notifications WHERE id = ANY($1::bigint[]) AND sent_at IS NULL
+      ORDER BY national_id, id FOR UPDATE) l,
+     unnest($1::bigint[], $2::text[], $3::text[]) AS d(id, subject, outcome)
+WHERE n.id = l.id AND n.id = d.id AND n.subject = d.subject AND n.sent_at IS NULL
+RETURNING n.id
 """
 
 CORRECTION_EVENTS = ("approved", "rejected")  # the decisions a citizen is told of (a deferral is not one)
@@ -93,15 +105,12 @@ async def sent(conn: asyncpg.Connection, done: list[tuple[Notification, str]]) -
     if not done:
         return 0
     async with conn.transaction():
-        await _lock(conn, [n.id for n, _ in done])
         marked = {r["id"] for r in await conn.fetch(
-            "UPDATE notifications n SET sent_at = now(), outcome = d.outcome"
-            " FROM unnest($1::bigint[], $2::text[], $3::text[]) AS d(id, subject, outcome)"
-            " WHERE n.id = d.id AND n.subject = d.subject AND n.sent_at IS NULL RETURNING n.id",
-            [n.id for n, _ in done], [n.subject for n, _ in done], [outcome for _, outcome in done])}
+            _SENT, [n.id for n, _ in done], [n.subject for n, _ in done], [outcome for _, outcome in done])}
         if replaced := [n.id for n, _ in done if n.id not in marked]:  # they heard of one: the next is an update
-            await conn.execute("UPDATE notifications SET due_at = now(), attempts = 0, event = 'updated'"
-                               " WHERE id = ANY($1::bigint[]) AND sent_at IS NULL AND kind = 'certificate'", replaced)
+            await conn.execute("UPDATE notifications SET due_at = now(), leased_until = '-infinity', attempts = 0,"
+                               " event = 'updated' WHERE id = ANY($1::bigint[]) AND sent_at IS NULL"
+                               " AND kind = 'certificate'", replaced)
     return len(marked)
 
 
@@ -112,7 +121,7 @@ async def failed(conn: asyncpg.Connection, retries: list[tuple[Notification, flo
     async with conn.transaction():
         await _lock(conn, [n.id for n, _ in retries])
         await conn.execute(
-            "UPDATE notifications n SET due_at = now() + r.wait * interval '1 second'"
+            "UPDATE notifications n SET due_at = now() + r.wait * interval '1 second', leased_until = '-infinity'"
             " FROM unnest($1::bigint[], $2::float8[]) AS r(id, wait) WHERE n.id = r.id AND n.sent_at IS NULL",
             [n.id for n, _ in retries], [wait for _, wait in retries])
 

@@ -10,7 +10,8 @@ certificate is superseded twice before a notifier runs gets one SMS, about the c
 record, and a later certificate its own ("updated"), never two for one certificate, and one stored while the SMS of
 the one before is in flight gets its own, as an update; while the gateway fails, two notifier loops retry with
 backoff (failures counted, the backlog gauge at 20, nothing sent, nothing lost) and, once it answers, each person
-gets exactly one SMS; a person with no phone on record is skipped and counted; a certificate whose transaction
+gets exactly one SMS; a claim is a heap-only update and a failed notification is due after its
+backoff, not its lease; a person with no phone on record is skipped and counted; a certificate whose transaction
 rolls back leaves no notification, and one that commits leaves one; a rejected correction request tells the phone
 on record (not the one typed into the request) with the link to /corrections/{id}; the backoff doubles up to its
 cap.
@@ -355,3 +356,16 @@ async def test_a_decided_correction_tells_the_phone_on_record_with_its_link(make
     assert body["phone"] != person["phone"]
     assert [(s["phone"], s["link"]) for s in gateway.sent] == [(person["phone"], f"{BASE}/corrections/{request_id}")]
     assert "Không có hồ sơ" not in gateway.sent[0]["text"]
+
+
+async def test_a_claim_is_a_heap_only_update_and_a_failed_one_is_due_after_its_backoff_not_its_lease(db):
+    """The lease has a column no index holds (migration 0010): claiming writes no index entry. A failure ends the
+    lease, so the retry waits for the backoff only."""
+    await db.execute(_ONE_WAITING)
+    async with db.transaction():
+        (claimed,) = await notifications.claim(db, limit=10, lease=60)
+        assert await db.fetchval("SELECT pg_stat_get_xact_tuples_hot_updated('notifications'::regclass)") == 1
+    assert await notifications.claim(db, limit=10, lease=60) == []  # leased: nobody else takes it
+    await notifications.failed(db, [(claimed, 0.0)])
+    (again,) = await notifications.claim(db, limit=10, lease=60)
+    assert (again.id, again.attempts) == (claimed.id, 2)
