@@ -5,11 +5,10 @@ a stack stops the embedded Postgres it started, also when its folder is removed 
 """
 
 import shutil
-from pathlib import Path
 
 import redis
 
-from deploy.embedded import EmbeddedRedis
+from deploy.embedded import EmbeddedRedis, _alive
 from deploy.stack import Stack
 
 
@@ -49,17 +48,9 @@ def test_a_stack_stops_the_embedded_postgres_it_started(tmp_path, monkeypatch):
     try:
         stack.start()
         postmaster = stack.service_pids["postgres (postmaster)"]
-        assert _running(postmaster)
+        assert _alive(postmaster)
     finally:
         stack.stop()
     shutil.rmtree(tmp_path / "demo")
-    assert not _running(postmaster)
+    assert not _alive(postmaster)
 
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (the postmaster is init's child: a zombie until init reaps it)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in status
