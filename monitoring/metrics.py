@@ -57,6 +57,7 @@ from .names import (  # noqa: F401 (every name, for whoever reads metrics by nam
     REVIEW_RETRIES,
     REVIEWERS_RUNNING,
     SIGNING_KEY_VALIDITY,
+    STOOD_ASIDE,
     STREAM_BACKLOG,
     STREAM_LAG,
     STREAM_PENDING,
@@ -153,6 +154,8 @@ review_retries = Counter(REVIEW_RETRIES, "Transient review failures retried", ["
 reviewers_running = Gauge(REVIEWERS_RUNNING, "Reviewer processes", multiprocess_mode="livesum")
 review_backlog = Gauge(REVIEW_BACKLOG, "Persons due for review (new or changed history)",
                        multiprocess_mode="mostrecent")
+stood_aside = Counter(STOOD_ASIDE, "Seconds reviewers and notifiers waited before a round while persisting or"
+                      " certifying was behind (stand_aside_after)", ["role"])
 failed_handoffs = Counter(FAILED_HANDOFFS, "Persons whose certify handoff failed on an error of the data, kept in"
                           " failed_handoffs for `vaxline deadletters replay --certify`")
 correction_requests_expired = Counter(

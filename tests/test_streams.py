@@ -6,18 +6,20 @@ XAUTOCLAIM's reply and XINFO's fields differ between the two; a worker that
 crashes on one of them stops draining without a word.
 
 Covers: own pending list after restart, XAUTOCLAIM, trimming that keeps pending and undelivered entries, a
-pending entry whose data was deleted, on Redis 6.2, 7 and a Redis 7 Cluster.
+pending entry whose data was deleted, the oldest entry a group has not finished, on Redis 6.2, 7 and a Redis 7
+Cluster.
 """
 
 import asyncio
 import dataclasses
 import os
+import time
 
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from vaxline.streams import connect_redis, ensure_groups
+from vaxline.streams import connect_redis, ensure_groups, oldest_unfinished
 from workers.consume import ShardReader
 from workers.trim import safe_min_id, trim
 
@@ -114,3 +116,25 @@ async def test_a_pending_entry_whose_data_was_deleted_is_handed_on_without_paylo
     heir._next_claim = 0
     claimed = {e.entry_id: e.payload for e in await heir.read(block_ms=10, count=10)}
     assert claimed == {kept: b"x0", deleted: None}
+
+
+async def test_the_oldest_unfinished_entry_is_the_oldest_pending_or_undelivered_one(stream_settings):
+    settings, client = stream_settings
+    stream, group = settings.stream(0), settings.group
+    assert await oldest_unfinished(client, stream, group) is None
+    t0 = int(time.time() * 1000) - 10_000
+    for i in range(3):
+        await client.xadd(stream, {b"b": b"x"}, id=f"{t0 + i * 1000}-0")
+    assert await oldest_unfinished(client, stream, group) == t0  # none delivered yet
+    reader = ShardReader(client, settings, "w-0")
+    [first] = await reader.read(block_ms=10, count=1)
+    assert await oldest_unfinished(client, stream, group) == t0  # delivered, not acknowledged
+    await reader.ack([first])
+    assert await oldest_unfinished(client, stream, group) == t0 + 1000  # the first not delivered
+    rest = await reader.read(block_ms=10, count=10)
+    await reader.ack(rest[1:])
+    assert await oldest_unfinished(client, stream, group) == t0 + 1000  # pending, behind an acknowledged one
+    await reader.ack(rest[:1])
+    reader.close()
+    assert await oldest_unfinished(client, stream, group) is None
+    assert await oldest_unfinished(client, settings.stream(1), "no such group") is None

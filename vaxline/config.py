@@ -84,6 +84,12 @@ class Settings:
     review_max_persons: int = 2_000
     review_interval: float = 0.5
     review_nice: int = 15  # below the certifiers: certificates have an SLO, review flags do not
+    # Standing aside (workers/standaside.py): before each round, a reviewer or notifier waits while the oldest
+    # dose entry or certify handoff not yet finished is older than stand_aside_after seconds (the persisting
+    # workers or the certifiers are behind: certificates have a deadline, flags and SMS do not), for at most
+    # stand_aside_max seconds in a row, so that a sustained overload still lets a round through; 0 turns it off.
+    stand_aside_after: float = 1.0
+    stand_aside_max: float = 60.0
 
     # Citizen correction requests: a one-time code lives otp_ttl seconds, allows otp_max_attempts
     # guesses and otp_max_sends sends; at most correction_rate_limit new requests per client address

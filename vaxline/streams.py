@@ -108,6 +108,32 @@ async def drained(redis: aioredis.Redis, stream: str, group_name: str) -> bool:
     return not newest or as_text(newest[0][0]) == as_text(group["last-delivered-id"])
 
 
+async def oldest_unfinished(redis: aioredis.Redis, stream: str, group_name: str) -> int | None:
+    """When (epoch ms, from its id) the oldest entry of `stream` that `group_name` has not acknowledged was
+    added: its oldest pending entry or its first undelivered one, whichever is older; None when the group has
+    finished every entry (or the stream or group does not exist yet)."""
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:  # no such stream yet
+        return None
+    found = [g for g in groups if as_text(g["name"]) == group_name]
+    if not found:
+        return None
+    added: list[int] = []
+    summary = await redis.xpending(stream, group_name)
+    if summary["pending"]:
+        added.append(_ms(as_text(summary["min"])))
+    if found[0].get("lag") != 0:  # None: Redis 6.2, or entries deleted; look
+        first = await redis.xrange(stream, min="(" + as_text(found[0]["last-delivered-id"]), count=1)
+        if first:
+            added.append(_ms(as_text(first[0][0])))
+    return min(added) if added else None
+
+
+def _ms(entry_id: str) -> int:
+    return int(entry_id.partition("-")[0])
+
+
 def _after(entry_id: str) -> str:
     ms, _, seq = entry_id.partition("-")
     return f"{ms}-{int(seq) + 1}"

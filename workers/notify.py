@@ -8,7 +8,8 @@ They poll Postgres, as the reviewers do: a notification is written in the transa
 decision it tells of, so none can be missed, and several notifiers share the work without waiting on each
 other. Nothing on the persist path or the issuers' path waits for them or for the gateway: an SMS gateway
 that is down only grows the backlog (vaxline_notifications_backlog), and each notification is tried again
-after a backoff that doubles up to notify_backoff_max, for as long as it takes. Logs name a notification by
+after a backoff that doubles up to notify_backoff_max, for as long as it takes. While persisting or
+certifying is behind, they stand aside (workers/standaside.py): an SMS may trail a peak. Logs name a notification by
 its number, never by a phone or a national ID.
 """
 
@@ -29,6 +30,7 @@ from vaxline import notify
 from vaxline.config import Settings
 
 from .loop import error_kind, run_consumer, sleep_unless
+from .standaside import StandAside
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +44,15 @@ async def run_notifier(settings: Settings, *, consumer: str, stop: asyncio.Event
     sender = notifier if notifier is not None else notify.notifier(settings)
     await run_consumer(
         settings, stop, name=f"notifier {consumer}", running=metrics.notifiers_running,
-        drain=lambda redis, pool: _drain(pool, settings, sender, stop),
+        drain=lambda redis, pool: _drain(pool, settings, sender, stop,
+                                         StandAside(redis, settings, stop, role="notify")),
         housekeeping=lambda redis, pool: _housekeeping(pool, settings, stop))
 
 
-async def _drain(pool: asyncpg.Pool, settings: Settings, sender: notify.Notifier, stop: asyncio.Event) -> None:
+async def _drain(pool: asyncpg.Pool, settings: Settings, sender: notify.Notifier, stop: asyncio.Event,
+                 aside: StandAside) -> None:
     while not stop.is_set():
+        await aside.wait()  # while persisting or certifying is behind (workers/standaside.py)
         try:
             handled = await send_due(pool, settings, sender)
         except Exception as e:  # Postgres unreachable or failing over: what was claimed is sent again after its lease

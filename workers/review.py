@@ -5,8 +5,8 @@
 
 Reviewers poll Postgres rather than a stream: the mark is written in the same transaction as the
 change, so nothing can be missed, and several reviewers share the work without waiting on each other
-(SKIP LOCKED). They run at the certifiers' lower CPU priority: flags may trail a burst, persisting never
-waits for them.
+(SKIP LOCKED). They run below the certifiers' CPU priority and stand aside while persisting or certifying
+is behind (workers/standaside.py): flags may trail a burst, certificates never wait for them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from storage import ACQUIRE_TIMEOUT
 from vaxline.config import Settings
 
 from .loop import retrying, run_consumer, sleep_unless
+from .standaside import StandAside
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,13 @@ async def run_reviewer(settings: Settings, *, consumer: str, stop: asyncio.Event
     """Review due persons until `stop` is set, surviving Postgres outages."""
     await run_consumer(
         settings, stop, name=f"reviewer {consumer}", running=metrics.reviewers_running,
-        drain=lambda redis, pool: _drain(pool, settings, stop),
+        drain=lambda redis, pool: _drain(pool, settings, stop, StandAside(redis, settings, stop, role="review")),
         housekeeping=lambda redis, pool: _housekeeping(pool, settings, stop))
 
 
-async def _drain(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event) -> None:
+async def _drain(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event, aside: StandAside) -> None:
     while not stop.is_set():
+        await aside.wait()  # while persisting or certifying is behind (workers/standaside.py)
         reviewed = await retrying(stop, _review, pool, settings.review_max_persons, retries=metrics.review_retries)
         metrics.review_persons.inc(reviewed)
         if reviewed < settings.review_max_persons:  # caught up: look again shortly
