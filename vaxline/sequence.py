@@ -52,9 +52,9 @@ def sequence(history: list[HistoryDose]) -> list[SequencedDose]:
     counted_days: set[dt.date] = set()
     primary = 0  # the primary series of the first product
     # The day's counted record first, so it is the one numbered whatever the times of its duplicates.
-    for dose in sorted(history, key=lambda d: (d.administered_at.astimezone(VIETNAM).date(), not d.counted,
-                                               d.administered_at, d.site, d.record_id)):
-        day = dose.administered_at.astimezone(VIETNAM).date()
+    days = [(dose.administered_at.astimezone(VIETNAM).date(), dose) for dose in history]
+    for day, dose in sorted(days, key=lambda d: (d[0], not d[1].counted, d[1].administered_at, d[1].site,
+                                                 d[1].record_id)):
         counted = day not in counted_days
         counted_days.add(day)
         dn = len(counted_days)

@@ -9,6 +9,7 @@ and hyphens become `<` (ICAO 9303 part 3, section 6).
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -18,6 +19,7 @@ _SEPARATORS = re.compile(r"[\s\-]+")
 _NOT_ICAO = re.compile(r"[^A-Z<]")
 
 
+@functools.lru_cache(maxsize=65_536)  # a certifier's hot path; family and given names repeat a great deal
 def transliterate(name: str) -> str:
     """"Thị Ánh Tuyết" -> "THI<ANH<TUYET"."""
     text = name.replace("đ", "d").replace("Đ", "D")
