@@ -1,14 +1,17 @@
 """The embedded Redis: durable by default, and never two servers on one AOF.
 
-Covers: the embedded Redis runs `appendfsync always`; one left by a killed run is stopped and its data kept;
+Covers: the embedded Redis runs `appendfsync always`; the embedded Postgres runs without JIT and with checkpoints
+far apart (deploy.embedded.POSTGRES_SETTINGS); one left by a killed run is stopped and its data kept;
 a stack stops the embedded Postgres it started, also when its folder is removed next (as benchmarks do).
 """
 
 import shutil
 
+import asyncpg
+import pytest
 import redis
 
-from deploy.embedded import EmbeddedRedis, _alive
+from deploy.embedded import POSTGRES_SETTINGS, EmbeddedRedis, _alive
 from deploy.stack import Stack
 
 
@@ -21,6 +24,17 @@ def test_embedded_redis_appends_and_fsyncs_every_write(tmp_path):
         client.close()
     finally:
         server.stop()
+
+
+async def test_the_embedded_postgres_runs_with_the_settings_for_short_writes(services):
+    if services[3] is None:
+        pytest.skip("TEST_DATABASE_URL names a Postgres of its own")
+    conn = await asyncpg.connect(services[0])
+    try:
+        found = {name: await conn.fetchval(f"SHOW {name}") for name in POSTGRES_SETTINGS}
+    finally:
+        await conn.close()
+    assert found == {"jit": "off", "max_wal_size": "8GB", "checkpoint_timeout": "15min"}
 
 
 def test_a_redis_left_by_a_killed_run_is_stopped_and_its_data_kept(tmp_path):
