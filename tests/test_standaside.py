@@ -13,7 +13,7 @@ from monitoring import metrics
 from tests.conftest import wait_until
 from vaxline.streams import ensure_groups
 from workers import standaside
-from workers.consume import ShardReader
+from workers.consume import ShardReader, StreamEntry
 from workers.standaside import StandAside
 
 
@@ -26,6 +26,16 @@ async def grouped(settings, redis):
 async def old_entry(redis, stream: str, seconds_ago: float) -> str:
     entry_id = f"{int((time.time() - seconds_ago) * 1000)}-0"
     return (await redis.xadd(stream, {b"b": b"x"}, id=entry_id)).decode()
+
+
+async def pending_old_entry(redis, settings, shard: int = 0) -> tuple[ShardReader, StreamEntry]:
+    """An entry added 30 s ago on a dose shard, delivered to a consumer (pending, not finished): the reader
+    (closed; the consumer's idle time counts from this read) and the entry."""
+    await old_entry(redis, settings.stream(shard), 30.0)
+    reader = ShardReader(redis, settings, "w-0")
+    [entry] = await reader.read(block_ms=10, count=1)
+    reader.close()
+    return reader, entry
 
 
 def stood(role: str) -> float:
@@ -69,26 +79,20 @@ async def test_a_pending_entry_with_a_reading_consumer_holds_the_round_back_at_m
 
 async def test_the_round_goes_ahead_once_the_entry_is_acknowledged(grouped):
     settings, redis = grouped
-    await old_entry(redis, settings.stream(1), 30.0)
-    reader = ShardReader(redis, settings, "w-0")
-    [entry] = await reader.read(block_ms=10, count=1)
+    reader, entry = await pending_old_entry(redis, settings, shard=1)
     aside = StandAside(redis, settings, asyncio.Event(), role="test-ack")
     looks = counting(aside)
     waiting = asyncio.create_task(aside.wait())
     await wait_until(lambda: len(looks) >= 2, timeout=10, message="standing aside")
     assert not waiting.done()
     await reader.ack([entry])
-    reader.close()
     waited = await asyncio.wait_for(waiting, timeout=5)
     assert 0 < waited < settings.stand_aside_max
 
 
 async def test_stop_ends_the_wait(grouped):
     settings, redis = grouped
-    await old_entry(redis, settings.stream(0), 30.0)
-    reader = ShardReader(redis, settings, "w-0")
-    assert await reader.read(block_ms=10, count=1)
-    reader.close()
+    await pending_old_entry(redis, settings)
     stop = asyncio.Event()
     aside = StandAside(redis, settings, stop, role="test-stop")
     looks = counting(aside)
@@ -105,9 +109,7 @@ async def test_a_group_no_consumer_reads_is_not_waited_for(grouped, monkeypatch)
     aside = StandAside(redis, settings, asyncio.Event(), role="test-idle")
     assert await aside.behind() == 0.0
     monkeypatch.setattr(standaside, "CONSUMED_WITHIN_MS", 200)
-    reader = ShardReader(redis, settings, "w-0")
-    assert await reader.read(block_ms=10, count=1)  # pending with a consumer that then stops reading
-    reader.close()
+    await pending_old_entry(redis, settings)  # with a consumer that then stops reading
     assert await aside.behind() >= 29.0  # it read a moment ago
 
     async def consumer_idle():
@@ -130,9 +132,6 @@ async def test_redis_failing_is_no_reason_to_wait(settings):
 
 async def test_zero_turns_it_off(grouped):
     settings, redis = grouped
-    await old_entry(redis, settings.stream(0), 30.0)
-    reader = ShardReader(redis, settings, "w-0")
-    assert await reader.read(block_ms=10, count=1)
-    reader.close()
+    await pending_old_entry(redis, settings)
     off = dataclasses.replace(settings, stand_aside_after=0)
     assert await StandAside(redis, off, asyncio.Event(), role="test-off").wait() == 0.0
