@@ -47,8 +47,8 @@ def counting(aside: StandAside) -> list[float]:
     looks: list[float] = []
     behind = aside.behind
 
-    async def counted() -> float:
-        looks.append(await behind())
+    async def counted(enough: float | None = None) -> float:
+        looks.append(await behind(enough))
         return looks[-1]
 
     aside.behind = counted
@@ -75,6 +75,18 @@ async def test_a_pending_entry_with_a_reading_consumer_holds_the_round_back_at_m
     waited = await aside.wait()
     assert 0.6 <= waited < 5.0
     assert stood("test-max") == pytest.approx(waited)
+
+
+async def test_a_look_for_whether_to_wait_stops_at_the_first_group_behind_enough(grouped):
+    settings, redis = grouped
+    reader, _ = await pending_old_entry(redis, settings)  # a dose shard, 30 s behind
+    await old_entry(redis, settings.certify_stream, 5.0)
+    certifier = ShardReader(redis, settings, "c-0", streams=[settings.certify_stream], group=settings.certify_group)
+    assert await certifier.read(block_ms=10, count=1)  # the handoff, 5 s behind, pending with a reading consumer
+    certifier.close()
+    aside = StandAside(redis, settings, asyncio.Event(), role="test-enough")
+    assert await aside.behind() >= 29.0  # the whole look: the oldest of all
+    assert 4.0 <= await aside.behind(enough=1.0) < 29.0  # the certify stream comes first, and is enough
 
 
 async def test_the_round_goes_ahead_once_the_entry_is_acknowledged(grouped):

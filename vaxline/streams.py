@@ -120,9 +120,10 @@ async def oldest_unfinished(redis: aioredis.Redis, stream: str, group_name: str)
     if not found:
         return None
     added: list[int] = []
-    summary = await redis.xpending(stream, group_name)
-    if summary["pending"]:
-        added.append(_ms(as_text(summary["min"])))
+    if found[0]["pending"]:  # the summary's count, from the same reply: no XPENDING when nothing is pending
+        summary = await redis.xpending(stream, group_name)
+        if summary["pending"]:
+            added.append(_ms(as_text(summary["min"])))
     if found[0].get("lag") != 0:  # None: Redis 6.2, or entries deleted; look
         first = await redis.xrange(stream, min="(" + as_text(found[0]["last-delivered-id"]), count=1)
         if first:

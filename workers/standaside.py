@@ -41,21 +41,27 @@ class StandAside:
         self._stop = stop
         self._after = settings.stand_aside_after
         self._max = settings.stand_aside_max
-        self._groups = [(stream, settings.group) for stream in settings.streams]
-        self._groups.append((settings.certify_stream, settings.certify_group))
+        # The certify stream first: at a peak it is the one behind, and a look stops at the first group that is.
+        self._groups = [(settings.certify_stream, settings.certify_group)]
+        self._groups += [(stream, settings.group) for stream in settings.streams]
         self._waited = metrics.stood_aside.labels(role=role)
         self._looked = -LOOK_EVERY  # when a look last found persisting and certifying caught up
 
-    async def behind(self) -> float:
+    async def behind(self, enough: float | None = None) -> float:
         """Seconds since the oldest entry that persisting or certifying has not finished was added (0: none).
         A group none of whose consumers read lately is left out: standing aside would not help it along
-        (no certifier running, or all of them down), and the rounds would only be held back."""
-        oldest = None
+        (no certifier running, or all of them down), and the rounds would only be held back.
+
+        With `enough`, the look stops at the first group found at least that far behind: whether to wait
+        is all a round needs to know, and while standing aside a look comes every LOOK_EVERY seconds."""
+        oldest, now = None, time.time()
         for stream, group in self._groups:
             added = await oldest_unfinished(self._redis, stream, group)
             if added is not None and (oldest is None or added < oldest) and await self._consumed(stream, group):
                 oldest = added
-        return 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000)
+                if enough is not None and now - oldest / 1000 >= enough:
+                    break
+        return 0.0 if oldest is None else max(0.0, now - oldest / 1000)
 
     async def _consumed(self, stream: str, group: str) -> bool:
         consumers = await self._redis.xinfo_consumers(stream, group)
@@ -67,7 +73,7 @@ class StandAside:
         now = time.monotonic()
         if now - self._looked < LOOK_EVERY:
             return True  # it was, a moment ago (only a look that found them caught up is remembered)
-        caught_up = await self.behind() < self._after
+        caught_up = await self.behind(enough=self._after) < self._after
         if caught_up:
             self._looked = now
         return caught_up
