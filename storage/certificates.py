@@ -72,23 +72,16 @@ WHERE c.uvci = i.old AND c.status = 'current' AND c.view_fingerprint = i.old_vie
 RETURNING c.national_id
 """
 
-# A certificate built from a handoff's history instead of a read (storage.issuing) is stored only while
-# nothing touched the person since: their review_seq is still the one it was built for. Those whose
-# review_seq moved are found first, once per statement (one probe each, into persons' primary key).
 _INSERT = """
-WITH changed AS MATERIALIZED (
-    SELECT p.national_id FROM unnest($2::text[], $13::bigint[]) AS k(national_id, seq)
-    JOIN persons p ON p.national_id = k.national_id
-    WHERE k.seq IS NOT NULL AND p.review_seq <> k.seq
-)
 INSERT INTO certificates (uvci, national_id, status, fingerprint, view_fingerprint, full_name, birth_date, doses,
                           kid, hc1, issued_at, expires_at, received_at)
 SELECT i.uvci, i.national_id, 'current', i.fingerprint, i.view_fingerprint, i.full_name, i.birth_date,
        i.doses::jsonb, $9, i.hc1, $10, $11, i.received_at
 FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[], $6::date[], $7::text[], $8::text[],
-            $12::timestamptz[])
-     AS i(uvci, national_id, fingerprint, view_fingerprint, full_name, birth_date, doses, hc1, received_at)
-WHERE i.national_id NOT IN (SELECT national_id FROM changed)
+            $12::timestamptz[], $13::bigint[])
+     AS i(uvci, national_id, fingerprint, view_fingerprint, full_name, birth_date, doses, hc1, received_at, seq)
+-- Built from a handoff's history, not from a read (storage.issuing): only while nothing touched the person since.
+WHERE i.seq IS NULL OR EXISTS (SELECT 1 FROM persons p WHERE p.national_id = i.national_id AND p.review_seq = i.seq)
 ON CONFLICT DO NOTHING
 RETURNING national_id
 """
