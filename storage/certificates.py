@@ -78,10 +78,8 @@ INSERT INTO certificates (uvci, national_id, status, fingerprint, view_fingerpri
 SELECT i.uvci, i.national_id, 'current', i.fingerprint, i.view_fingerprint, i.full_name, i.birth_date,
        i.doses::jsonb, $9, i.hc1, $10, $11, i.received_at
 FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[], $6::date[], $7::text[], $8::text[],
-            $12::timestamptz[], $13::bigint[])
-     AS i(uvci, national_id, fingerprint, view_fingerprint, full_name, birth_date, doses, hc1, received_at, seq)
--- Built from a handoff's history, not from a read (storage.issuing): only while nothing touched the person since.
-WHERE i.seq IS NULL OR EXISTS (SELECT 1 FROM persons p WHERE p.national_id = i.national_id AND p.review_seq = i.seq)
+            $12::timestamptz[])
+     AS i(uvci, national_id, fingerprint, view_fingerprint, full_name, birth_date, doses, hc1, received_at)
 ON CONFLICT DO NOTHING
 RETURNING national_id
 """
@@ -102,9 +100,6 @@ class Person:
     current_uvci: str | None = None
     current_fingerprint: bytes | None = None
     current_view_fingerprint: bytes | None = None
-    # Set when the history came with a handoff instead of a read (a person's first record): the person's
-    # review_seq it is the whole history for, checked when the certificate is stored.
-    review_seq: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -120,7 +115,6 @@ class NewCertificate:
     doses_json: str
     hc1: str
     received_at: dt.datetime | None
-    review_seq: int | None = None  # stored only while the person's review_seq is this (Person.review_seq)
 
 
 async def people(conn: asyncpg.Connection, national_ids: list[str]) -> list[Person]:
@@ -180,8 +174,7 @@ async def issue(conn: asyncpg.Connection, certificates: list[NewCertificate], *,
                 issued_at: dt.datetime, expires_at: dt.datetime) -> tuple[set[str], int]:
     """Write new certificates, revoking what each supersedes: (national ids written, certificates revoked).
 
-    The ones not written lost a race (or were built from a handoff's history that is no longer the whole
-    history) and must be rebuilt from a fresh read.
+    The ones not written lost a race and must be rebuilt from a fresh read.
     """
     certificates = sorted(certificates, key=lambda c: c.national_id)  # two certifiers lock rows alike
     async with conn.transaction():
@@ -195,7 +188,7 @@ async def issue(conn: asyncpg.Connection, certificates: list[NewCertificate], *,
             [c.uvci for c in todo], [c.national_id for c in todo], [c.fingerprint for c in todo],
             [c.view_fingerprint for c in todo], [c.full_name for c in todo], [c.birth_date for c in todo],
             [c.doses_json for c in todo], [c.hc1 for c in todo], kid, issued_at, expires_at,
-            [c.received_at for c in todo], [c.review_seq for c in todo],
+            [c.received_at for c in todo],
         )}
         if revoked - written:  # a revoked certificate must have its successor: never leave a person without one
             raise RuntimeError(f"{len(revoked - written)} superseding certificates were not written")

@@ -88,11 +88,8 @@ WITH new_keys AS (
            min(administered_at) OVER (PARTITION BY national_id), administered_at
     FROM new_doses ORDER BY national_id, administered_at DESC
     {PERSON_UPSERT}
-    RETURNING national_id, xmax = 0 AS created
 )
-SELECT batch_id, count(*)::int AS inserted,
-       (SELECT coalesce(array_agg(national_id), '{{}}') FROM people WHERE created) AS created
-FROM inserted GROUP BY batch_id
+SELECT batch_id, count(*)::int AS inserted FROM inserted GROUP BY batch_id
 """
 
 # Receipts are claimed first: a batch that another worker (which took over the same entry) committed
@@ -132,15 +129,6 @@ class BatchCount:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Persisted:
-    """What a persist transaction wrote: its receipts, and the persons it created (their first record ever,
-    so their whole history is this transaction's doses and review_seq is still 0; storage.issuing)."""
-
-    receipts: list[Receipt]
-    created: frozenset[str] = frozenset()
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class Receipt:
     batch_id: str
     site_id: int
@@ -168,17 +156,15 @@ async def claim(conn: asyncpg.Connection, batches: list[BatchCount], kind: str =
     return {r["batch_id"] for r in rows}
 
 
-async def persist(conn: asyncpg.Connection, rows: list[tuple], batches: list[BatchCount]) -> Persisted:
-    """Claim receipts, COPY, insert, count and upsert in one transaction; the receipts this transaction wrote
-    and the persons it created.
+async def persist(conn: asyncpg.Connection, rows: list[tuple], batches: list[BatchCount]) -> list[Receipt]:
+    """Claim receipts, COPY, insert, count and upsert in one transaction; the receipts this transaction wrote.
 
     `rows` must be free of repeated (site_id, record_id) (see workers.rows).
     """
-    created: frozenset[str] = frozenset()
     async with conn.transaction():
         claimed = await claim(conn, batches)
         if not claimed:
-            return Persisted([])
+            return []
         batches = [b for b in batches if b.batch_id in claimed]
         rows = [r for r in rows if r[_BATCH_ID] in claimed]
         received: dict[tuple[int, dt.date], int] = {}
@@ -189,15 +175,14 @@ async def persist(conn: asyncpg.Connection, rows: list[tuple], batches: list[Bat
         keys = sorted(received)
         if rows:
             await conn.copy_records_to_table("dose_staging", records=rows, columns=STAGING_COLUMNS)
-            result = await conn.fetch(_INSERT, [k[0] for k in keys], [k[1] for k in keys], [received[k] for k in keys])
-            inserted = {r["batch_id"]: r["inserted"] for r in result}
-            created = frozenset(result[0]["created"]) if result else frozenset()
+            inserted = {r["batch_id"]: r["inserted"] for r in await conn.fetch(
+                _INSERT, [k[0] for k in keys], [k[1] for k in keys], [received[k] for k in keys])}
         elif keys:  # only resubmissions, whose first copies another worker's batch carried: received all the same
             await conn.execute(_RECEIVED, [k[0] for k in keys], [k[1] for k in keys], [received[k] for k in keys])
         receipts = [Receipt(b.batch_id, b.site_id, b.accepted, inserted.get(b.batch_id, 0),
                             b.accepted - inserted.get(b.batch_id, 0)) for b in batches]
         await conn.execute(_COUNT, [r.batch_id for r in receipts], [r.inserted for r in receipts])
-    return Persisted(receipts, created)
+    return receipts
 
 
 async def receipt(conn: asyncpg.Connection, batch_id: str) -> asyncpg.Record | None:

@@ -130,7 +130,7 @@ def build(person: store.Person, signer: Signer, issued_at: dt.datetime, expires_
         uvci, person.national_id, person.current_uvci, person.current_view_fingerprint, fingerprint, view,
         person.full_name, person.birth_date,
         msgspec.json.encode(stated.doses).decode(), signer.sign(stated.dcc(uvci), issued_at, expires_at),
-        dt.datetime.fromtimestamp(received_at, dt.UTC), person.review_seq)
+        dt.datetime.fromtimestamp(received_at, dt.UTC))
 
 
 def behind(person: store.Person) -> bool:
@@ -146,26 +146,17 @@ def behind(person: store.Person) -> bool:
 
 
 async def certify(pool: asyncpg.Pool, signing: Signing, todo: dict[str, float], outcome: Outcome, *,
-                  metrics: Meters, people: list[store.Person] | None = None,
-                  known: list[store.Person] | None = None) -> None:
+                  metrics: Meters, people: list[store.Person] | None = None) -> None:
     """Bring the certificates of these persons (national id -> earliest 202, epoch seconds) up to date:
     read, build, sign, store, and again for whoever lost a race, until none is left.
 
     `people`, when given, is their history as the caller just read it (one snapshot with their current
-    certificate), used for the first round instead of reading it again. `known`: persons of `todo` whose
-    whole history came with a certify handoff (created by a persist transaction with one dose, no
-    certificate yet; Person.review_seq set), built in the first round without a read: their certificate
-    is stored only while their review_seq is unchanged, and whoever changed since is read and built again."""
-    first = {p.national_id: p for p in known or () if p.national_id in todo}
+    certificate), used for the first round instead of reading it again."""
     while todo:
         started = time.perf_counter()
         signer = signing.signer()
         if people is None:
-            rest = {nid: at for nid, at in todo.items() if nid not in first}
-            people = [first[nid] for nid in todo if nid in first]
-            if rest:
-                people += await _read(pool, rest, outcome, metrics)
-        first = {}  # a second round reads everyone
+            people = await _read(pool, todo, outcome, metrics)
         issued_at = dt.datetime.now(dt.UTC).replace(microsecond=0)  # the CWT counts whole seconds
         expires_at = expiry(issued_at)
         new, views = _changes(people, signer, issued_at, expires_at, todo, outcome, metrics)

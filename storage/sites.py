@@ -42,12 +42,6 @@ async def site_by_code(conn: asyncpg.Connection, code: str) -> asyncpg.Record | 
     return await conn.fetchrow("SELECT site_id, code, province, active FROM sites WHERE code = $1", code)
 
 
-async def codes(conn: asyncpg.Connection, site_ids: list[int]) -> dict[int, str]:
-    """The codes of these sites (a site's code never changes, so a reader may keep them)."""
-    return {r["site_id"]: r["code"] for r in await conn.fetch(
-        "SELECT site_id, code FROM sites WHERE site_id = ANY($1::int[])", site_ids)}
-
-
 async def site_id_by_code(conn: asyncpg.Connection, code: str) -> int | None:
     site = await site_by_code(conn, code)
     return site["site_id"] if site else None

@@ -208,7 +208,7 @@ async def test_what_the_validator_accepts_persists_as_sent(persisting, doses):
     # Through the worker's path: the stream entry, its decoding, the COPY rows, the persist transaction.
     payload = encode_entry(site_id=site.site_id, received_at=NOW.timestamp(), doses=accepted)
     rows, counts = to_rows([decode(StreamEntry(shard=0, entry_id=f"{next(_sites) + 1}-0", payload=payload))])
-    [receipt] = (await dose_store.persist(db, rows, counts)).receipts
+    [receipt] = await dose_store.persist(db, rows, counts)
     first = {dose.record_id: dose for dose in reversed(accepted)}  # a record id sent twice: the first is kept
     assert (receipt.accepted, receipt.inserted) == (len(accepted), len(first))
     stored = {r["record_id"]: r for r in await db.fetch(

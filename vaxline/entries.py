@@ -22,9 +22,6 @@ from .doses import Dose
 from .sequence import VIETNAM
 
 ENTRY_FIELD = b"b"
-# A certify handoff's second field: the persons its persist transaction created with a single dose, whose
-# whole history the handoff then carries (workers.handoff). A reader that does not know it ignores it.
-FIRST_DOSES_FIELD = b"f"
 
 DOSE_FIELDS: tuple[str, ...] = tuple(f.name for f in msgspec.structs.fields(Dose))
 

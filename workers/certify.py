@@ -1,7 +1,7 @@
 """Certify: the certifier processes, a consumer group of their own on the certify stream.
 
     handoffs = reader.read(...)              # persons of persisted groups (workers.handoff)
-    certifier.certify(persons, first)        # read histories, sign what changed, store, revoke
+    certifier.certify(persons)               # read histories, sign what changed, store, revoke
     reader.ack(handoffs)                     # after the COMMIT
 
 Each person is signed at most once per group however many of their doses
@@ -13,9 +13,7 @@ per person (storage.certificates.issue), and a person who lost a race with
 another certifier is simply rebuilt from a fresh read. Reading, building and
 storing live in storage.issuing, shared with the citizen's lookup, which
 issues a certificate that is behind its history at once: the certifier that
-reaches that person later finds nothing to do. A person whose first record ever
-came with the handoff (workers.handoff.FirstDose) is signed without reading their
-history back, and stored only if nothing touched them since. A chunk that fails on an error
+reaches that person later finds nothing to do. A chunk that fails on an error
 of the data is kept in failed_handoffs, to be handed on again by `vaxline
 deadletters replay --certify` once the cause is fixed.
 """
@@ -30,11 +28,9 @@ import asyncpg
 import msgspec
 
 from monitoring import metrics
-from storage import ACQUIRE_TIMEOUT, deadletters, issuing, sites
-from storage.certificates import Person
+from storage import ACQUIRE_TIMEOUT, deadletters, issuing
 from storage.errors import POISON
 from storage.issuing import Outcome, Signing
-from vaxline.sequence import HistoryDose
 from vaxline.config import Settings
 from vaxline.dcc.keys import KeyStore
 from vaxline.filemodes import LooseMode
@@ -55,37 +51,21 @@ class Certifier:
         self._pool = pool
         self._signing = Signing(keys)
         self._chunk = chunk  # persons signed, then stored, at a time: certificates appear as they are made
-        self._site_codes: dict[int, str] = {}  # a site's code never changes
 
-    async def certify(self, persons: dict[str, float], first: dict[str, handoff.FirstDose] | None = None
-                      ) -> Outcome:
-        """Bring the certificates of these persons (national id -> earliest 202) up to date; `first`: the
-        whole history of those a persist transaction created with one dose. A chunk that fails on an error
-        of the data is kept in failed_handoffs (`vaxline deadletters replay --certify` hands it on again
-        once the cause is fixed) and the other chunks go on."""
+    async def certify(self, persons: dict[str, float]) -> Outcome:
+        """Bring the certificates of these persons (national id -> earliest 202) up to date. A chunk that
+        fails on an error of the data is kept in failed_handoffs (`vaxline deadletters replay --certify`
+        hands it on again once the cause is fixed) and the other chunks go on."""
         outcome = Outcome()
         ids = list(persons)
         for start in range(0, len(ids), self._chunk):
             chunk = {nid: persons[nid] for nid in ids[start:start + self._chunk]}
             try:
-                known = await self._known([first[nid] for nid in chunk if nid in first]) if first else []
-                await issuing.certify(self._pool, self._signing, chunk, outcome, metrics=metrics, known=known)
+                await issuing.certify(self._pool, self._signing, chunk, outcome, metrics=metrics)
             except POISON as e:
                 await self._failed(chunk, e)
         metrics.certificates_unchanged.inc(outcome.unchanged)
         return outcome
-
-    async def _known(self, doses: list[handoff.FirstDose]) -> list[Person]:
-        """These first doses as persons whose history is known (their review_seq is 0 until anything
-        touches them): no history to read, only a site's code the first time it is met."""
-        if missing := list({d.site_id for d in doses} - self._site_codes.keys()):
-            async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-                self._site_codes.update(await sites.codes(conn, missing))
-        codes = self._site_codes
-        return [Person(d.national_id, d.full_name, d.birth_date,
-                       [HistoryDose(codes[d.site_id], d.record_id, d.vaccine, d.lot, d.dose_number,
-                                    d.administered_at)], review_seq=0)
-                for d in doses if d.site_id in codes]
 
     async def _failed(self, chunk: dict[str, float], error: Exception) -> None:
         """A bug, not the doses' fault (they passed validation and are persisted): the persons keep their
@@ -113,12 +93,12 @@ async def _drain(redis, certifier: Certifier, settings: Settings, consumer: str,
     await ensure_groups(redis, settings)
     reader = ShardReader(redis, settings, consumer, streams=[settings.certify_stream], group=settings.certify_group)
     while not stop.is_set():
-        entries, persons, first = await _gather(reader, settings, stop)
+        entries, persons = await _gather(reader, settings, stop)
         if not entries:
             continue
         try:
             if persons:
-                await retrying(stop, certifier.certify, persons, first, retries=metrics.certify_retries)
+                await retrying(stop, certifier.certify, persons, retries=metrics.certify_retries)
         except POISON as e:
             # Keeping a failed chunk failed on the data too (Certifier._failed): nothing left to keep it in.
             # The persons keep their previous certificate until their next persisted dose hands them off again.
@@ -128,12 +108,11 @@ async def _drain(redis, certifier: Certifier, settings: Settings, consumer: str,
 
 
 async def _gather(reader: ShardReader, settings: Settings, stop: asyncio.Event
-                  ) -> tuple[list[StreamEntry], dict[str, float], dict[str, handoff.FirstDose]]:
+                  ) -> tuple[list[StreamEntry], dict[str, float]]:
     """Handoffs up to certify_max_persons (one persisted group may hand off more), or whatever came
-    within certify_max_wait of the first; with the first doses they carry, of persons met in one only."""
+    within certify_max_wait of the first."""
     entries: list[StreamEntry] = []
     persons: dict[str, float] = {}
-    first: dict[str, handoff.FirstDose] = {}
     deadline = None
     while len(persons) < settings.certify_max_persons and not stop.is_set():
         remaining = 0.2 if deadline is None else deadline - time.monotonic()
@@ -144,22 +123,13 @@ async def _gather(reader: ShardReader, settings: Settings, stop: asyncio.Event
             if entry.payload is None:
                 continue  # trimmed away: nothing to decode, acknowledged with the rest
             try:
-                handed = handoff.decode(entry.payload)
+                for nid, received_at in handoff.decode(entry.payload).items():
+                    persons[nid] = min(received_at, persons.get(nid, received_at))
             except msgspec.DecodeError:
                 log.error("undecodable handoff %s acknowledged", entry.entry_id)
-                continue
-            for nid in handed.keys() & first.keys():  # in two handoffs: there is more to them than one dose
-                del first[nid]
-            try:
-                first.update((d.national_id, d) for d in handoff.decode_first_doses(entry.first_doses)
-                             if d.national_id in handed and d.national_id not in persons)
-            except msgspec.DecodeError:  # the persons are still handed off: read as any other
-                log.error("undecodable first doses of handoff %s ignored", entry.entry_id)
-            for nid, received_at in handed.items():
-                persons[nid] = min(received_at, persons.get(nid, received_at))
         if entries and deadline is None:
             deadline = time.monotonic() + settings.certify_max_wait
-    return entries, persons, first
+    return entries, persons
 
 
 async def _housekeeping(redis, settings: Settings, stop: asyncio.Event) -> None:

@@ -29,7 +29,7 @@ import time
 import redis.asyncio as aioredis
 
 from vaxline.config import Settings
-from vaxline.entries import ENTRY_FIELD, FIRST_DOSES_FIELD
+from vaxline.entries import ENTRY_FIELD
 from vaxline.streams import as_text, is_cluster
 
 
@@ -38,7 +38,6 @@ class StreamEntry:
     shard: int
     entry_id: str
     payload: bytes | None  # None: the entry's data is gone from the stream
-    first_doses: bytes | None = None  # a certify handoff's persons created with one dose (workers.handoff)
 
 
 class ShardReader:
@@ -159,9 +158,7 @@ class ShardReader:
         return gone
 
     def _entry(self, stream, entry_id, fields) -> StreamEntry:
-        fields = fields or {}
-        return StreamEntry(self._streams[as_text(stream)], as_text(entry_id), fields.get(ENTRY_FIELD),
-                           fields.get(FIRST_DOSES_FIELD))
+        return StreamEntry(self._streams[as_text(stream)], as_text(entry_id), (fields or {}).get(ENTRY_FIELD))
 
     async def ack(self, entries: list[StreamEntry]) -> None:
         by_stream: dict[str, list[str]] = {}
