@@ -369,3 +369,14 @@ async def test_a_claim_is_a_heap_only_update_and_a_failed_one_is_due_after_its_b
     await notifications.failed(db, [(claimed, 0.0)])
     (again,) = await notifications.claim(db, limit=10, lease=60)
     assert (again.id, again.attempts) == (claimed.id, 2)
+
+
+def test_a_backlog_gauge_is_counted_less_often_when_counting_it_is_slow():
+    """workers.loop.count_pause: a count(*) grows with the backlog it counts; spaced by its own duration, it
+    never takes more than GAUGE_SHARE of a Postgres backend, and a quick one keeps the usual pace."""
+    from workers.loop import GAUGE_SHARE, count_pause
+
+    assert count_pause(0.004, 5.0) == 5.0
+    assert count_pause(0.0, 0.5) == 0.5
+    assert count_pause(0.3, 5.0) == pytest.approx(0.3 / GAUGE_SHARE)
+    assert 0.3 / count_pause(0.3, 5.0) <= GAUGE_SHARE

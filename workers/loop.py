@@ -105,6 +105,17 @@ def error_kind(error: BaseException) -> str:
     return f"{type(error).__name__} {sqlstate}" if sqlstate else type(error).__name__
 
 
+GAUGE_SHARE = 0.01  # of one Postgres backend's time, at most, for counting a backlog gauge
+
+
+def count_pause(took: float, every: float) -> float:
+    """Seconds until a backlog gauge is counted again: `every`, or longer when the count itself was slow.
+    A `count(*)` grows with the backlog it counts (persons due for review, notifications not sent), so at
+    millions it would cost seconds of Postgres every few seconds just when Postgres is behind; spaced by
+    its own duration, counting never takes more than GAUGE_SHARE of a backend."""
+    return max(every, took / GAUGE_SHARE)
+
+
 async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)

@@ -29,7 +29,7 @@ from storage import notifications as store
 from vaxline import notify
 from vaxline.config import Settings
 
-from .loop import error_kind, run_consumer, sleep_unless
+from .loop import count_pause, error_kind, run_consumer, sleep_unless
 from .standaside import StandAside
 
 log = logging.getLogger(__name__)
@@ -117,15 +117,20 @@ def backoff(attempts: int, *, base: float, cap: float) -> float:
 
 
 async def _housekeeping(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event) -> None:
-    """Report the backlog every few seconds and forget old sent notifications, until `stop`."""
+    """Report the backlog every few seconds (less often when counting it is slow, workers.loop.count_pause)
+    and forget old sent notifications, until `stop`."""
     purged_at = 0.0
+    every = max(settings.trim_interval, 5.0 if settings.trim_interval >= 1 else 0.5)
     while not stop.is_set():
+        took = 0.0
         try:
             async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                started = time.monotonic()
                 metrics.notifications_backlog.set(await store.backlog(conn))
+                took = time.monotonic() - started
                 if time.monotonic() - purged_at > PURGE_EVERY:
                     await store.purge(conn, older_than=settings.notify_retention)
                     purged_at = time.monotonic()
         except Exception as e:  # retried on the next round
             log.warning("notifier housekeeping failed: %s", error_kind(e))
-        await sleep_unless(stop, max(settings.trim_interval, 5.0 if settings.trim_interval >= 1 else 0.5))
+        await sleep_unless(stop, count_pause(took, every))
