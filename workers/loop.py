@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -106,6 +107,19 @@ def error_kind(error: BaseException) -> str:
 
 
 GAUGE_SHARE = 0.01  # of one Postgres backend's time, at most, for counting a backlog gauge
+
+
+def gauge_every(settings: Settings) -> float:
+    """Seconds between two counts of a backlog gauge when counting is quick (a test's short trim_interval
+    makes it half a second)."""
+    return max(settings.trim_interval, 5.0 if settings.trim_interval >= 1 else 0.5)
+
+
+async def count_into(gauge, count: Awaitable[int]) -> float:
+    """Set `gauge` to what `count` counts; the seconds the count took (for count_pause)."""
+    started = time.monotonic()
+    gauge.set(await count)
+    return time.monotonic() - started
 
 
 def count_pause(took: float, every: float) -> float:

@@ -29,7 +29,7 @@ from storage import notifications as store
 from vaxline import notify
 from vaxline.config import Settings
 
-from .loop import count_pause, error_kind, run_consumer, sleep_unless
+from .loop import count_into, count_pause, error_kind, gauge_every, run_consumer, sleep_unless
 from .standaside import StandAside
 
 log = logging.getLogger(__name__)
@@ -120,14 +120,12 @@ async def _housekeeping(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Ev
     """Report the backlog every few seconds (less often when counting it is slow, workers.loop.count_pause)
     and forget old sent notifications, until `stop`."""
     purged_at = 0.0
-    every = max(settings.trim_interval, 5.0 if settings.trim_interval >= 1 else 0.5)
+    every = gauge_every(settings)
     while not stop.is_set():
         took = 0.0
         try:
             async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-                started = time.monotonic()
-                metrics.notifications_backlog.set(await store.backlog(conn))
-                took = time.monotonic() - started
+                took = await count_into(metrics.notifications_backlog, store.backlog(conn))
                 if time.monotonic() - purged_at > PURGE_EVERY:
                     await store.purge(conn, older_than=settings.notify_retention)
                     purged_at = time.monotonic()

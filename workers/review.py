@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import asyncpg
 
@@ -22,7 +21,7 @@ from storage import review as store
 from storage import ACQUIRE_TIMEOUT
 from vaxline.config import Settings
 
-from .loop import count_pause, retrying, run_consumer, sleep_unless
+from .loop import count_into, count_pause, gauge_every, retrying, run_consumer, sleep_unless
 from .standaside import StandAside
 
 log = logging.getLogger(__name__)
@@ -53,14 +52,12 @@ async def _review(pool: asyncpg.Pool, limit: int) -> int:
 async def _housekeeping(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event) -> None:
     """Report how many persons wait for review, every few seconds (less often when counting them is slow,
     workers.loop.count_pause), until `stop`."""
-    every = max(settings.trim_interval, 5.0 if settings.trim_interval >= 1 else 0.5)
+    every = gauge_every(settings)
     while not stop.is_set():
         took = 0.0
         try:
             async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-                started = time.monotonic()
-                metrics.review_backlog.set(await store.due_count(conn))
-                took = time.monotonic() - started
+                took = await count_into(metrics.review_backlog, store.due_count(conn))
         except Exception as e:  # retried on the next round
             log.warning("review housekeeping failed: %s", type(e).__name__)
         await sleep_unless(stop, count_pause(took, every))
