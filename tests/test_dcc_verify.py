@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from vaxline.dcc.base45 import b45decode, b45encode
+from vaxline.dcc.base45 import ALPHABET, b45decode, b45encode
 from vaxline.dcc.schema import GROUPS, release_for, schema_errors, valueset_misses
 from vaxline.dcc.trust import (
     EKU_TEST,
@@ -322,6 +322,25 @@ def test_verify_never_raises_on_mangled_certificates(signer):
 ])
 def test_base45_rfc9285_examples(data, text):
     assert b45encode(data) == text and b45decode(text) == data
+
+
+def test_base45_encodes_every_length_as_the_rfc_arithmetic_does():
+    # The encoder gathers pairs from a table; the RFC's arithmetic, pair by pair, must agree at every length
+    # (none, one pair, an odd byte left over) and on every byte value.
+    def by_arithmetic(data: bytes) -> str:
+        out = ""
+        for i in range(0, len(data) - 1, 2):
+            v = data[i] * 256 + data[i + 1]
+            out += "".join(ALPHABET[d] for d in (v % 45, v // 45 % 45, v // 2025))
+        if len(data) % 2:
+            out += ALPHABET[data[-1] % 45] + ALPHABET[data[-1] // 45]
+        return out
+
+    rng = random.Random(45)
+    for length in [*range(8), 371, 372]:
+        for data in (bytes(length), b"\xff" * length, rng.randbytes(length)):
+            assert b45encode(data) == by_arithmetic(data)
+            assert b45decode(b45encode(data)) == data
 
 
 @pytest.mark.parametrize("text", ["GGW", ":::", "A", "ZZ", "abc", "BB8="])
