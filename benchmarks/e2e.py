@@ -61,7 +61,11 @@ def dose_fields(n: int) -> tuple:
     """The n-th synthetic dose, as the 11 fields a site would send."""
     year = 1940 + n % 60
     female = n % 2
-    national_id = f"{1 + n % 96:03d}{(0 if year < 2000 else 2) + female}{year % 100:02d}{n % 1_000_000:06d}"
+    # Province, year, sex and serial alone repeat every 3,000,000 (the lcm of 96, 60, 2 and 1,000,000); each
+    # further 3,000,000 moves the province by one, so an ID is never given twice below 288,000,000 (two
+    # benchmarks' ranges, 1,000,000 and 4,000,000, once made the same persons).
+    province = 1 + (n % 96 + n // 3_000_000) % 96
+    national_id = f"{province:03d}{(0 if year < 2000 else 2) + female}{year % 100:02d}{n % 1_000_000:06d}"
     return (
         f"B-{n:08d}", national_id, f"{FAMILY[n % 8]} {GIVEN[n % 6]}", dt.date(year, 1 + n % 12, 1 + n % 28),
         "F" if female else "M", f"09{n % 100_000_000:08d}", VACCINES[n % 4], f"LOT{n % 997}", 1,
