@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import math
 import multiprocessing
 import os
 import secrets
@@ -57,14 +58,17 @@ VACCINES = ["EU/1/21/1529", "EU/1/20/1528", "EU/1/20/1507", "BBIBP-CorV"]
 START = dt.datetime(2021, 7, 1, 7, 0, tzinfo=VIETNAM)
 
 
+ID_PERIOD = math.lcm(96, 60, 2, 1_000_000)  # 3,000,000: provinces, birth years, sexes, serials
+
+
 def dose_fields(n: int) -> tuple:
     """The n-th synthetic dose, as the 11 fields a site would send."""
     year = 1940 + n % 60
     female = n % 2
-    # Province, year, sex and serial alone repeat every 3,000,000 (the lcm of 96, 60, 2 and 1,000,000); each
-    # further 3,000,000 moves the province by one, so an ID is never given twice below 288,000,000 (two
-    # benchmarks' ranges, 1,000,000 and 4,000,000, once made the same persons).
-    province = 1 + (n % 96 + n // 3_000_000) % 96
+    # Province, year, sex and serial alone repeat every ID_PERIOD; each further period moves the province by
+    # one, so an ID is never given twice below 96 periods (two benchmarks' ranges, 1,000,000 and 4,000,000,
+    # once made the same persons).
+    province = 1 + (n % 96 + n // ID_PERIOD) % 96
     national_id = f"{province:03d}{(0 if year < 2000 else 2) + female}{year % 100:02d}{n % 1_000_000:06d}"
     return (
         f"B-{n:08d}", national_id, f"{FAMILY[n % 8]} {GIVEN[n % 6]}", dt.date(year, 1 + n % 12, 1 + n % 28),
