@@ -33,7 +33,7 @@ SUFFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 MAX_TICKS = 50  # a guard against float oddities at extreme magnitudes, never reached by round steps
 # Keys of the summary shown in a place of their own; any other key is shown at the end, as a table too.
 KNOWN_KEYS = {"shape", "started_at", "passed", "thresholds", "figures", "phases", "locust_html", "plan", "locust",
-              "reconciliation", "failures"}
+              "reconciliation", "failures", "environment"}
 # Columns of Locust's statistics shown (its CSV has 22): heading -> the CSV's column.
 LOCUST_COLUMNS = (("type", "Type"), ("name", "Name"), ("requests", "Request Count"), ("failures", "Failure Count"),
                   ("requests/s", "Requests/s"), ("p50 (ms)", "50%"), ("p95 (ms)", "95%"), ("p99 (ms)", "99%"),
@@ -54,6 +54,9 @@ CHARTS = (
         ("ingest", "cpu_ingest_pct"), ("workers", "cpu_workers_pct"), ("certifiers", "cpu_certifiers_pct"),
         ("reviewers", "cpu_reviewers_pct"), ("notifiers", "cpu_notifiers_pct"), ("Postgres", "cpu_postgres_pct"),
         ("Redis", "cpu_redis_pct"), ("Locust", "cpu_locust_pct"))),
+    # sampling.outside_percent: the machine's CPU no role accounts for, and what the hypervisor took.
+    Chart("CPU outside the stack", "% of one core", (("other processes", "cpu_other_pct"),
+                                                     ("stolen by the hypervisor", "cpu_steal_pct"))),
     Chart("Throughput", "per s", (("accepted doses/s", "accepted_per_s"), ("persisted doses/s", "persisted_per_s"),
                                   ("certificates/s", "certified_per_s"))),
     Chart("Requests", "per s", (("requests/s", "requests_per_s"), ("503 rejected/s", "rejected_503_per_s"))),
@@ -417,7 +420,8 @@ def _details(summary: dict) -> list[str]:
     """The plan, Locust's statistics, the reconciliation, the phases, the failures and any other key: tables."""
     sections = [_pairs_table("Plan", _mapping(summary.get("plan"))), *_locust_section(summary),
                 _pairs_table("Reconciliation", _mapping(summary.get("reconciliation"))), _phases_table(summary),
-                _failures_table(summary.get("failures"))]
+                _failures_table(summary.get("failures")),
+                _pairs_table("Environment (what the run ran on)", _mapping(summary.get("environment")))]
     for key, value in summary.items():
         if key not in KNOWN_KEYS:
             sections.append(_pairs_table(str(key), value if isinstance(value, dict) else {str(key): value}))

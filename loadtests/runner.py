@@ -46,7 +46,7 @@ from storage.sites import add_site
 from vaxline.config import Settings
 from vaxline.provinces import PROVINCES
 
-from . import acks, report
+from . import acks, environment, report
 from .plan import Plan, duration, plan_from_args
 from .sampling import Sampler, rss_mib, series
 from .thresholds import print_summary, summarize
@@ -220,6 +220,7 @@ def run(plan: Plan, out: Path) -> int:
         stack.start()
         write_private(work / "sites.json", json.dumps(stack.prepare()))
         stack.run_processes()
+        ran_on = described(stack)  # before the load: the load average is the machine's own
         sampler = Sampler(f"http://{plan.addresses[0]}:{plan.port}/metrics", stack, plan.sample_every)
         sampler.start()
         t0 = time.time()
@@ -248,6 +249,7 @@ def run(plan: Plan, out: Path) -> int:
                             failures(work), checked, unexplained, peaks, locust_exit, drained, folder,
                             sustained=sustained)
         summary["locust_html"] = "locust.html"
+        summary["environment"] = ran_on
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
         rows = series(sampler.samples, t0)
         (folder / "series.json").write_text(json.dumps(rows))
@@ -281,6 +283,14 @@ def sustained_rate(plan: Plan, folder: Path) -> float | None:
             return None
     found = E2E_PERSISTED.search((folder / "e2e.log").read_text())
     return float(found.group(1).replace(",", "")) if found else None
+
+
+def described(stack: Stack) -> dict[str, str]:
+    """loadtests.environment for this run, with the versions its Postgres and Redis report."""
+    postgres = asyncio.run(on_database(stack.settings, lambda conn: conn.fetchval("SHOW server_version")))
+    with contextlib.closing(_redis(stack)) as client:
+        redis_version = str(client.info("server").get("redis_version", "unknown"))
+    return environment.describe(postgres=postgres, redis=redis_version)
 
 
 def _redis(stack: Stack):

@@ -28,6 +28,7 @@ class Sample:
     ingest_rss_mib: dict[str, float]
     redis_memory_mib: float | None
     cpu_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # role -> CPU seconds so far
+    machine: dict[str, float] = dataclasses.field(default_factory=dict)  # machine_cpu_seconds(): busy, steal
 
 
 class Sampler(threading.Thread):
@@ -64,7 +65,7 @@ class Sampler(threading.Thread):
             memory = client.info("memory")["used_memory"] / MiB
         rss = {name: rss_mib(pid, "VmRSS") for name, pid in self.stack.ingest_pids().items()}
         cpu = role_cpu_seconds({**self.stack.pids, **self.watched})
-        self.samples.append(Sample(time.time(), snapshot, rss, memory, cpu))
+        self.samples.append(Sample(time.time(), snapshot, rss, memory, cpu, machine_cpu_seconds()))
 
     def stop(self) -> None:
         self._done.set()
@@ -159,6 +160,32 @@ def cpu_percent(before: Sample, after: Sample) -> dict[str, float]:
             for role, _ in ROLES if role in before.cpu_seconds and role in after.cpu_seconds}
 
 
+def machine_cpu_seconds(stat: Path = Path("/proc/stat")) -> dict[str, float]:
+    """The whole machine's CPU seconds so far, summed over its cores: `busy` (user, nice, system, irq, softirq;
+    a guest's time is counted in user) and `steal` (what the hypervisor gave to other virtual machines while
+    this one wanted to run). Empty when unreadable."""
+    try:
+        ticks = [int(v) for v in stat.read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return {}
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (ticks + [0] * 8)[:8]
+    return {"busy": (user + nice + system + irq + softirq) / CLOCK_TICKS, "steal": steal / CLOCK_TICKS}
+
+
+def outside_percent(before: Sample, after: Sample) -> dict[str, float]:
+    """What the roles do not account for between two samples, in % of one core: `other`, the machine's busy
+    CPU beyond every role's (other processes on this machine), and `steal`, the time the hypervisor ran other
+    virtual machines instead of this one. On a shared machine these say whether a slow run was the code's
+    doing. Empty without the machine's readings."""
+    if not before.machine or not after.machine:
+        return {}
+    seconds = max(after.at - before.at, 1e-9)
+    roles = sum(cpu_percent(before, after).values())
+    busy = max(0.0, after.machine["busy"] - before.machine["busy"]) / seconds * 100
+    steal = max(0.0, after.machine["steal"] - before.machine["steal"]) / seconds * 100
+    return {"other": max(0.0, busy - roles), "steal": steal}
+
+
 def cpu_key(role: str) -> str:
     """The series' key of a role's CPU: cpu_ingest_pct, cpu_postgres_pct ..."""
     return f"cpu_{role.lower()}_pct"
@@ -191,7 +218,8 @@ def series(samples: list[Sample], t0: float) -> list[dict]:
             "ingest_p99": quantile_between(b.latency, a.latency, "/v1/doses"),
             "ingest_rss_mib_max": max(after.ingest_rss_mib.values(), default=None),
             "redis_memory_mib": after.redis_memory_mib,
-        } | {cpu_key(role): percent for role, percent in cpu_percent(before, after).items()})
+        } | {cpu_key(role): percent for role, percent in
+             (cpu_percent(before, after) | outside_percent(before, after)).items()})
     return rows
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from monitoring import names
 
 from .plan import Plan
-from .sampling import ROLES, Sample, cpu_percent, quantile_between, share_within
+from .sampling import ROLES, Sample, cpu_percent, outside_percent, quantile_between, share_within
 
 DOSES_NAME = "POST /v1/doses"
 GRACE = 30.0  # seconds after a paced day during which its last batches still count as the day's
@@ -189,7 +189,10 @@ def cpu_figure(before: Sample, after: Sample) -> str:
     if not percent:
         return "not read"
     roles = ", ".join(f"{role} {percent[role]:.0f}" for role, _ in ROLES if role in percent)
-    return f"{roles}; total {sum(percent.values()):.0f} of {(os.cpu_count() or 1) * 100}"
+    figure = f"{roles}; total {sum(percent.values()):.0f} of {(os.cpu_count() or 1) * 100}"
+    if outside := outside_percent(before, after):
+        figure += f"; beside them, other processes {outside['other']:.0f}, stolen by the hypervisor {outside['steal']:.0f}"
+    return figure
 
 
 def _run_thresholds(plan: Plan, checked: dict, unexplained: int, peaks: dict[str, float], locust_exit: int,

@@ -22,7 +22,9 @@ children, per process role.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import random
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests import acks, sampling
+from loadtests import acks, environment, sampling
 from loadtests.people import (
     NationalIds,
     due_for_second_dose,
@@ -43,7 +45,7 @@ from loadtests.people import (
 from loadtests.plan import Plan, duration, plan_from_args
 from loadtests.runner import E2E_PERSISTED, locust_command, parser, report_folder, require_locust, sustained_rate
 from loadtests.sampling import Sample
-from loadtests.thresholds import goodput, summarize
+from loadtests.thresholds import cpu_figure, goodput, summarize
 from monitoring import metrics
 from monitoring.status import Snapshot
 from deploy.local import ConfigError
@@ -289,6 +291,40 @@ def test_cpu_is_read_for_this_process_and_for_a_child_and_stays_counted_once_the
     assert sampling.cpu_seconds(child.pid) is None
 
 
+def test_the_cpu_no_role_accounts_for_and_the_hypervisors_share_are_figures_beside_the_roles(tmp_path):
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal: 1,000 busy ticks (10 s at 100 ticks a second), 30 stolen.
+    stat.write_text("cpu  600 100 250 9000 40 20 30 30 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert sampling.machine_cpu_seconds(stat) == {"busy": 1000 / ticks, "steal": 30 / ticks}
+    assert sampling.machine_cpu_seconds(tmp_path / "missing") == {}
+    # Over 10 s: the machine busy 12 s, the roles 9 s of it, the hypervisor took 0.5 s.
+    before = Sample(0.0, Snapshot(0.0, {}, {}, {}), {}, None, {"ingest": 1.0, "Postgres": 2.0},
+                    {"busy": 100.0, "steal": 4.0})
+    after = Sample(10.0, Snapshot(0.0, {}, {}, {}), {}, None, {"ingest": 5.0, "Postgres": 7.0},
+                   {"busy": 112.0, "steal": 4.5})
+    assert sampling.outside_percent(before, after) == pytest.approx({"other": 30.0, "steal": 5.0})
+    row = sampling.series([before, after], 0.0)[0]
+    assert (row["cpu_other_pct"], row["cpu_steal_pct"]) == pytest.approx((30.0, 5.0))
+    assert cpu_figure(before, after).endswith("; beside them, other processes 30, stolen by the hypervisor 5")
+    # Without the machine's readings (an older sample), neither is guessed.
+    bare = [dataclasses.replace(sample, machine={}) for sample in (before, after)]
+    assert sampling.outside_percent(*bare) == {} and "beside them" not in cpu_figure(*bare)
+
+
+def test_the_environment_names_the_versions_and_the_machine_a_run_ran_on(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU @ 2.00GHz\nprocessor\t: 1\n")
+    described = environment.describe(postgres="15.19", redis="7.0.15", cpuinfo=cpuinfo)
+    assert (described["Postgres"], described["Redis"], described["processor"]) == (
+        "15.19", "7.0.15", "Example CPU @ 2.00GHz")
+    assert described["asyncpg"] == importlib.metadata.version("asyncpg")
+    assert described["cryptography"] == importlib.metadata.version("cryptography")
+    assert set(environment.PACKAGES) <= set(described) and all(isinstance(v, str) for v in described.values())
+    assert environment.version("no-such-distribution-here") == "not installed"
+    assert environment.processor(tmp_path / "missing")  # the machine's architecture instead
+
+
 def test_every_process_of_the_stack_has_its_role():
     names = ("ingest-0", "worker-1", "certifier-0", "reviewer-0", "notifier-0", "postgres (postmaster)", "redis", "locust")
     assert [sampling.role_of(name) for name in names] == [role for role, _ in sampling.ROLES]
@@ -416,6 +452,10 @@ def test_a_small_day_posts_every_dose_within_its_time_and_reconciles(loadtest):
     assert summary["reconciliation"]["acknowledged"] == 20_000
     assert summary["reconciliation"]["gap"] == 0 and summary["reconciliation"]["vaxline_reconcile_unexplained"] == 0
     assert summary["figures"]["doses acknowledged (202)"] == 20_000
+    ran_on = summary["environment"]  # the servers of the run asked, not assumed
+    assert ran_on["Postgres"][:1].isdigit() and ran_on["Redis"][:1].isdigit()
+    assert ran_on["locust"] == importlib.metadata.version("locust")
+    assert "Environment" in (folder / "report.html").read_text()
 
 
 def test_a_small_overload_is_refused_with_retry_after_and_still_gets_everything_in(loadtest):
