@@ -172,15 +172,16 @@ def machine_cpu_seconds(stat: Path = Path("/proc/stat")) -> dict[str, float]:
     return {"busy": (user + nice + system + irq + softirq) / CLOCK_TICKS, "steal": steal / CLOCK_TICKS}
 
 
-def outside_percent(before: Sample, after: Sample) -> dict[str, float]:
+def outside_percent(before: Sample, after: Sample, *, roles: float | None = None) -> dict[str, float]:
     """What the roles do not account for between two samples, in % of one core: `other`, the machine's busy
     CPU beyond every role's (other processes on this machine), and `steal`, the time the hypervisor ran other
     virtual machines instead of this one. On a shared machine these say whether a slow run was the code's
-    doing. Empty without the machine's readings."""
+    doing. `roles`: their total in % when the caller counted it (else read from the two samples). Empty without
+    the machine's readings."""
     if not before.machine or not after.machine:
         return {}
     seconds = max(after.at - before.at, 1e-9)
-    roles = sum(cpu_percent(before, after).values())
+    roles = sum(cpu_percent(before, after).values()) if roles is None else roles
     busy = max(0.0, after.machine["busy"] - before.machine["busy"]) / seconds * 100
     steal = max(0.0, after.machine["steal"] - before.machine["steal"]) / seconds * 100
     return {"other": max(0.0, busy - roles), "steal": steal}

@@ -125,7 +125,7 @@ def _server_figures(plan: Plan, samples: list[Sample], phases: dict[str, float],
                                                 quantile_between(b.freshness, a.freshness, "persisted")),
         "202 -> certificate p50 / p99 (s)": _s(quantile_between(b.freshness, a.freshness, "certified", 0.5),
                                                quantile_between(b.freshness, a.freshness, "certified")),
-        "CPU over the measured window (% of one core)": cpu_figure(before, after),
+        "CPU over the measured window (% of one core)": cpu_figure(before, after, samples),
     })
     ended = phases["day end"] if plan.paced else measured[1]  # the users run until then
     inside = [s for s in samples if measured[0] + plan.sample_every <= s.at <= ended] or [after]
@@ -183,14 +183,22 @@ def _latency_thresholds(plan: Plan, before: Sample, after: Sample) -> list[dict]
     ]
 
 
-def cpu_figure(before: Sample, after: Sample) -> str:
-    """Each process role's CPU between two samples, in % of one core, and their total beside the cores."""
+def cpu_figure(before: Sample, after: Sample, samples: list[Sample] = ()) -> str:
+    """Each process role's CPU between two samples, in % of one core, and their total beside the cores; then
+    what no role accounts for. A role whose processes ended before `after` (Locust exits within the grace after
+    the day) counts up to its last reading among `samples`, over the whole window."""
     percent = cpu_percent(before, after)
+    seconds = max(after.at - before.at, 1e-9)
+    for role, _ in ROLES:
+        if role not in percent and role in before.cpu_seconds:
+            last = next((s for s in reversed(samples) if before.at < s.at <= after.at and role in s.cpu_seconds), None)
+            if last is not None:
+                percent[role] = max(0.0, last.cpu_seconds[role] - before.cpu_seconds[role]) / seconds * 100
     if not percent:
         return "not read"
     roles = ", ".join(f"{role} {percent[role]:.0f}" for role, _ in ROLES if role in percent)
     figure = f"{roles}; total {sum(percent.values()):.0f} of {(os.cpu_count() or 1) * 100}"
-    if outside := outside_percent(before, after):
+    if outside := outside_percent(before, after, roles=sum(percent.values())):
         figure += f"; beside them, other processes {outside['other']:.0f}, stolen by the hypervisor {outside['steal']:.0f}"
     return figure
 

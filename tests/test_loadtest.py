@@ -307,6 +307,14 @@ def test_the_cpu_no_role_accounts_for_and_the_hypervisors_share_are_figures_besi
     row = sampling.series([before, after], 0.0)[0]
     assert (row["cpu_other_pct"], row["cpu_steal_pct"]) == pytest.approx((30.0, 5.0))
     assert cpu_figure(before, after).endswith("; beside them, other processes 30, stolen by the hypervisor 5")
+    # Locust exits within the grace after the day, before the window's last sample: it counts up to its last
+    # reading, over the whole window, and is not taken for another process.
+    ran = Sample(8.0, Snapshot(0.0, {}, {}, {}), {}, None, {"ingest": 4.0, "Postgres": 6.0, "Locust": 3.0},
+                 {"busy": 110.0, "steal": 4.4})
+    before.cpu_seconds["Locust"] = 1.0
+    assert cpu_figure(before, after, [before, ran, after]).startswith(
+        "ingest 40, Postgres 50, Locust 20; total 110 of ")
+    assert cpu_figure(before, after, [before, ran, after]).endswith("other processes 10, stolen by the hypervisor 5")
     # Without the machine's readings (an older sample), neither is guessed.
     bare = [dataclasses.replace(sample, machine={}) for sample in (before, after)]
     assert sampling.outside_percent(*bare) == {} and "beside them" not in cpu_figure(*bare)
