@@ -180,10 +180,18 @@ def client_counts(work: Path) -> dict[str, int]:
 
 
 def read_phases(work: Path) -> dict[str, float]:
+    return {entry["phase"]: entry["at"] for entry in _phase_lines(work)}
+
+
+def read_measured_stats(work: Path) -> dict[str, dict]:
+    """Locust's statistics of the measured phase, as the shape recorded them when it ended (shapes.measured_stats);
+    empty when it did not end."""
+    return next((entry["stats"] for entry in reversed(_phase_lines(work)) if "stats" in entry), {})
+
+
+def _phase_lines(work: Path) -> list[dict]:
     path = work / "phases.jsonl"
-    if not path.exists():
-        return {}
-    return {entry["phase"]: entry["at"] for entry in map(json.loads, path.read_text().splitlines())}
+    return list(map(json.loads, path.read_text().splitlines())) if path.exists() else []
 
 
 # -- the run ----------------------------------------------------------------------
@@ -246,8 +254,8 @@ def run(plan: Plan, out: Path) -> int:
         checked["abandoned_by_clients"] = max(0, client_counts(work)["started"] - checked["acknowledged"])
         sustained = sustained_rate(plan, folder) if plan.shape == "overload" and plan.sustained_doses else None
         summary = summarize(plan, started, t0, sampler.samples, read_phases(work), read_locust_stats(folder),
-                            failures(work), checked, unexplained, peaks, locust_exit, drained, folder,
-                            sustained=sustained)
+                            failures(work), checked, unexplained, peaks, locust_exit, drained,
+                            sustained=sustained, measured_stats=read_measured_stats(work))
         summary["locust_html"] = "locust.html"
         summary["environment"] = ran_on
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))

@@ -32,14 +32,35 @@ class PhasedShape(LoadTestShape):
     def fixed_users(self) -> int:
         return self.options.vx_citizens + self.options.vx_clerks
 
-    def enter(self, phase: str, *, at: float | None = None, reset: bool = False) -> None:
+    def enter(self, phase: str, *, at: float | None = None, reset: bool = False, record: bool = False) -> None:
+        """`reset`: the measured phase begins (Locust's statistics start again); `record`: it ends, and its
+        statistics go with the phase's line (`measured_stats`)."""
         self.phase, self.since = phase, at or time.time()
         log.info("load shape: %s", phase)
         if reset:
             self.runner.stats.reset_all()
+        line = {"phase": phase, "at": self.since, "users": self.runner.user_count}
+        if record:
+            line["stats"] = measured_stats(self.runner.stats)
         if self.options.vx_phases:
             with Path(self.options.vx_phases).open("a") as out:
-                out.write(json.dumps({"phase": phase, "at": self.since, "users": self.runner.user_count}) + "\n")
+                out.write(json.dumps(line) + "\n")
+
+
+def measured_stats(stats) -> dict[str, dict]:
+    """Locust's statistics since their reset, by request name, as its CSV names the columns: the measured
+    phase's own percentiles. Locust's history CSV gives, per request name, only those of its last 10 seconds
+    (`get_current_response_time_percentile`), and its final CSV counts the ramp-down too. On the master they
+    stand as the workers last reported them (every 3 s)."""
+    found = {}
+    for entry in [*stats.entries.values(), stats.total]:
+        if entry.num_requests:
+            found[entry.name] = {
+                "Request Count": entry.num_requests, "Failure Count": entry.num_failures,
+                **{label: round(entry.get_response_time_percentile(q)) for label, q in
+                   (("50%", 0.5), ("95%", 0.95), ("99%", 0.99))},
+            }
+    return found
 
 
 class SessionsShape(PhasedShape):
@@ -68,7 +89,7 @@ class SessionsShape(PhasedShape):
             return target, o.vx_spawn_rate
         if self.phase == "hold start":
             if time.time() - self.since >= o.vx_hold:
-                self.enter("hold end")
+                self.enter("hold end", record=True)
             return target, o.vx_spawn_rate
         if self.runner.user_count > 0 and time.time() - self.since < target / (4 * o.vx_spawn_rate) + 60:
             return 0, 4 * o.vx_spawn_rate
@@ -98,7 +119,7 @@ class PacedShape(PhasedShape):
         if self.phase == "ramp" and now >= self.start_at:
             self.enter("day start", at=self.start_at, reset=True)
         if self.phase == "day start" and now >= self.start_at + o.vx_within:
-            self.enter("day end", at=self.start_at + o.vx_within)
+            self.enter("day end", at=self.start_at + o.vx_within, record=True)
         if self.phase == "day end":
             posts = self.posts()
             if posts != getattr(self, "_posts", None):

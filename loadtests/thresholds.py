@@ -18,21 +18,6 @@ GRACE = 30.0  # seconds after a paced day during which its last batches still co
 
 # -- thresholds and the summary -----------------------------------------------------
 
-def locust_at(folder: Path, name: str, until: float) -> dict | None:
-    """Locust's cumulative statistics of `name` (since its reset) as they stood at `until` (an epoch): the
-    hold's own percentiles, without the ramp-down that the final CSV also counts."""
-    import csv
-
-    path, found = folder / "locust_stats_history.csv", None
-    if not path.exists():
-        return None
-    with path.open(newline="") as lines:
-        for row in csv.DictReader(lines):
-            if row["Name"] == name and float(row["Timestamp"]) <= until and row["99%"] not in ("N/A", ""):
-                found = row
-    return found
-
-
 def window(plan: Plan, phases: dict[str, float]) -> tuple[float, float] | None:
     """The measured phase, as epochs: the hold, or the day and its grace for the last posts."""
     if plan.paced:
@@ -56,17 +41,19 @@ def threshold(name: str, limit: str, measured: str, passed: bool) -> dict:
 
 def summarize(plan: Plan, started: dt.datetime, t0: float, samples: list[Sample], phases: dict[str, float],
               stats: dict[str, dict], failed: list[str], checked: dict, unexplained: int,
-              peaks: dict[str, float], locust_exit: int, drained: float | None, folder: Path = Path("/nonexistent"),
-              *, sustained: float | None = None) -> dict:
-    """`sustained`: overload, the doses/s benchmarks.e2e persisted in the same run (None: not measured)."""
+              peaks: dict[str, float], locust_exit: int, drained: float | None,
+              *, sustained: float | None = None, measured_stats: dict[str, dict] | None = None) -> dict:
+    """`sustained`: overload, the doses/s benchmarks.e2e persisted in the same run (None: not measured).
+    `measured_stats`: Locust's statistics of the measured phase by request name (runner.read_measured_stats);
+    without them, Locust's final ones (the ramp-down counted too)."""
     measured = window(plan, phases)
     thresholds, figures = [], {}
     doses_row, total_row = stats.get(DOSES_NAME, {}), stats.get("Aggregated", {})
     locust_failures = int(total_row.get("Failure Count", 0) or 0)
     thresholds.append(threshold("failed requests (whole run)", "0", f"{len(failed):,}",
                                 not failed and not locust_failures))
-    if measured and (held := locust_at(folder, DOSES_NAME, measured[1])) is not None:
-        doses_row = held | {"Request Count": held["Total Request Count"]}
+    if measured and DOSES_NAME in (measured_stats or {}):
+        doses_row = measured_stats[DOSES_NAME]
     client_p99 = float(doses_row.get("99%", "nan") or "nan") / 1000
     overload = plan.shape == "overload"  # past capacity, latency is not the promise; bounded memory and no loss are
     if not overload:

@@ -180,7 +180,7 @@ def _snapshot(*, connections: float, requests: float, fast: float, served: float
                     {"/v1/doses": {0.1: served, 0.25: fast, float("inf"): requests}})
 
 
-def _summary(plan: Plan, *, served: float = 995, **reconciliation) -> dict:
+def _summary(plan: Plan, *, served: float = 995, measured_stats: dict | None = None, **reconciliation) -> dict:
     """A run whose hold (100-200 s) saw 1,000 POST /v1/doses, `served` of them within 100 ms."""
     samples = [Sample(100.0, _snapshot(connections=500, requests=0, fast=0, served=0, certified=0, within=0),
                       {"i": 80}, 30, {"ingest": 1.0, "Locust": 4.0}),
@@ -192,7 +192,7 @@ def _summary(plan: Plan, *, served: float = 995, **reconciliation) -> dict:
                "abandoned_by_clients": 0} | reconciliation
     stats = {"POST /v1/doses": {"99%": "120", "50%": "4"}, "Aggregated": {"Failure Count": "0", "Request Count": "9"}}
     return summarize(plan, dt.datetime.now(dt.timezone.utc), 90.0, samples, {"hold start": 100.0, "hold end": 200.0},
-                     stats, [], checked, 0, {"ingest-0": 120.0}, 0, 1.0)
+                     stats, [], checked, 0, {"ingest-0": 120.0}, 0, 1.0, measured_stats=measured_stats)
 
 
 def _verdicts(summary: dict) -> dict[str, bool]:
@@ -239,6 +239,43 @@ def test_summary_json_keeps_its_contract_with_the_server_limit_beside_the_others
     assert summary["plan"]["server_p99_limit"] == 0.1
     assert all(set(t) >= {"name", "limit", "measured", "passed"} for t in summary["thresholds"])
     assert summary["figures"]["doses acknowledged (202)"] == 1000 and summary["reconciliation"]["gap"] == 0
+
+
+MEASURED_STATS = """
+import json
+from locust.stats import RequestStats
+from loadtests.shapes import measured_stats
+stats = RequestStats()
+for ms in [5] * 991 + [400] * 9:  # a slow second of 9 requests in 1,000: the p99 of the whole phase is 5 ms
+    stats.log_request("POST", "POST /v1/doses", ms, 60)
+recorded = measured_stats(stats)["POST /v1/doses"]
+for _ in range(2):
+    stats.log_request("POST", "POST /v1/doses", 400, 60)
+print(json.dumps([recorded, measured_stats(stats)["POST /v1/doses"]]))
+"""
+
+
+def test_locusts_p99_is_the_whole_measured_phases_not_its_last_ten_seconds(tmp_path):
+    from loadtests.runner import read_measured_stats
+
+    # Locust's own statistics, in a process of their own (importing Locust here would monkey-patch this one).
+    recorded, later = json.loads(subprocess.run([sys.executable, "-c", MEASURED_STATS], capture_output=True,
+                                                text=True, check=True, cwd=ROOT).stdout)
+    assert recorded["Request Count"] == 1000 and recorded["99%"] == 5 and recorded["50%"] == 5
+    assert later["99%"] == 400  # two more slow ones: past 1% of the phase
+    # The shape writes them with the phase that ends the measured phase; the runner reads them back.
+    (tmp_path / "phases.jsonl").write_text("\n".join(json.dumps(line) for line in (
+        {"phase": "hold start", "at": 100.0, "users": 9},
+        {"phase": "hold end", "at": 200.0, "users": 9, "stats": {"POST /v1/doses": recorded}})) + "\n")
+    assert read_measured_stats(tmp_path) == {"POST /v1/doses": recorded}
+    assert read_measured_stats(tmp_path / "nowhere") == {}
+    plan = Plan(shape="sessions", desks=480, citizens=0, clerks=0, spawn_rate=10, hold=100, sample_every=5)
+    # Locust's final CSV (ramp-down included) says 120 ms; the phase's own statistics decide the threshold.
+    slow = {"POST /v1/doses": recorded | {"99%": 300}}
+    verdict = next(t for t in _summary(plan, measured_stats=slow)["thresholds"] if t["name"].startswith(
+        "ingest p99, Locust"))
+    assert (verdict["measured"], verdict["passed"]) == ("300 ms", False)
+    assert _summary(plan, measured_stats={"POST /v1/doses": recorded})["passed"]
 
 
 def test_the_cpu_per_role_over_the_window_is_a_figure_and_a_series_in_percent_of_one_core():
@@ -464,6 +501,8 @@ def test_a_small_day_posts_every_dose_within_its_time_and_reconciles(loadtest):
     assert ran_on["Postgres"][:1].isdigit() and ran_on["Redis"][:1].isdigit()
     assert ran_on["locust"] == importlib.metadata.version("locust")
     assert "Environment" in (folder / "report.html").read_text()
+    # Locust's percentiles of the day itself, recorded by the shape when the day ended.
+    assert not summary["figures"]["Locust POST /v1/doses p50 / p99 over the measured phase (ms)"].startswith("-")
 
 
 def test_a_small_overload_is_refused_with_retry_after_and_still_gets_everything_in(loadtest):
