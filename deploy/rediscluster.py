@@ -224,14 +224,30 @@ def _until(predicate, deadline: float, what: str) -> None:
 
 
 def _free_ports(count: int) -> list[int]:
-    """Ports free now whose cluster bus port (+10000) is free too (a race with other programs remains)."""
+    """Ports free now whose cluster bus port (+10000) is free too, both below the kernel's ephemeral range where
+    it leaves room: a client's connection takes its local port from that range, and one did take a bus port
+    between this check and the node's start (a race with listeners of other programs remains)."""
     ports: list[int] = []
     rng = random.Random()
+    low = min(_ephemeral_start() - BUS_OFFSET, 55000)
+    if low - 2 * count <= 10000:  # an unusually low ephemeral range: take the ports above it instead
+        low = 55000
     while len(ports) < count:
-        port = rng.randrange(20000, 55000)
-        if port not in ports and _free(port) and _free(port + 10000):
+        port = rng.randrange(10000, low)
+        if port not in ports and _free(port) and _free(port + BUS_OFFSET):
             ports.append(port)
     return ports
+
+
+BUS_OFFSET = 10000  # a node's cluster bus port, from its port
+
+
+def _ephemeral_start(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    """The first port of the kernel's ephemeral range (Linux's default, 32768, where it cannot be read)."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _free(port: int) -> bool:
