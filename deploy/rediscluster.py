@@ -223,23 +223,23 @@ def _until(predicate, deadline: float, what: str) -> None:
         time.sleep(0.05)
 
 
+BUS_OFFSET = 10000  # a node's cluster bus port, from its port
+
+
 def _free_ports(count: int) -> list[int]:
-    """Ports free now whose cluster bus port (+10000) is free too, both below the kernel's ephemeral range where
-    it leaves room: a client's connection takes its local port from that range, and one did take a bus port
-    between this check and the node's start (a race with listeners of other programs remains)."""
+    """Ports free now whose cluster bus port (+BUS_OFFSET) is free too, both below the kernel's ephemeral range:
+    a client's connection takes its local port from that range, and one did take a bus port between this check
+    and the node's start. Below an unusually low range there is no room, and 10000-55000 is drawn from (a
+    race with listeners of other programs remains either way)."""
     ports: list[int] = []
     rng = random.Random()
-    low = min(_ephemeral_start() - BUS_OFFSET, 55000)
-    if low - 2 * count <= 10000:  # an unusually low ephemeral range: take the ports above it instead
-        low = 55000
+    below = _ephemeral_start() - BUS_OFFSET
+    high = below if below > 10000 + 2 * count else 55000
     while len(ports) < count:
-        port = rng.randrange(10000, low)
+        port = rng.randrange(10000, high)
         if port not in ports and _free(port) and _free(port + BUS_OFFSET):
             ports.append(port)
     return ports
-
-
-BUS_OFFSET = 10000  # a node's cluster bus port, from its port
 
 
 def _ephemeral_start(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:

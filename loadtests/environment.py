@@ -51,4 +51,3 @@ def processor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     except OSError:
         pass
     return platform.machine()
-
