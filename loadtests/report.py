@@ -33,7 +33,7 @@ SUFFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 MAX_TICKS = 50  # a guard against float oddities at extreme magnitudes, never reached by round steps
 # Keys of the summary shown in a place of their own; any other key is shown at the end, as a table too.
 KNOWN_KEYS = {"shape", "started_at", "passed", "thresholds", "figures", "phases", "locust_html", "plan", "locust",
-              "reconciliation", "failures", "environment"}
+              "reconciliation", "failures", "interrupted_posts", "environment"}
 # Columns of Locust's statistics shown (its CSV has 22): heading -> the CSV's column.
 LOCUST_COLUMNS = (("type", "Type"), ("name", "Name"), ("requests", "Request Count"), ("failures", "Failure Count"),
                   ("requests/s", "Requests/s"), ("p50 (ms)", "50%"), ("p95 (ms)", "95%"), ("p99 (ms)", "99%"),
@@ -416,11 +416,27 @@ def _failures_table(failures: object) -> str:
                           (("at", "at"), ("request", "what")))
 
 
+def _interrupted_table(posts: object) -> str:
+    """Posts whose user was stopped before their answer, each `began<TAB>stopped<TAB>doses<TAB>request<TAB>
+    what stopped it` (users.Process.interrupted)."""
+    records = []
+    for line in posts if isinstance(posts, list) else []:
+        fields = str(line).split("\t")
+        try:
+            began, stopped = (dt.datetime.fromtimestamp(float(v), dt.timezone.utc) for v in fields[:2])
+        except (ValueError, OverflowError, OSError):
+            continue
+        records.append({"began": began.strftime("%H:%M:%S UTC"), "waited": f"{(stopped - began).total_seconds():.1f}",
+                        "doses": fields[2] if len(fields) > 2 else "", "by": " ".join(fields[3:])})
+    return _records_table("Posts stopped before their answer", records,
+                          (("began", "began"), ("waited (s)", "waited"), ("doses", "doses"), ("request, stopped by", "by")))
+
+
 def _details(summary: dict) -> list[str]:
     """The plan, Locust's statistics, the reconciliation, the phases, the failures and any other key: tables."""
     sections = [_pairs_table("Plan", _mapping(summary.get("plan"))), *_locust_section(summary),
                 _pairs_table("Reconciliation", _mapping(summary.get("reconciliation"))), _phases_table(summary),
-                _failures_table(summary.get("failures")),
+                _failures_table(summary.get("failures")), _interrupted_table(summary.get("interrupted_posts")),
                 _pairs_table("Environment (what the run ran on)", _mapping(summary.get("environment")))]
     for key, value in summary.items():
         if key not in KNOWN_KEYS:

@@ -48,7 +48,7 @@ from vaxline.provinces import PROVINCES
 
 from . import acks, environment, report
 from .plan import Plan, duration, plan_from_args
-from .sampling import Sampler, rss_mib, series
+from .sampling import Sampler, descendants, rss_mib, series
 from .thresholds import print_summary, summarize
 
 LOADTESTS = Path(__file__).resolve().parent
@@ -171,12 +171,48 @@ def failures(work: Path) -> list[str]:
 
 
 def client_counts(work: Path) -> dict[str, int]:
-    """Doses the Locust processes started posting and had acknowledged, summed."""
-    totals = {"started": 0, "acknowledged": 0}
+    """Doses the Locust processes started posting, had acknowledged, and had in flight when they last wrote
+    their counts (at Locust's stop and at their exit), summed."""
+    totals = {"started": 0, "acknowledged": 0, "in_flight": 0}
     for path in (work / "acks").glob("counts-*.json"):
         for key, value in json.loads(path.read_text()).items():
             totals[key] += value
     return totals
+
+
+def interrupted_posts(work: Path) -> list[str]:
+    """Posts whose user was stopped before their answer (users.Process.interrupted): started, stopped,
+    doses, request name, what stopped it."""
+    return [line for path in sorted((work / "acks").glob("interrupted-*.tsv")) for line in path.read_text().splitlines()]
+
+
+def wait_for_locust(locust: subprocess.Popen, timeout: float) -> int:
+    """Locust's exit code, once its master and every worker process it forked have exited.
+
+    With --processes, Locust's master does not wait for its workers: its atexit hook reaps them with
+    os.waitpid(pid, WNOHANG) and takes the (0, 0) of a live child for an exit. A worker may still be
+    finishing its stop, and writing its last acknowledgements, when the master is gone; the runner reads
+    them only after."""
+    deadline = time.monotonic() + timeout
+    workers: set[int] = set()
+    while locust.poll() is None and time.monotonic() < deadline:
+        workers |= descendants(locust.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            locust.wait(timeout=1)
+    if locust.poll() is None:
+        locust.terminate()
+        locust.wait(timeout=60)
+    while any(map(running, workers)) and time.monotonic() < deadline + 60:
+        time.sleep(0.2)
+    return locust.returncode
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is alive (an exited orphan nobody reaps stays a zombie: that counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def read_phases(work: Path) -> dict[str, float]:
@@ -239,11 +275,7 @@ def run(plan: Plan, out: Path) -> int:
             locust = subprocess.Popen(locust_command(plan, folder, work, start_at), stdout=log,
                                       stderr=subprocess.STDOUT, cwd=LOADTESTS.parent)
             sampler.watch("locust", locust.pid)  # its master; the workers are its children
-            try:
-                locust_exit = locust.wait(timeout=planned_seconds(plan) + 600)
-            except subprocess.TimeoutExpired:
-                locust.terminate()
-                locust_exit = locust.wait(timeout=60)
+            locust_exit = wait_for_locust(locust, planned_seconds(plan) + 600)
         drained = wait_drained(stack.settings)
         sampler.stop()
         with contextlib.closing(_redis(stack)) as client:
@@ -251,12 +283,15 @@ def run(plan: Plan, out: Path) -> int:
         peaks = {name: rss_mib(pid, "VmHWM") for name, pid in stack.ingest_pids().items()}
         stack.supervisor.stop()
         checked, unexplained = asyncio.run(reconcile(stack.settings, work / "acks"))
-        checked["abandoned_by_clients"] = max(0, client_counts(work)["started"] - checked["acknowledged"])
+        counts = client_counts(work)
+        checked["abandoned_by_clients"] = max(0, counts["started"] - checked["acknowledged"])
+        checked["in_flight_at_exit"] = counts["in_flight"]
         sustained = sustained_rate(plan, folder) if plan.shape == "overload" and plan.sustained_doses else None
         summary = summarize(plan, started, t0, sampler.samples, read_phases(work), read_locust_stats(folder),
                             failures(work), checked, unexplained, peaks, locust_exit, drained,
                             sustained=sustained, measured_stats=read_measured_stats(work))
         summary["locust_html"] = "locust.html"
+        summary["interrupted_posts"] = interrupted_posts(work)
         summary["environment"] = ran_on
         (folder / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
         rows = series(sampler.samples, t0)

@@ -200,8 +200,10 @@ def _run_thresholds(plan: Plan, checked: dict, unexplained: int, peaks: dict[str
     if plan.shape == "day":
         thresholds.append(threshold("doses acknowledged", f"= {plan.doses:,}", f"{checked['acknowledged']:,}",
                                     checked["acknowledged"] == plan.doses))
+    abandoned, in_flight = checked["abandoned_by_clients"], checked.get("in_flight_at_exit", 0)
     thresholds.append(threshold("doses a client started posting and never got a 202 for", "0",
-                                f"{checked['abandoned_by_clients']:,}", checked["abandoned_by_clients"] == 0))
+                                f"{abandoned:,}" + (f" ({in_flight:,} in flight when Locust exited)" if abandoned else ""),
+                                abandoned == 0))
     thresholds.append(threshold("reconciliation gap (acknowledged, not stored once and certified)", "0",
                                 f"{checked['gap']:,}", checked["gap"] == 0))
     thresholds.append(threshold("vaxline reconcile: unexplained", "0", f"{unexplained:,}", unexplained == 0))

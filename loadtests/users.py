@@ -162,7 +162,7 @@ class Process:
         self.second_due: collections.deque = collections.deque(maxlen=50_000)  # Person with an earlier first dose
         self.users = itertools.count()
         self._acks = self._failures = None
-        self.started = self.acked = 0  # doses
+        self.started = self.acked = self.in_flight = 0  # doses
         if options.vx_acks:
             Path(options.vx_acks).mkdir(parents=True, exist_ok=True)
             self._acks = open(Path(options.vx_acks) / f"acks-{os.getpid()}.tsv", "a", buffering=1 << 16)
@@ -180,12 +180,19 @@ class Process:
         if self._failures:
             self._failures.write(f"{time.time():.3f}\t{' '.join(what.split())[:300]}\n")
 
+    def interrupted(self, began: float, count: int, name: str, stopped: BaseException) -> None:
+        """A post that never got its answer: Locust killed its user mid-request (a stop's timeout), or
+        something raised. The runner lists them beside the doses abandoned."""
+        if self.options.vx_acks:
+            with (Path(self.options.vx_acks) / f"interrupted-{os.getpid()}.tsv").open("a") as out:
+                out.write(f"{began:.3f}\t{time.time():.3f}\t{count}\t{name}\t{type(stopped).__name__}\n")
+
     def flush(self) -> None:
         """Acknowledgements to disk, and how many doses were posted and acknowledged (a batch started and
         never acknowledged was abandoned by its client: a stop that came before its 202)."""
         if self._acks:
             self._acks.flush()
-            counts = {"started": self.started, "acknowledged": self.acked}
+            counts = {"started": self.started, "acknowledged": self.acked, "in_flight": self.in_flight}
             (Path(self.options.vx_acks) / f"counts-{os.getpid()}.json").write_text(json.dumps(counts))
 
     def budget(self, kind: str) -> Budget | None:
@@ -319,13 +326,20 @@ class PostingUser(SessionUser):
         first = self.sequence - len(doses) + 1
         body = json.dumps({"doses": doses}, ensure_ascii=False).encode()
         self.shared.started += len(doses)
-        name, deadline = DOSES, time.monotonic() + RETRY_FOR
-        while True:
-            answer, pause = self._attempt(body, name, len(doses))
-            if answer is not None or pause is None or time.monotonic() > deadline:
-                break
-            name = f"{DOSES} (retry)"
-            gevent.sleep(pause)
+        self.shared.in_flight += len(doses)
+        name, deadline, began = DOSES, time.monotonic() + RETRY_FOR, time.time()
+        try:
+            while True:
+                answer, pause = self._attempt(body, name, len(doses))
+                if answer is not None or pause is None or time.monotonic() > deadline:
+                    break
+                name = f"{DOSES} (retry)"
+                gevent.sleep(pause)
+        except BaseException as stopped:
+            self.shared.interrupted(began, len(doses), name, stopped)
+            raise
+        finally:
+            self.shared.in_flight -= len(doses)
         if answer is None:
             return False
         self.shared.acked += answer["accepted"]

@@ -43,7 +43,8 @@ from loadtests.people import (
     wrong_birth_date,
 )
 from loadtests.plan import Plan, duration, plan_from_args
-from loadtests.runner import E2E_PERSISTED, locust_command, parser, report_folder, require_locust, sustained_rate
+from loadtests.runner import (E2E_PERSISTED, locust_command, parser, report_folder, require_locust, running,
+                              sustained_rate, wait_for_locust)
 from loadtests.sampling import Sample
 from loadtests.thresholds import cpu_figure, goodput, summarize
 from monitoring import metrics
@@ -212,8 +213,10 @@ def test_thresholds_read_the_servers_figures_over_the_hold_and_fail_what_misses(
     lost = _summary(plan, gap=1, missing=1)
     assert not lost["passed"]
     assert not _verdicts(lost)["reconciliation gap (acknowledged, not stored once and certified)"]
-    abandoned = _summary(plan, abandoned_by_clients=3)
+    abandoned = _summary(plan, abandoned_by_clients=3, in_flight_at_exit=2)
     assert not _verdicts(abandoned)["doses a client started posting and never got a 202 for"]
+    verdict = next(t for t in abandoned["thresholds"] if t["name"].startswith("doses a client started"))
+    assert verdict["measured"] == "3 (2 in flight when Locust exited)"
 
 
 SERVER_P99 = "ingest p99, server (POST /v1/doses, measured phase)"
@@ -392,6 +395,30 @@ def test_locust_gets_only_absolute_paths_when_the_out_folder_is_relative(tmp_pat
     assert set(paths) == set(PATH_OPTIONS)
     assert all(Path(value).is_absolute() for value in paths.values()), paths
     assert Path(paths["--csv"]).parent == (tmp_path / "reports" / "x").resolve()
+
+
+def test_the_run_waits_for_locusts_workers_that_outlive_its_master(tmp_path):
+    # Locust's master with --processes takes a live worker for exited (os.waitpid with WNOHANG): a worker
+    # may write its last acknowledgements after the master is gone. Here a child outlives its parent by 1.5 s.
+    written = tmp_path / "acks-child.tsv"
+    script = ("import os, sys, time\n"
+              "if os.fork() == 0:\n"
+              "    time.sleep(3); open(sys.argv[1], 'w').write('last'); os._exit(0)\n"
+              "time.sleep(1.5)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script, str(written)])
+    assert wait_for_locust(parent, 30) == 0
+    assert written.read_text() == "last"
+
+
+def test_a_zombie_or_a_vanished_process_is_not_running():
+    assert running(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while running(child.pid) and time.monotonic() < deadline:  # exited, not yet reaped: a zombie
+        time.sleep(0.05)
+    assert not running(child.pid)
+    child.wait()
+    assert not running(child.pid)
 
 
 def test_without_locust_the_run_refuses_at_once_with_exit_2_naming_the_extra(tmp_path):

@@ -187,3 +187,13 @@ def test_a_key_the_report_does_not_know_is_shown_as_a_table_too(tmp_path):
     page = write_report(tmp_path, summary(memory={"ingest": [210, 216]}, note="ran twice"), []).read_text()
     assert "<h2>memory</h2>" in page and "<th>ingest</th><td>210, 216</td>" in page
     assert "<th>note</th><td>ran twice</td>" in page
+
+
+def test_posts_stopped_before_their_answer_are_a_table_and_absent_when_there_were_none(tmp_path):
+    stopped = ["14400.000\t14431.5\t3\tPOST /v1/doses\tGreenletExit", "not a line"]
+    page = write_report(tmp_path, summary(interrupted_posts=stopped), []).read_text(encoding="utf-8")
+    assert "<h2>Posts stopped before their answer</h2>" in page
+    assert "<td>04:00:00 UTC</td>" in page and "<td>POST /v1/doses GreenletExit</td>" in page
+    assert "31.5" in page
+    quiet = write_report(tmp_path, summary(interrupted_posts=[]), []).read_text(encoding="utf-8")
+    assert "Posts stopped" not in quiet and "interrupted_posts" not in quiet
