@@ -36,28 +36,9 @@ def start_postgres(folder: Path):
 
     folder.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(folder.resolve(), cleanup_mode="stop")
-    settings = POSTGRES_SETTINGS | POSTGRES_RESTART_SETTINGS
-    server.psql("".join(f"ALTER SYSTEM SET {name} = '{value}';\n" for name, value in settings.items())
+    server.psql("".join(f"ALTER SYSTEM SET {name} = '{value}';\n" for name, value in POSTGRES_SETTINGS.items())
                 + "SELECT pg_reload_conf();\n")  # one statement a line: psql runs each in autocommit
-    if _differs(server, POSTGRES_RESTART_SETTINGS):  # a new data folder: its first start had the defaults
-        server.cleanup()  # stops it (cleanup_mode "stop"): the data folder stays
-        server = pgserver.get_server(folder.resolve(), cleanup_mode="stop")
     return server, server.get_uri()
-
-
-def _differs(server, settings: dict[str, str]) -> bool:
-    """Whether the running server has any of these sizes otherwise than given."""
-    checks = " OR ".join(f"pg_size_bytes(current_setting('{name}')) <> pg_size_bytes('{value}')"
-                         for name, value in settings.items())
-    return "differs:true" in server.psql(f"SELECT 'differs:' || ({checks})::text;\n")
-
-
-def shared_buffers(memory_bytes: int | None = None) -> str:
-    """A quarter of the machine's memory (Postgres' own advice for a dedicated server), from 128 MB (its
-    default) to 8 GB."""
-    if memory_bytes is None:
-        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return f"{min(8192, max(128, memory_bytes // 4 // 2**20))}MB"
 
 
 # What pgserver's initdb leaves at Postgres' defaults and a write-heavy OLTP load wants otherwise; each takes
@@ -70,14 +51,6 @@ POSTGRES_SETTINGS = {
     # the whole page into the WAL again; the fewer checkpoints, the less WAL and CPU per row.
     "max_wal_size": "8GB",
     "checkpoint_timeout": "15min",
-}
-
-# Settings that take effect only on a restart: start_postgres restarts a server that runs without them.
-POSTGRES_RESTART_SETTINGS = {
-    # initdb's 128 MB holds the indexes of a 4-minute day (660,000 doses), not those of a whole one: over
-    # 5,000,000 doses the random-keyed indexes (national id, UVCI, record id) outgrow it, and each insert
-    # then evicts a page and copies another in from the kernel's cache. Memory not used is not taken.
-    "shared_buffers": shared_buffers(),
 }
 
 
