@@ -418,7 +418,7 @@ def _failures_table(failures: object) -> str:
 
 def _interrupted_table(posts: object) -> str:
     """Posts whose user was stopped before their answer, each `began<TAB>stopped<TAB>doses<TAB>request<TAB>
-    what stopped it` (users.Process.interrupted)."""
+    what stopped it<TAB>outcome` (users.Process.interrupted)."""
     records = []
     for line in posts if isinstance(posts, list) else []:
         fields = str(line).split("\t")
@@ -429,7 +429,8 @@ def _interrupted_table(posts: object) -> str:
         records.append({"began": began.strftime("%H:%M:%S UTC"), "waited": f"{(stopped - began).total_seconds():.1f}",
                         "doses": fields[2] if len(fields) > 2 else "", "by": " ".join(fields[3:])})
     return _records_table("Posts stopped before their answer", records,
-                          (("began", "began"), ("waited (s)", "waited"), ("doses", "doses"), ("request, stopped by", "by")))
+                          (("began", "began"), ("waited (s)", "waited"), ("doses", "doses"),
+                           ("request, stopped by, outcome", "by")))
 
 
 def _details(summary: dict) -> list[str]:

@@ -28,6 +28,7 @@ import os
 import random
 import re
 import time
+import urllib.request
 from pathlib import Path
 
 import gevent
@@ -43,6 +44,7 @@ DOSES = "POST /v1/doses"
 locust.runners.HEARTBEAT_LIVENESS = 60
 RETRY_FOR = 120.0  # seconds a desk keeps trying one batch
 LOOKUP_AFTER = 10.0  # a citizen looks up a certificate at least this long after the 202 (its SLO is 2 s)
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')  # the portal's form token (ingest/portal/rendering.py)
 
 
@@ -180,12 +182,12 @@ class Process:
         if self._failures:
             self._failures.write(f"{time.time():.3f}\t{' '.join(what.split())[:300]}\n")
 
-    def interrupted(self, began: float, count: int, name: str, stopped: BaseException) -> None:
-        """A post that never got its answer: Locust killed its user mid-request (a stop's timeout), or
-        something raised. The runner lists them beside the doses abandoned."""
+    def interrupted(self, began: float, count: int, name: str, stopped: BaseException, outcome: str) -> None:
+        """A post broken off before its answer: Locust killed its user mid-request, or something raised;
+        `outcome`: whether it was answered when posted again. The runner lists them."""
         if self.options.vx_acks:
             with (Path(self.options.vx_acks) / f"interrupted-{os.getpid()}.tsv").open("a") as out:
-                out.write(f"{began:.3f}\t{time.time():.3f}\t{count}\t{name}\t{type(stopped).__name__}\n")
+                out.write(f"{began:.3f}\t{time.time():.3f}\t{count}\t{name}\t{type(stopped).__name__}\t{outcome}\n")
 
     def flush(self) -> None:
         """Acknowledgements to disk, and how many doses were posted and acknowledged (a batch started and
@@ -327,34 +329,66 @@ class PostingUser(SessionUser):
         body = json.dumps({"doses": doses}, ensure_ascii=False).encode()
         self.shared.started += len(doses)
         self.shared.in_flight += len(doses)
-        name, deadline, began = DOSES, time.monotonic() + RETRY_FOR, time.time()
+        name, deadline, began, stopping = DOSES, time.monotonic() + RETRY_FOR, time.time(), None
         try:
-            while True:
-                answer, pause = self._attempt(body, name, len(doses))
-                if answer is not None or pause is None or time.monotonic() > deadline:
-                    break
-                name = f"{DOSES} (retry)"
-                gevent.sleep(pause)
+            try:
+                while True:
+                    answer, pause = self._attempt(body, name, len(doses))
+                    if answer is not None or pause is None or time.monotonic() > deadline:
+                        break
+                    name = f"{DOSES} (retry)"
+                    gevent.sleep(pause)
+            except gevent.GreenletExit as stop:
+                # Locust stopped this user mid-post. gevent throws a kill into a greenlet at its next switch,
+                # and a user whose wait ended in between has begun a post by then. A desk does not walk away
+                # from a batch it sent: it asks once more (the records make a repeat idempotent), then stops.
+                stopping, answer = stop, self._posted_again(body)
+                self.shared.interrupted(began, len(doses), name, stop,
+                                        "answered when posted again" if answer else "abandoned")
         except BaseException as stopped:
-            self.shared.interrupted(began, len(doses), name, stopped)
+            self.shared.interrupted(began, len(doses), name, stopped, "abandoned")
             raise
         finally:
             self.shared.in_flight -= len(doses)
+        if stopping is not None:
+            if answer is not None:
+                self._record(answer, persons, first, len(doses))
+            raise stopping
         if answer is None:
             return False
-        self.shared.acked += answer["accepted"]
-        rejected = {r.get("index") for r in answer.get("rejected") or []}
-        if rejected:
-            for i in range(len(doses)):
-                if i not in rejected:
-                    self.shared.acknowledged(self.site, self.prefix, first + i, 1)
-        else:
-            self.shared.acknowledged(self.site, self.prefix, first, len(doses))
-        now = time.time()
-        self.shared.vaccinated.extend((now, p) for p in persons)
+        rejected = self._record(answer, persons, first, len(doses))
         if self.rng.random() < 0.05:
             self.client.get(f"/v1/batches/{answer['batch_id']}", headers=self.headers, name="/v1/batches/[id]")
         return not rejected
+
+    def _record(self, answer: dict, persons: list[people.Person], first: int, count: int) -> set:
+        """Record a 202: its accepted doses acknowledged, its persons vaccinated; the rejected indexes."""
+        self.shared.acked += answer["accepted"]
+        rejected = {r.get("index") for r in answer.get("rejected") or []}
+        if rejected:
+            for i in range(count):
+                if i not in rejected:
+                    self.shared.acknowledged(self.site, self.prefix, first + i, 1)
+        else:
+            self.shared.acknowledged(self.site, self.prefix, first, count)
+        now = time.time()
+        self.shared.vaccinated.extend((now, p) for p in persons)
+        return rejected
+
+    def _posted_again(self, body: bytes) -> dict | None:
+        """The 202 of a batch whose post a stop broke off, asked for once more outside Locust's statistics,
+        on a connection of its own: the user's one connection may still hold the broken exchange. A failure
+        is recorded as one."""
+        request = urllib.request.Request(f"{self.host}/v1/doses", data=body, headers=self.headers, method="POST")
+        try:
+            with _DIRECT.open(request, timeout=30) as response:
+                answer = json.loads(response.read())
+                if response.status == 202 and answer.get("batch_id"):
+                    return answer
+                self.shared.failed(f"POST {DOSES} (again, after a stop): {response.status}")
+        except Exception as e:  # an answer other than 2xx, or none
+            self.shared.failed(f"POST {DOSES} (again, after a stop): {e}")
+        return None
 
     def _attempt(self, body: bytes, name: str, count: int) -> tuple[dict | None, float | None]:
         """(the 202's body, None), or (None, seconds to wait before posting again), or (None, None): give up."""

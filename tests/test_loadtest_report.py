@@ -190,10 +190,10 @@ def test_a_key_the_report_does_not_know_is_shown_as_a_table_too(tmp_path):
 
 
 def test_posts_stopped_before_their_answer_are_a_table_and_absent_when_there_were_none(tmp_path):
-    stopped = ["14400.000\t14431.5\t3\tPOST /v1/doses\tGreenletExit", "not a line"]
+    stopped = ["14400.000\t14431.5\t3\tPOST /v1/doses\tGreenletExit\tanswered when posted again", "not a line"]
     page = write_report(tmp_path, summary(interrupted_posts=stopped), []).read_text(encoding="utf-8")
     assert "<h2>Posts stopped before their answer</h2>" in page
-    assert "<td>04:00:00 UTC</td>" in page and "<td>POST /v1/doses GreenletExit</td>" in page
+    assert "<td>04:00:00 UTC</td>" in page and "<td>POST /v1/doses GreenletExit answered when posted again</td>" in page
     assert "31.5" in page
     quiet = write_report(tmp_path, summary(interrupted_posts=[]), []).read_text(encoding="utf-8")
     assert "Posts stopped" not in quiet and "interrupted_posts" not in quiet
