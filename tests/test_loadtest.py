@@ -397,6 +397,72 @@ def test_locust_gets_only_absolute_paths_when_the_out_folder_is_relative(tmp_pat
     assert Path(paths["--csv"]).parent == (tmp_path / "reports" / "x").resolve()
 
 
+KILLED_MID_POST = """
+import datetime as dt, json, sys, time
+from pathlib import Path
+import gevent
+from gevent.pywsgi import WSGIServer
+from locust.argument_parser import parse_options
+from locust.env import Environment
+from loadtests import people, users
+
+folder, again = Path(sys.argv[1]), sys.argv[2]  # how the server answers the repeat: 202 or 503
+posts = []
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] != "/v1/doses":
+        start_response("200 OK", [])
+        return [b"ok"]
+    count = len(json.loads(environ["wsgi.input"].read())["doses"])
+    posts.append(count)
+    if len(posts) == 1:
+        gevent.sleep(5)  # the first answer comes late: the user is killed while it waits for it
+    elif again == "503":
+        start_response("503 Service Unavailable", [("Retry-After", "1")])
+        return [b"{}"]
+    start_response("202 Accepted", [("Content-Type", "application/json")])
+    return [json.dumps({"batch_id": "1-1-0", "accepted": count, "rejected": []}).encode()]
+
+server = WSGIServer(("127.0.0.1", 0), app, log=None)
+server.start()
+host = f"http://127.0.0.1:{server.server_port}"
+(folder / "sites.json").write_text(json.dumps([{"code": "LT-001", "token": "t"}]))
+options = parse_options(["--vx-sites", str(folder / "sites.json"), "--vx-acks", str(folder / "acks"), "--host", host])
+desk = users.SiteDesk(Environment(user_classes=[users.SiteDesk], parsed_options=options, host=host))
+persons = people.household(desk.rng, dt.date.today(), desk.shared.ids)[:2]
+now = dt.datetime.now(people.VIETNAM) - dt.timedelta(minutes=1)
+posting = gevent.spawn(desk.post, [people.dose(desk.rng, p, desk.next_record(), now) for p in persons], persons)
+deadline = time.monotonic() + 10
+while not posts and time.monotonic() < deadline:
+    gevent.sleep(0.01)
+posting.kill(block=True, timeout=20)  # as Locust stops a user: GreenletExit thrown at its next switch
+desk.shared.flush()
+read = lambda pattern: "".join(p.read_text() for p in (folder / "acks").glob(pattern))
+print(json.dumps({"posts": posts, "dead": posting.dead, "acks": read("acks-*.tsv"),
+                  "interrupted": read("interrupted-*.tsv"), "failures": read("failures-*.tsv"),
+                  "counts": json.loads(read("counts-*.json"))}))
+"""
+
+
+@pytest.mark.parametrize("again", ["202", "503"])
+def test_a_desk_killed_mid_post_posts_the_same_records_again_and_records_the_answer(tmp_path, again):
+    # Run apart: Locust's import monkey-patches gevent into the process.
+    done = subprocess.run([sys.executable, "-c", KILLED_MID_POST, str(tmp_path), again], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["posts"] == [2, 2] and seen["dead"]  # the same two records posted again, then the user stopped
+    assert seen["counts"]["started"] == 2 and seen["counts"]["in_flight"] == 0
+    if again == "202":
+        assert seen["acks"].split("\t")[2:] == ["1", "2\n"] and seen["counts"]["acknowledged"] == 2
+        assert seen["interrupted"].rstrip("\n").endswith("\t2\tPOST /v1/doses\tGreenletExit\tanswered when posted again")
+        assert seen["failures"] == ""
+    else:  # refused: abandoned, and said so (a failure, and the interrupted post's outcome)
+        assert seen["acks"] == "" and seen["counts"]["acknowledged"] == 0
+        assert seen["interrupted"].rstrip("\n").endswith("\tabandoned")
+        assert "again, after a stop" in seen["failures"] and "503" in seen["failures"]
+
+
 def test_the_run_waits_for_locusts_workers_that_outlive_its_master(tmp_path):
     # Locust's master with --processes takes a live worker for exited (os.waitpid with WNOHANG): a worker
     # may write its last acknowledgements after the master is gone. Here a child outlives its parent by 1.5 s.
