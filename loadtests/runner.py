@@ -181,8 +181,8 @@ def client_counts(work: Path) -> dict[str, int]:
 
 
 def interrupted_posts(work: Path) -> list[str]:
-    """Posts whose user was stopped before their answer (users.Process.interrupted): started, stopped,
-    doses, request name, what stopped it."""
+    """Posts whose user was stopped before their answer (users.Process.interrupted): began, stopped,
+    doses, request name, what stopped it, and whether the batch was answered when posted again."""
     return [line for path in sorted((work / "acks").glob("interrupted-*.tsv")) for line in path.read_text().splitlines()]
 
 

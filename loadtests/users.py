@@ -324,7 +324,8 @@ class PostingUser(SessionUser):
 
         A 503 is waited out for its Retry-After, a lost connection or a 5xx for a few seconds, and the
         same records are posted again (at worst they are stored as duplicates of themselves), for up to
-        RETRY_FOR: a desk does not throw away what it has entered. Each failed attempt is a failure."""
+        RETRY_FOR: a desk does not throw away what it has entered. Each failed attempt is a failure. A user
+        stopped mid-post asks once more before it stops (`_posted_again`)."""
         first = self.sequence - len(doses) + 1
         body = json.dumps({"doses": doses}, ensure_ascii=False).encode()
         self.shared.started += len(doses)
