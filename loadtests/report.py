@@ -407,13 +407,20 @@ def _failures_table(failures: object) -> str:
     records = []
     for line in failures if isinstance(failures, list) else []:
         at, _, what = str(line).partition("\t")
-        try:
-            when = dt.datetime.fromtimestamp(float(at), dt.timezone.utc).strftime("%H:%M:%S UTC")
-        except (ValueError, OverflowError, OSError):
+        when = _utc_clock(at)
+        if when is None:
             when, what = "", str(line)
         records.append({"at": when, "what": what})
     return _records_table("Failed requests (the first of the run, at most 50)", records,
                           (("at", "at"), ("request", "what")))
+
+
+def _utc_clock(epoch: str) -> str | None:
+    """An epoch as the processes wrote it, as `HH:MM:SS UTC`; None when it is not one."""
+    try:
+        return dt.datetime.fromtimestamp(float(epoch), dt.timezone.utc).strftime("%H:%M:%S UTC")
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def _interrupted_table(posts: object) -> str:
@@ -422,11 +429,9 @@ def _interrupted_table(posts: object) -> str:
     records = []
     for line in posts if isinstance(posts, list) else []:
         fields = str(line).split("\t")
-        try:
-            began, stopped = (dt.datetime.fromtimestamp(float(v), dt.timezone.utc) for v in fields[:2])
-        except (ValueError, OverflowError, OSError):
+        if len(fields) < 2 or _utc_clock(fields[0]) is None or _utc_clock(fields[1]) is None:
             continue
-        records.append({"began": began.strftime("%H:%M:%S UTC"), "waited": f"{(stopped - began).total_seconds():.1f}",
+        records.append({"began": _utc_clock(fields[0]), "waited": f"{float(fields[1]) - float(fields[0]):.1f}",
                         "doses": fields[2] if len(fields) > 2 else "", "by": " ".join(fields[3:])})
     return _records_table("Posts stopped before their answer", records,
                           (("began", "began"), ("waited (s)", "waited"), ("doses", "doses"),

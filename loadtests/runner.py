@@ -164,10 +164,12 @@ def read_locust_stats(folder: Path) -> dict[str, dict]:
 
 def failures(work: Path) -> list[str]:
     """Every failed request of the whole run, ramp included (the processes append them as they happen)."""
-    lines = []
-    for path in sorted((work / "acks").glob("failures-*.tsv")):
-        lines += path.read_text().splitlines()
-    return lines
+    return _lines(work, "failures-*.tsv")
+
+
+def _lines(work: Path, pattern: str) -> list[str]:
+    """The lines of the Locust processes' files matching `pattern` in the acknowledgements folder."""
+    return [line for path in sorted((work / "acks").glob(pattern)) for line in path.read_text().splitlines()]
 
 
 def client_counts(work: Path) -> dict[str, int]:
@@ -183,7 +185,7 @@ def client_counts(work: Path) -> dict[str, int]:
 def interrupted_posts(work: Path) -> list[str]:
     """Posts whose user was stopped before their answer (users.Process.interrupted): began, stopped,
     doses, request name, what stopped it, and whether the batch was answered when posted again."""
-    return [line for path in sorted((work / "acks").glob("interrupted-*.tsv")) for line in path.read_text().splitlines()]
+    return _lines(work, "interrupted-*.tsv")
 
 
 def wait_for_locust(locust: subprocess.Popen, timeout: float) -> int:
