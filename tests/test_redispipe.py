@@ -1,6 +1,7 @@
 """The hot path's pipelined Redis connection (vaxline/redispipe.py), against a real Redis.
 
-Covers: many commands in flight on one connection each get their own reply, in order; a Redis error
+Covers: many commands in flight on one connection each get their own reply, in order, and the commands
+of one turn of the event loop go out in one write; a Redis error
 fails its own command only; the script is loaded again after SCRIPT FLUSH (as after a Redis restart);
 a killed connection fails what was in flight with a ConnectionError and the next call reconnects; a
 command that times out fails with a TimeoutError and does not leave later replies mismatched.
@@ -30,6 +31,22 @@ async def test_replies_match_their_commands_however_many_are_in_flight(settings,
         with pytest.raises(ResponseError):
             await pipe.call(b"INCRBY", key, b"not a number")
         assert await pipe.call(b"ECHO", b"after") == b"after"  # the error was its command's alone
+    finally:
+        await pipe.close()
+
+
+async def test_the_commands_of_one_turn_of_the_loop_go_out_in_one_write(settings, redis):
+    pipe = RedisPipe(settings.redis_url)
+    try:
+        await pipe.evalsha(SCRIPT, ["k"], ["v"])  # connected, the script loaded
+        transport = pipe._protocol.transport
+        writes = []
+        original = transport.write
+        transport.write = lambda data: (writes.append(data), original(data))[1]
+        replies = await asyncio.gather(*(pipe.call(b"ECHO", f"n{n}") for n in range(50)),
+                                       pipe.evalsha(SCRIPT, ["k"], ["v"]))
+        assert replies == [f"n{n}".encode() for n in range(50)] + [[b"k", b"v"]]
+        assert len(writes) == 1 and writes[0].count(b"ECHO") == 50
     finally:
         await pipe.close()
 

@@ -4,8 +4,8 @@ Every 202 waits for one XADD script, and redis-py's asyncio client spends 90-130
 command whatever it is (a PING included: its pool, its timeouts, its parser's Python side), which on
 this machine was half of what a desk's POST cost ingest. Redis answers the commands of one connection in
 the order they came, so a connection that many requests share needs no more than a queue of futures:
-each command is written at once (no lock, no round-trip wait), hiredis (a dependency already) parses
-whatever arrives, and each reply resolves the oldest future. With appendfsync always, Redis writes and
+the commands of one turn of the event loop go out in one write (no lock, no round-trip wait, one send for all the
+requests in flight), hiredis (a dependency already) parses whatever arrives, and each reply resolves the oldest future. With appendfsync always, Redis writes and
 fsyncs the AOF once per loop for everything it read, so the requests in flight share their fsync too.
 
 Only what the hot path needs: `call(*args)` and `evalsha` with the script loaded again after a Redis
@@ -92,19 +92,9 @@ class RedisPipe:
         return urlsplit(url).scheme in ("redis", "rediss", "unix")
 
     async def call(self, *args) -> object:
+        """One command's reply; it goes out with whatever else this turn of the loop writes (`_write`)."""
         protocol = await self._connected()
-        future = asyncio.get_running_loop().create_future()
-        protocol.waiting.append(future)
-        if protocol.unsent:  # what _write holds for this turn goes first: replies are matched in order
-            protocol.flush()
-        protocol.transport.write(_encode(args))
-        protocol.sent += 1
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await future
-        except asyncio.TimeoutError:
-            protocol.transport.close()  # the replies behind this one could not be matched any more
-            raise TimeoutError(f"Redis did not answer within {self.timeout:g} s") from None
+        return await self._reply(protocol, self._write(protocol, args))
 
     def _write(self, protocol: _Protocol, *commands: tuple) -> list[asyncio.Future]:
         """Write `commands` together (nothing of another request comes between them); their futures. The
