@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import collections
 import datetime as dt
+import functools
 import gc
 import itertools
 import json
@@ -32,6 +33,7 @@ import urllib.request
 from pathlib import Path
 
 import gevent
+import locust.argument_parser
 import locust.runners
 from locust import FastHttpUser, between, events, task
 
@@ -42,6 +44,13 @@ DOSES = "POST /v1/doses"
 # while the "lost" worker keeps running them: on two cores saturated on purpose, 42,000 sessions became
 # 70,000. A worker that is merely busy is given a minute.
 locust.runners.HEARTBEAT_LIVENESS = 60
+# A worker handling the master's spawn message (one a second while users start) tells its custom options
+# from Locust's own by calling argument_parser.default_args_dict() once per option: a whole argument parser
+# built and parsed about 60 times a message, 6 ms each (locust 2.47, WorkerRunner.handle_message). py-spy:
+# 91% of a worker's samples during the ramp of 100,000 desks, each of 8 workers at 18% of a core with a few
+# hundred users; the 42,000-desk ramp paid it on 4 workers. Locust's defaults do not change within a
+# process: built once here.
+locust.argument_parser.default_args_dict = functools.cache(locust.argument_parser.default_args_dict)
 RETRY_FOR = 120.0  # seconds a desk keeps trying one batch
 LOOKUP_AFTER = 10.0  # a citizen looks up a certificate at least this long after the 202 (its SLO is 2 s)
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy

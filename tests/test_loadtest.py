@@ -487,6 +487,17 @@ def test_a_zombie_or_a_vanished_process_is_not_running():
     assert not running(child.pid)
 
 
+def test_a_locust_worker_builds_locusts_default_options_once_not_per_option_of_each_spawn_message():
+    # WorkerRunner.handle_message calls default_args_dict() once per option of every spawn message (about 60
+    # argument parsers a second during a ramp): the locustfile makes it build its parser once. In a process
+    # of its own, as Locust imports it (gevent patches the process it is imported into).
+    check = ("import locust.argument_parser as a, locust.runners, loadtests.users\n"
+             "assert locust.runners.argument_parser.default_args_dict() is a.default_args_dict()\n"
+             "assert 'num_users' in a.default_args_dict()\n")
+    done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_without_locust_the_run_refuses_at_once_with_exit_2_naming_the_extra(tmp_path):
     with pytest.raises(ConfigError, match=r"pip install 'vaxline\[loadtest\]'"):
         require_locust(lambda name: None)
