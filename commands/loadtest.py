@@ -2,13 +2,15 @@
 
 The runner is `python -m loadtests` (loadtests/runner.py): it needs the `loadtest` extra (Locust and
 gevent), which a production install of the service does not carry, and it sits beside the commands,
-not below them. This command hands it every argument as given, and answers with its exit code.
+not below them. This command becomes the runner (exec), with every argument as given: its exit code is
+the runner's, and a signal sent to this process (Ctrl-C, a CI's SIGTERM) reaches the runner, which stops
+Locust and the stack on its way out. (A child it waited for was left running when this process was killed.)
 """
 
 from __future__ import annotations
 
 import importlib.util
-import subprocess
+import os
 import sys
 
 from .common import ConfigError
@@ -25,4 +27,6 @@ def add_parsers(commands) -> None:
 def cmd_loadtest(args) -> int:
     if importlib.util.find_spec("locust") is None:
         raise ConfigError("the load tests need Locust: pip install 'vaxline[loadtest]'")
-    return subprocess.call([sys.executable, "-m", "loadtests", "--data-dir", str(args.data_dir), *args.arguments])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "loadtests", "--data-dir", str(args.data_dir), *args.arguments])

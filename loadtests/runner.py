@@ -31,6 +31,7 @@ import re
 import resource
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -209,6 +210,25 @@ def wait_for_locust(locust: subprocess.Popen, timeout: float) -> int:
     return locust.returncode
 
 
+def stop_locust(locust: subprocess.Popen, timeout: float = 30) -> None:
+    """Locust's master and every worker it forked, stopped (TERM, then KILL after `timeout`): a run cut short
+    (SIGTERM, Ctrl-C, an error of the runner) leaves no user posting at a stack that is gone."""
+    workers = descendants(locust.pid)
+    for pid in [locust.pid, *workers]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        locust.wait(timeout=timeout)
+    while any(map(running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in [locust.pid, *workers]:
+        if running(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    locust.wait()
+
+
 def running(pid: int) -> bool:
     """Whether `pid` is alive (an exited orphan nobody reaps stays a zombie: that counts as exited)."""
     try:
@@ -261,7 +281,7 @@ def run(plan: Plan, out: Path) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="vaxline-loadtest-")).resolve()  # relative under a relative TMPDIR
     stack = LoadStack(plan, work)
-    sampler = None
+    sampler = locust = None
     try:
         stack.start()
         write_private(work / "sites.json", json.dumps(stack.prepare()))
@@ -302,6 +322,8 @@ def run(plan: Plan, out: Path) -> int:
         print_summary(summary, folder)
         return 0 if summary["passed"] else 1
     finally:
+        if locust is not None and locust.poll() is None:
+            stop_locust(locust)
         if sampler is not None:
             with contextlib.suppress(Exception):
                 sampler.stop()
@@ -417,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     from monitoring.logs import configure
 
     configure(logging.WARNING)
+    # SIGTERM (a CI's timeout, `kill`) unwinds like Ctrl-C: Locust, the stack and the work folder are
+    # stopped and removed on the way out, instead of being left running with nobody to stop them.
+    signal.signal(signal.SIGTERM, _terminated)
     args = parser().parse_args(argv)
     try:
         if args.func is cmd_loadtest:
@@ -427,6 +452,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _terminated(signum, frame) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # a second one does not cut the clean-up short
+    raise SystemExit(128 + signum)
 
 
 def cmd_loadtest(args) -> int:

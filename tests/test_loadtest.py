@@ -595,6 +595,40 @@ def test_a_small_sessions_run_holds_its_sessions_and_reconciles(loadtest):
     assert _verdicts(summary)[SERVER_P99]
 
 
+def test_a_run_sent_sigterm_stops_locust_and_the_stack_before_it_exits(services, tmp_path):
+    """`vaxline loadtest` becomes the runner, and the runner unwinds on SIGTERM (a CI's timeout): no Locust
+    worker keeps posting and no stack process is left behind, with nobody to stop them."""
+    env = os.environ | {"DATABASE_URL": services[0], "REDIS_URL": services[1]}
+    command = [sys.executable, "-m", "commands", "loadtest", "sessions", *SMALL["sessions"], "--hold", "300s",
+               "--sites", "10", "--port", "18540", "--out", "reports"]
+    with (tmp_path / "run.log").open("w") as log:
+        run = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline, below = time.monotonic() + 180, set()
+        while time.monotonic() < deadline and run.poll() is None:
+            below = sampling.descendants(run.pid)
+            if sum("locust" in _command_line(pid) for pid in below) >= 3:  # its master and two workers
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"Locust did not start: {(tmp_path / 'run.log').read_text()[-2000:]}")
+        time.sleep(2)  # the users have started posting
+        below = sampling.descendants(run.pid)
+        run.send_signal(15)
+        assert run.wait(timeout=120) == 128 + 15
+        assert [pid for pid in below if running(pid)] == []
+    finally:
+        if run.poll() is None:
+            run.kill()
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def test_a_small_day_posts_every_dose_within_its_time_and_reconciles(loadtest):
     exit_code, summary, folder = loadtest("day")
     assert exit_code == 0 and summary["passed"], _explain(summary)
