@@ -211,22 +211,29 @@ def wait_for_locust(locust: subprocess.Popen, timeout: float) -> int:
 
 
 def stop_locust(locust: subprocess.Popen, timeout: float = 30) -> None:
-    """Locust's master and every worker it forked, stopped (TERM, then KILL after `timeout`): a run cut short
-    (SIGTERM, Ctrl-C, an error of the runner) leaves no user posting at a stack that is gone."""
-    workers = descendants(locust.pid)
-    for pid in [locust.pid, *workers]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+    """Locust's master and every worker it forked, stopped: TERM to its process group (Locust runs in a
+    session of its own), KILL to whatever is left after `timeout`. A run cut short (SIGTERM, Ctrl-C, an
+    error of the runner) leaves no user posting at a stack that is gone. Whether or not the master is still
+    there: its workers may outlive it (wait_for_locust)."""
+    group = locust.pid
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     with contextlib.suppress(subprocess.TimeoutExpired):
-        locust.wait(timeout=timeout)
-    while any(map(running, workers)) and time.monotonic() < deadline:
+        locust.wait(timeout=timeout)  # reaped: a zombie master would keep its group alive
+    while _group_alive(group) and time.monotonic() < deadline:
         time.sleep(0.2)
-    for pid in [locust.pid, *workers]:
-        if running(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
     locust.wait()
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def running(pid: int) -> bool:
@@ -295,7 +302,7 @@ def run(plan: Plan, out: Path) -> int:
         print(f"vaxline loadtest {plan.shape}: {users:,} users; report in {folder}", flush=True)
         with (folder / "locust.log").open("w") as log:
             locust = subprocess.Popen(locust_command(plan, folder, work, start_at), stdout=log,
-                                      stderr=subprocess.STDOUT, cwd=LOADTESTS.parent)
+                                      stderr=subprocess.STDOUT, cwd=LOADTESTS.parent, start_new_session=True)
             sampler.watch("locust", locust.pid)  # its master; the workers are its children
             locust_exit = wait_for_locust(locust, planned_seconds(plan) + 600)
         drained = wait_drained(stack.settings)
@@ -322,13 +329,16 @@ def run(plan: Plan, out: Path) -> int:
         print_summary(summary, folder)
         return 0 if summary["passed"] else 1
     finally:
-        if locust is not None and locust.poll() is None:
-            stop_locust(locust)
-        if sampler is not None:
-            with contextlib.suppress(Exception):
-                sampler.stop()
-        stack.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        # A Ctrl-C or SIGTERM now would cut the clean-up short: nothing starts from here, so they wait.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        with contextlib.ExitStack() as cleanup:  # each step runs whatever the ones before it raised
+            cleanup.callback(shutil.rmtree, work, ignore_errors=True)
+            cleanup.callback(stack.stop)
+            if sampler is not None:
+                cleanup.callback(sampler.stop)
+            if locust is not None:
+                cleanup.callback(stop_locust, locust)
 
 
 # benchmarks.e2e's line for its persisting stage: "all persisted after: 11.9 s (25,153 doses/s persisted)"
@@ -455,7 +465,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _terminated(signum, frame) -> None:
-    signal.signal(signum, signal.SIG_IGN)  # a second one does not cut the clean-up short
     raise SystemExit(128 + signum)
 
 

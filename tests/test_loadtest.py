@@ -603,8 +603,9 @@ def test_a_run_sent_sigterm_stops_locust_and_the_stack_before_it_exits(services,
                "--sites", "10", "--port", "18540", "--out", "reports"]
     with (tmp_path / "run.log").open("w") as log:
         run = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    below: set[int] = set()
     try:
-        deadline, below = time.monotonic() + 180, set()
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline and run.poll() is None:
             below = sampling.descendants(run.pid)
             if sum("locust" in _command_line(pid) for pid in below) >= 3:  # its master and two workers
@@ -612,14 +613,19 @@ def test_a_run_sent_sigterm_stops_locust_and_the_stack_before_it_exits(services,
             time.sleep(0.5)
         else:
             pytest.fail(f"Locust did not start: {(tmp_path / 'run.log').read_text()[-2000:]}")
-        time.sleep(2)  # the users have started posting
         below = sampling.descendants(run.pid)
         run.send_signal(15)
         assert run.wait(timeout=120) == 128 + 15
-        assert [pid for pid in below if running(pid)] == []
+        # multiprocessing's resource tracker leaves once the runner's pipe is closed: a moment after it.
+        deadline = time.monotonic() + 10
+        while any(map(running, below)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [_command_line(pid) for pid in below if running(pid)] == []
     finally:
-        if run.poll() is None:
-            run.kill()
+        for pid in [run.pid, *below]:  # whatever a failure left, so it does not outlive the test
+            if running(pid):
+                os.kill(pid, 9)
+        run.wait()
 
 
 def _command_line(pid: int) -> str:

@@ -1,12 +1,13 @@
-"""One pipelined Redis connection for the hot path: commands written as they come, replies read in order.
+"""One pipelined Redis connection for the hot path: a loop turn's commands in one write, replies read in order.
 
 Every 202 waits for one XADD script, and redis-py's asyncio client spends 90-130 us of CPU on each
 command whatever it is (a PING included: its pool, its timeouts, its parser's Python side), which on
 this machine was half of what a desk's POST cost ingest. Redis answers the commands of one connection in
 the order they came, so a connection that many requests share needs no more than a queue of futures:
-the commands of one turn of the event loop go out in one write (no lock, no round-trip wait, one send for all the
-requests in flight), hiredis (a dependency already) parses whatever arrives, and each reply resolves the oldest future. With appendfsync always, Redis writes and
-fsyncs the AOF once per loop for everything it read, so the requests in flight share their fsync too.
+the commands of one turn of the event loop go out in one write (no lock, no round-trip wait, one send
+for all the requests in flight), hiredis (a dependency already) parses whatever arrives, and each reply
+resolves the oldest future. With appendfsync always, Redis writes and fsyncs the AOF once per loop for
+everything it read, so the requests in flight share their fsync too.
 
 Only what the hot path needs: `call(*args)` and `evalsha` with the script loaded again after a Redis
 restart, optionally followed by a WAIT for replicas (`replicas=`). WAIT answers for every write its connection
@@ -100,12 +101,13 @@ class RedisPipe:
         """Write `commands` together (nothing of another request comes between them); their futures. The
         bytes go out with everything else written in this turn of the event loop: one send for all the
         requests in flight (a send on TCP costs more than the rest of a write with its WAIT)."""
+        encoded = [_encode(args) for args in commands]  # first: one that cannot be encoded queues no future
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
         protocol.waiting.extend(futures)
         if not protocol.unsent:
             loop.call_soon(protocol.flush)
-        protocol.unsent.extend(_encode(args) for args in commands)
+        protocol.unsent.extend(encoded)
         protocol.sent += len(commands)
         return futures
 
