@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from typing import NoReturn
 
 from .common import ConfigError
 
@@ -24,7 +25,7 @@ def add_parsers(commands) -> None:
     loadtest.set_defaults(func=cmd_loadtest)
 
 
-def cmd_loadtest(args) -> int:
+def cmd_loadtest(args) -> NoReturn:
     if importlib.util.find_spec("locust") is None:
         raise ConfigError("the load tests need Locust: pip install 'vaxline[loadtest]'")
     sys.stdout.flush()

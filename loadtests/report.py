@@ -429,9 +429,10 @@ def _interrupted_table(posts: object) -> str:
     records = []
     for line in posts if isinstance(posts, list) else []:
         fields = str(line).split("\t")
-        if len(fields) < 2 or _utc_clock(fields[0]) is None or _utc_clock(fields[1]) is None:
+        began = _utc_clock(fields[0])
+        if began is None or len(fields) < 2 or _utc_clock(fields[1]) is None:
             continue
-        records.append({"began": _utc_clock(fields[0]), "waited": f"{float(fields[1]) - float(fields[0]):.1f}",
+        records.append({"began": began, "waited": f"{float(fields[1]) - float(fields[0]):.1f}",
                         "doses": fields[2] if len(fields) > 2 else "", "by": " ".join(fields[3:])})
     return _records_table("Posts stopped before their answer", records,
                           (("began", "began"), ("waited (s)", "waited"), ("doses", "doses"),

@@ -49,7 +49,7 @@ from vaxline.provinces import PROVINCES
 
 from . import acks, environment, report
 from .plan import Plan, duration, plan_from_args
-from .sampling import Sampler, descendants, rss_mib, series
+from .sampling import Sampler, rss_mib, series
 from .thresholds import print_summary, summarize
 
 LOADTESTS = Path(__file__).resolve().parent
@@ -195,17 +195,17 @@ def wait_for_locust(locust: subprocess.Popen, timeout: float) -> int:
     With --processes, Locust's master does not wait for its workers: its atexit hook reaps them with
     os.waitpid(pid, WNOHANG) and takes the (0, 0) of a live child for an exit. A worker may still be
     finishing its stop, and writing its last acknowledgements, when the master is gone; the runner reads
-    them only after."""
+    them only after.
+
+    Locust runs in a process group of its own (start_new_session): its workers are waited for as the
+    group's other members, which keep the group when the master is gone."""
     deadline = time.monotonic() + timeout
-    workers: set[int] = set()
-    while locust.poll() is None and time.monotonic() < deadline:
-        workers |= descendants(locust.pid)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            locust.wait(timeout=1)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        locust.wait(timeout=timeout)
     if locust.poll() is None:
         locust.terminate()
         locust.wait(timeout=60)
-    while any(map(running, workers)) and time.monotonic() < deadline + 60:
+    while _group_alive(locust.pid) and time.monotonic() < deadline + 60:
         time.sleep(0.2)
     return locust.returncode
 

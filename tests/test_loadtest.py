@@ -471,7 +471,7 @@ def test_the_run_waits_for_locusts_workers_that_outlive_its_master(tmp_path):
               "if os.fork() == 0:\n"
               "    time.sleep(3); open(sys.argv[1], 'w').write('last'); os._exit(0)\n"
               "time.sleep(1.5)\n")
-    parent = subprocess.Popen([sys.executable, "-c", script, str(written)])
+    parent = subprocess.Popen([sys.executable, "-c", script, str(written)], start_new_session=True)  # as Locust is
     assert wait_for_locust(parent, 30) == 0
     assert written.read_text() == "last"
 

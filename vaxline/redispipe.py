@@ -124,17 +124,8 @@ class RedisPipe:
 
     async def evalsha(self, script: str, keys: list, args: list, *, asking: bool = False) -> object:
         """The script's reply; `asking`: sent after ASKING (a Redis Cluster slot being migrated)."""
-        if asking:
-            reply, _, _ = await self._evalsha(script, keys, args, asking)
-            return reply
-        sha = self._scripts.get(script)  # the hot path of every 202: as few steps as can be
-        if sha is None:
-            sha = self._scripts[script] = hashlib.sha1(script.encode()).hexdigest().encode()
-        try:
-            return await self.call(b"EVALSHA", sha, len(keys), *keys, *args)
-        except NoScriptError:  # a restarted (or failed-over) Redis has not seen it: load it, then again
-            await self.call(b"SCRIPT", b"LOAD", script)
-            return await self.call(b"EVALSHA", sha, len(keys), *keys, *args)
+        reply, _, _ = await self._evalsha(script, keys, args, asking)
+        return reply
 
     async def evalsha_waited(self, script: str, keys: list, args: list, *, replicas: int, wait_timeout: float,
                              asking: bool = False) -> tuple[object, int]:
