@@ -254,3 +254,29 @@ def test_a_uvci_is_32_base32_characters_of_fresh_randomness():
 def test_the_cose_framing_written_by_hand_is_cbor2s(length):
     """Signer writes the payload's byte-string head itself (a certificate's payload is 250-1,200 bytes)."""
     assert byte_string_head(length) + b"x" * length == cbor2.dumps(b"x" * length)
+
+
+def test_uvcis_are_distinct_across_a_buffer_refill_threads_and_a_fork():
+    """new_uvci draws its randomness 4 KiB at a time: no UVCI repeats across a refill, between threads,
+    or between a process and a child forked after the buffer was filled."""
+    import os
+    import threading
+
+    first = [new_uvci() for _ in range(300)]  # past 128 a buffer: at least two refills
+    other: list[str] = []
+    thread = threading.Thread(target=lambda: other.extend(new_uvci() for _ in range(50)))
+    thread.start()
+    thread.join()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child writes its next UVCI and leaves at once
+        os.write(write, new_uvci().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read, "rb") as pipe:
+        childs = pipe.read().decode()
+    parents = new_uvci()
+    uvcis = [*first, *other, childs, parents]
+    assert all(re.fullmatch(r"URN:UVCI:01:VN:[A-Z2-7]{32}", u) for u in uvcis)
+    assert len(set(uvcis)) == len(uvcis)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import os
 import secrets
 import threading
 import zlib
@@ -41,7 +42,29 @@ _BASE32 = bytes.maketrans(bytes(range(256)), bytes(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ2
 def new_uvci() -> str:
     """URN:UVCI:01:VN:<32 characters of base32>: 160 random bits, so it is unguessable and never collides
     in practice (no retry loop on collision needed, unlike sequential or short random ids)."""
-    return UVCI_PREFIX + secrets.token_bytes(32).translate(_BASE32).decode()
+    return UVCI_PREFIX + _randomness.take(32).translate(_BASE32).decode()
+
+
+class _Randomness(threading.local):
+    """The operating system's randomness (secrets), drawn 4 KiB at a time: one getrandom() system call for
+    128 UVCIs instead of one each (7% of a certifier's CPU). Each thread has its own; a forked child starts
+    with none, so two processes never hand out the same bytes."""
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self.buffer, self.offset = b"", 0
+
+    def take(self, count: int) -> bytes:
+        if self.offset + count > len(self.buffer):
+            self.buffer, self.offset = secrets.token_bytes(self.SIZE), 0
+        start = self.offset
+        self.offset += count
+        return self.buffer[start:self.offset]
+
+
+_randomness = _Randomness()
+os.register_at_fork(after_in_child=_randomness.__init__)
 
 
 def expiry(issued_at: dt.datetime) -> dt.datetime:
