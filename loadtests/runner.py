@@ -236,14 +236,6 @@ def _group_alive(group: int) -> bool:
     return True
 
 
-def running(pid: int) -> bool:
-    """Whether `pid` is alive (an exited orphan nobody reaps stays a zombie: that counts as exited)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def read_phases(work: Path) -> dict[str, float]:
     return {entry["phase"]: entry["at"] for entry in _phase_lines(work)}
 

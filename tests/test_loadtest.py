@@ -43,7 +43,7 @@ from loadtests.people import (
     wrong_birth_date,
 )
 from loadtests.plan import Plan, duration, plan_from_args
-from loadtests.runner import (E2E_PERSISTED, locust_command, parser, report_folder, require_locust, running,
+from loadtests.runner import (E2E_PERSISTED, locust_command, parser, report_folder, require_locust,
                               sustained_rate, wait_for_locust)
 from loadtests.sampling import Sample
 from loadtests.thresholds import cpu_figure, goodput, summarize
@@ -656,3 +656,11 @@ def test_a_small_overload_is_refused_with_retry_after_and_still_gets_everything_
     assert verdicts["503 with Retry-After under overload"]
     assert summary["reconciliation"]["gap"] == 0 and summary["reconciliation"]["abandoned_by_clients"] == 0
     assert summary["locust"].get("POST /v1/doses (503 Retry-After)", {}).get("Request Count", "0") != "0"
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is alive (an exited orphan nobody reaps stays a zombie: that counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

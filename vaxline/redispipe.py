@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hashlib
 import ssl
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -209,14 +210,15 @@ class RedisPipe:
 
     async def _connect(self) -> _Protocol:
         loop, url = asyncio.get_running_loop(), self.url
+        protocol_factory = functools.partial(_Protocol, self.timeout)
         try:
             async with asyncio.timeout(5):
                 if url.scheme == "unix":
-                    _, protocol = await loop.create_unix_connection(lambda: _Protocol(self.timeout), url.path)
+                    _, protocol = await loop.create_unix_connection(protocol_factory, url.path)
                 else:
                     tls = _tls(url) if url.scheme == "rediss" else None
                     _, protocol = await loop.create_connection(
-                        lambda: _Protocol(self.timeout), url.hostname or "127.0.0.1", url.port or 6379, ssl=tls,
+                        protocol_factory, url.hostname or "127.0.0.1", url.port or 6379, ssl=tls,
                         server_hostname=(url.hostname or "127.0.0.1") if tls else None)
         except (OSError, asyncio.TimeoutError) as e:
             raise ConnectionError(f"cannot connect to Redis: {type(e).__name__}") from None
