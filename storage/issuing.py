@@ -119,17 +119,19 @@ def build(person: store.Person, signer: Signer, issued_at: dt.datetime, expires_
     """A new certificate when what the DCC states changed; the view alone when only it changed (a second
     record of a dose already counted: the QR in the citizen's hands stays valid); else None."""
     stated = statement(person.full_name, person.birth_date, person.history)
-    fingerprint, view = stated.fingerprint(), stated.view_fingerprint()
+    dcc = stated.dcc("")  # hashed without its UVCI, then numbered and signed: built once
+    fingerprint, view = stated.fingerprint(dcc), stated.view_fingerprint()
     if fingerprint == person.current_fingerprint:
         if view == person.current_view_fingerprint:
             return None
         return store.ViewUpdate(person.national_id, person.current_uvci, person.current_view_fingerprint, view,
                                 msgspec.json.encode(stated.doses).decode())
     uvci = new_uvci()
+    dcc["v"][0]["ci"] = uvci
     return store.NewCertificate(
         uvci, person.national_id, person.current_uvci, person.current_view_fingerprint, fingerprint, view,
         person.full_name, person.birth_date,
-        msgspec.json.encode(stated.doses).decode(), signer.sign(stated.dcc(uvci), issued_at, expires_at),
+        msgspec.json.encode(stated.doses).decode(), signer.sign(dcc, issued_at, expires_at),
         dt.datetime.fromtimestamp(received_at, dt.UTC))
 
 

@@ -11,7 +11,8 @@ itself after a two-dose series (3/3, 4/4) and 1 after a one-dose series (2/1).
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+
+import msgspec
 
 from .valuesets import SERIES_DOSES
 
@@ -21,8 +22,10 @@ SAME_DAY = "same_day"  # a second record on a day already counted: not counted a
 DOSE_NUMBER_MISMATCH = "dose_number_mismatch"  # the site's dose_number disagrees with the history
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryDose:
+# Structs, not frozen dataclasses: a certifier makes several of these per certificate, and a frozen
+# dataclass's __init__ sets each field through object.__setattr__ (2.4 us for seven fields against 0.14 us,
+# measured on a certifier's machine; 3% of its samples under py-spy).
+class HistoryDose(msgspec.Struct, frozen=True):
     site: str
     record_id: str
     vaccine: str
@@ -34,17 +37,13 @@ class HistoryDose:
     counted: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class SequencedDose:
+class SequencedDose(msgspec.Struct, frozen=True):
     dose: HistoryDose
     dn: int
     sd: int
     counted: bool
     flags: tuple[str, ...]
-
-    @property
-    def date(self) -> dt.date:
-        return self.dose.administered_at.astimezone(VIETNAM).date()
+    date: dt.date  # the calendar day in Vietnam's time, which the sequence counts by
 
 
 def sequence(history: list[HistoryDose]) -> list[SequencedDose]:
@@ -64,7 +63,7 @@ def sequence(history: list[HistoryDose]) -> list[SequencedDose]:
             flags.append(SAME_DAY)
         if dose.dose_number != dn:
             flags.append(DOSE_NUMBER_MISMATCH)
-        out.append(SequencedDose(dose, dn, series_doses(dn, primary), counted, tuple(flags)))
+        out.append(SequencedDose(dose, dn, series_doses(dn, primary), counted, tuple(flags), day))
     return out
 
 

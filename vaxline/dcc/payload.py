@@ -28,9 +28,10 @@ class Statement(msgspec.Struct, frozen=True):
     dob: str
     doses: list[dict]
 
-    def fingerprint(self) -> bytes:
-        """A digest of what the signed DCC states (all but its UVCI): when it changes, a new certificate."""
-        return hashlib.sha256(msgspec.json.encode(self.dcc(""))).digest()
+    def fingerprint(self, unnumbered: dict | None = None) -> bytes:
+        """A digest of what the signed DCC states (all but its UVCI): when it changes, a new certificate.
+        `unnumbered`: this statement's `dcc("")`, when the caller has it already."""
+        return hashlib.sha256(msgspec.json.encode(self.dcc("") if unnumbered is None else unnumbered)).digest()
 
     def view_fingerprint(self) -> bytes:
         """A digest of the whole statement, flags included: when only this changes (a second record of a
