@@ -313,6 +313,49 @@ async def test_a_certificate_stored_while_the_sms_of_the_one_before_is_in_flight
     assert await notifications.claim(db, limit=10, lease=60) == []
 
 
+class SlowFor(Gateway):
+    """Takes every message at once but one phone's, which it holds until the test ends (a gateway that hangs)."""
+
+    def __init__(self, phone: str):
+        super().__init__()
+        self.phone, self.released, self.cancelled = phone, asyncio.Event(), 0
+
+    async def send(self, *, phone: str, text: str, link: str, notification_id: str) -> None:
+        if phone == self.phone:
+            try:
+                await self.released.wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        await super().send(phone=phone, text=text, link=link, notification_id=notification_id)
+
+
+async def test_a_gateway_call_past_half_the_lease_is_cancelled_and_retried_and_the_rest_of_its_round_is_sent(
+        make_settings, db):
+    settings = make_settings(public_base_url=BASE, notify_lease=1.0, notify_backoff=30, notify_backoff_max=30)
+    await db.execute(
+        "INSERT INTO persons (national_id, full_name, birth_date, phone, first_administered_at, last_administered_at)"
+        " SELECT '00109000001' || i, 'Trần Thị B', '1990-01-01', '091234567' || i, now(), now()"
+        " FROM generate_series(0, 2) i;"
+        " INSERT INTO notifications (kind, national_id, subject, event)"
+        " SELECT 'certificate', '00109000001' || i, 'URN:UVCI:01:VN:' || repeat(chr(65 + i), 32), 'issued'"
+        " FROM generate_series(0, 2) i")
+    gateway = SlowFor("0912345671")
+    failed_before, sent_before = counted(NOTIFICATIONS_FAILED), counted(NOTIFICATIONS_SENT)
+    async with pool_of(settings) as pool:
+        started = time.monotonic()
+        assert await send_due(pool, settings, gateway) == 3
+        took = time.monotonic() - started
+    assert 0.5 <= took < 5, f"the round took {took:.2f} s; its calls have half the 1 s lease"
+    assert gateway.cancelled == 1 and sorted(s["phone"] for s in gateway.sent) == ["0912345670", "0912345672"]
+    assert counted(NOTIFICATIONS_FAILED) - failed_before == 1 and counted(NOTIFICATIONS_SENT) - sent_before == 2
+    rows = {r["national_id"]: r for r in await db.fetch(
+        "SELECT national_id, sent_at IS NOT NULL AS sent, due_at > now() + interval '10 seconds' AS backing_off,"
+        " leased_until = '-infinity' AS released FROM notifications")}
+    assert [tuple(rows[f"00109000001{i}"][1:3]) for i in range(3)] == [(True, False), (False, True), (True, False)]
+    assert rows["001090000011"]["released"]  # due after its backoff, not after the lease
+
+
 async def test_sent_notifications_are_forgotten_after_their_retention(db):
     await db.execute(_ONE_WAITING)
     await db.execute("INSERT INTO notifications (kind, national_id, subject, event, sent_at, outcome) VALUES"

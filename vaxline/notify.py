@@ -23,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib
-import json
 import logging
 import os
 import time
 from typing import Protocol
+
+import msgspec
 
 from .config import Settings
 
@@ -81,8 +82,9 @@ class DevelopmentNotifier:
     async def send(self, *, phone: str, text: str, link: str, notification_id: str) -> None:
         # debug: a load test tells thousands a second (the outbox is what a developer reads)
         log.debug("development notifier: notification %s written to the outbox (no SMS is sent)", notification_id)
-        self._pending.append(json.dumps({"notification_id": notification_id, "phone": phone, "text": text,
-                                         "link": link, "at": time.time()}, ensure_ascii=False) + "\n")
+        # msgspec, not json.dumps: a fifth of the notifier's CPU went to the stdlib encoder. Both write UTF-8 as is.
+        self._pending.append(msgspec.json.encode({"notification_id": notification_id, "phone": phone, "text": text,
+                                                  "link": link, "at": time.time()}).decode() + "\n")
         if self._written is None:
             self._written = asyncio.get_running_loop().create_future()
             asyncio.get_running_loop().call_soon(self._flush)  # after every send of this turn of the loop

@@ -16,6 +16,7 @@ its number, never by a phone or a national ID.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
 import random
@@ -69,20 +70,22 @@ async def send_due(pool: asyncpg.Pool, settings: Settings, sender: notify.Notifi
         due = await store.claim(conn, limit=settings.notify_batch, lease=settings.notify_lease)
     if not due:
         return 0
-    # A gateway call may not outlast half the lease, so no other notifier takes a row still being sent.
-    results = await asyncio.gather(*(_send(sender, n, settings) for n in due), return_exceptions=True)
+    results = await _sent_within(sender, due, settings)
     done: list[tuple[store.Notification, str]] = []
     retries: list[tuple[store.Notification, float]] = []
+    tally: collections.Counter[tuple[str, str]] = collections.Counter()  # (kind, outcome): the metrics, once a round
     for notification, result in zip(due, results):
-        kind = notification.kind
         if isinstance(result, BaseException):
             wait = backoff(notification.attempts, base=settings.notify_backoff, cap=settings.notify_backoff_max)
             retries.append((notification, wait))
-            metrics.notifications_failed.labels(kind=kind).inc()
+            tally[notification.kind, "failed"] += 1
         else:
             done.append((notification, result))
-            counter = metrics.notifications_skipped if result == "no_phone" else metrics.notifications_sent
-            counter.labels(kind=kind).inc()
+            tally[notification.kind, result] += 1
+    counters = {"sent": metrics.notifications_sent, "no_phone": metrics.notifications_skipped,
+                "failed": metrics.notifications_failed}
+    for (kind, outcome), count in tally.items():
+        counters[outcome].labels(kind=kind).inc(count)
     async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:  # two statements a round, whatever its size
         await store.sent(conn, done)
         await store.failed(conn, retries)
@@ -93,14 +96,32 @@ async def send_due(pool: asyncpg.Pool, settings: Settings, sender: notify.Notifi
     return len(due)
 
 
+async def _sent_within(sender: notify.Notifier, due: list[store.Notification], settings: Settings
+                       ) -> list[str | BaseException]:
+    """Each notification's outcome (`sent`, `no_phone`) or exception, sent concurrently. A gateway call may not
+    outlast half the lease, so no other notifier takes a row still being sent: one deadline for the round,
+    since its calls start together, and a call still running at it is cancelled and counts as a TimeoutError
+    (one timer a round, where a timeout a call cost a twentieth of the notifier's CPU)."""
+    tasks = [asyncio.ensure_future(_send(sender, n, settings)) for n in due]
+    try:
+        await asyncio.wait(tasks, timeout=settings.notify_lease / 2)
+    finally:  # this round cancelled (the notifier stopping), or its deadline passed: no call outlives it
+        late = [task for task in tasks if not task.done()]
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+    return [TimeoutError(f"the gateway took more than {settings.notify_lease / 2:g} s") if task.cancelled()
+            else task.exception() or task.result() for task in tasks]
+
+
 async def _send(sender: notify.Notifier, notification: store.Notification, settings: Settings) -> str:
     if notification.phone is None:
         return "no_phone"
     text = notify.message(kind=notification.kind, event=notification.event, subject=notification.subject,
                           base_url=settings.public_base_url)
-    async with asyncio.timeout(settings.notify_lease / 2):  # no task of its own, as wait_for would make
-        await sender.send(phone=notification.phone, text=text.text, link=text.link,
-                          notification_id=notification_id(notification))
+    await sender.send(phone=notification.phone, text=text.text, link=text.link,
+                      notification_id=notification_id(notification))
     return "sent"
 
 
