@@ -9,10 +9,11 @@ one (the pipeline logs ids, counts and error classes only).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import sys
+
+import msgspec
 
 ALLOWED_FIELDS = (
     "batch_id", "site_id", "shard", "entry_id", "accepted", "rejected", "inserted", "duplicates", "doses",
@@ -31,10 +32,14 @@ class JsonLines(logging.Formatter):
         }
         for key in ALLOWED_FIELDS:
             if key in record.__dict__:
-                line[key] = record.__dict__[key]
+                value = record.__dict__[key]
+                line[key] = value.decode(errors="replace") if isinstance(value, bytes) else value  # an entry id
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        # msgspec rather than json.dumps: a tenth of the cost (ingest writes a line a batch); UTF-8 as is, and
+        # what JSON has no type for is written as its str(), as json.dumps' default=str did (bytes, which msgspec
+        # would write as base64, are decoded above).
+        return msgspec.json.encode(line, enc_hook=str).decode()
 
 
 def configure(level: str | int | None = None) -> None:
