@@ -82,7 +82,7 @@ class DevelopmentNotifier:
     async def send(self, *, phone: str, text: str, link: str, notification_id: str) -> None:
         # debug: a load test tells thousands a second (the outbox is what a developer reads)
         log.debug("development notifier: notification %s written to the outbox (no SMS is sent)", notification_id)
-        # msgspec, not json.dumps: a fifth of the notifier's CPU went to the stdlib encoder. Both write UTF-8 as is.
+        # msgspec, not json.dumps (9.5% of a draining notifier's samples under py-spy); both write UTF-8 as is.
         self._pending.append(msgspec.json.encode({"notification_id": notification_id, "phone": phone, "text": text,
                                                   "link": link, "at": time.time()}).decode() + "\n")
         if self._written is None:
