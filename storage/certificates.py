@@ -90,14 +90,6 @@ ON CONFLICT (national_id) WHERE status = 'current' DO NOTHING
 RETURNING national_id
 """
 
-# A carried history is the person's whole history while their row is as their persist transaction created it:
-# every later dose, correction or registry change counts in review_seq. Locked, so that none of those can commit
-# between this check and the certificate's COMMIT: one that moved every dose away would leave no current
-# certificate to supersede, and its certifier, reading before this COMMIT, nothing to revoke.
-_UNCHANGED = """
-SELECT national_id FROM persons WHERE national_id = ANY($1::text[]) AND review_seq = 0 ORDER BY national_id FOR SHARE
-"""
-
 _UPDATE_VIEW = """
 UPDATE certificates c SET doses = u.doses::jsonb, view_fingerprint = u.new
 FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[]) AS u(uvci, old, new, doses)
@@ -114,9 +106,6 @@ class Person(msgspec.Struct, frozen=True):
     current_uvci: str | None = None
     current_fingerprint: bytes | None = None
     current_view_fingerprint: bytes | None = None
-    # As the persist transaction that created the person handed them off, not read here (storage.doses.NewPerson):
-    # their certificate is stored only while nothing changed them since (`issue`).
-    carried: bool = False
 
 
 class NewCertificate(msgspec.Struct, frozen=True):
@@ -131,7 +120,6 @@ class NewCertificate(msgspec.Struct, frozen=True):
     doses_json: str
     hc1: str
     received_at: dt.datetime | None
-    carried: bool = False  # built from a carried history (Person.carried)
 
 
 async def people(conn: asyncpg.Connection, national_ids: list[str]) -> list[Person]:
@@ -190,8 +178,7 @@ async def issue(conn: asyncpg.Connection, certificates: list[NewCertificate], *,
                 issued_at: dt.datetime, expires_at: dt.datetime) -> tuple[set[str], int]:
     """Write new certificates, revoking what each supersedes: (national ids written, certificates revoked).
 
-    The ones not written lost a race and must be rebuilt from a fresh read: so are those built from a carried
-    history (Person.carried) once anything changed the person since.
+    The ones not written lost a race and must be rebuilt from a fresh read.
     """
     certificates = sorted(certificates, key=lambda c: c.national_id)  # two certifiers lock rows alike
     async with conn.transaction():
@@ -199,10 +186,7 @@ async def issue(conn: asyncpg.Connection, certificates: list[NewCertificate], *,
         revoked = {r["national_id"] for r in await conn.fetch(
             _REVOKE, [c.previous_uvci for c in superseding], [c.uvci for c in superseding],
             [c.previous_view_fingerprint for c in superseding])}
-        carried = [c.national_id for c in certificates if c.carried]
-        unchanged = {r["national_id"] for r in await conn.fetch(_UNCHANGED, carried)} if carried else set()
-        todo = [c for c in certificates if (c.previous_uvci is None or c.national_id in revoked)
-                and (not c.carried or c.national_id in unchanged)]
+        todo = [c for c in certificates if c.previous_uvci is None or c.national_id in revoked]
         written = {r["national_id"] for r in await conn.fetch(
             _INSERT,
             [c.uvci for c in todo], [c.national_id for c in todo], [c.fingerprint for c in todo],

@@ -15,7 +15,6 @@ import dataclasses
 import datetime as dt
 
 import asyncpg
-import msgspec
 
 from vaxline.entries import DOSE_FIELDS, batch_id, decoded
 
@@ -23,8 +22,6 @@ from vaxline.entries import DOSE_FIELDS, batch_id, decoded
 STAGING_COLUMNS = ("site_id", *DOSE_FIELDS, "batch_id", "received_at")
 _COLUMN_LIST = ", ".join(STAGING_COLUMNS)
 _BATCH_ID = STAGING_COLUMNS.index("batch_id")
-_NATIONAL_ID, _VACCINE, _LOT, _DOSE_NUMBER, _ADMINISTERED_AT = (
-    STAGING_COLUMNS.index(c) for c in ("national_id", "vaccine", "lot", "dose_number", "administered_at"))
 
 CREATE_STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS dose_staging ON COMMIT DELETE ROWS AS
@@ -66,7 +63,7 @@ WITH new_keys AS (
     INSERT INTO doses ({_COLUMN_LIST}, counted)
     SELECT {", ".join("n." + c for c in STAGING_COLUMNS)}, d.record_id IS NOT NULL
     FROM new_doses n LEFT JOIN days d USING (site_id, record_id)
-    RETURNING batch_id, site_id, record_id, vaccine, dose_number, administered_at, counted
+    RETURNING batch_id, site_id, vaccine, dose_number, administered_at, counted
 ), stats AS (
     -- Statistics in the same transaction as the doses they count: they cannot drift.
     INSERT INTO dose_stats (day, site_id, vaccine, dose_number, doses)
@@ -91,21 +88,8 @@ WITH new_keys AS (
            min(administered_at) OVER (PARTITION BY national_id), administered_at
     FROM new_doses ORDER BY national_id, administered_at DESC
     {PERSON_UPSERT}
-    RETURNING national_id, full_name, birth_date, xmax = 0 AS created  -- xmax 0: inserted, not updated
 )
--- Each batch's count of new doses; the persons this statement created (a person's row is made with their first
--- persisted record, so this statement gave them their whole history: storage.doses.NewPerson); each new
--- record's counted flag; the codes of the sites. persist_group puts them together with the rows it copied (a
--- join of two CTEs here would be a nested loop: the planner cannot know their sizes).
-SELECT 'b' AS kind, batch_id AS id, count(*)::int AS n, NULL AS full_name, NULL::date AS birth_date,
-       NULL::bool AS counted
-FROM inserted GROUP BY batch_id
-UNION ALL
-SELECT 'p', national_id, NULL, full_name, birth_date, NULL FROM people WHERE created
-UNION ALL
-SELECT 'd', record_id, site_id, NULL, NULL, counted FROM inserted
-UNION ALL
-SELECT 's', code, site_id, NULL, NULL, NULL FROM sites WHERE site_id IN (SELECT DISTINCT site_id FROM inserted)
+SELECT batch_id, count(*)::int AS inserted FROM inserted GROUP BY batch_id
 """
 
 # Receipts are claimed first: a batch that another worker (which took over the same entry) committed
@@ -144,22 +128,6 @@ class BatchCount:
     days: tuple[tuple[dt.date, int], ...] = ()  # doses per administration day (Vietnam), for the intake tally
 
 
-class NewPerson(msgspec.Struct, array_like=True, frozen=True):
-    """A person whose row a persist transaction created, with the whole history it gave them: what a certifier
-    would read back, handed to it so that it need not (workers.handoff). `doses` are HistoryDose's fields."""
-
-    national_id: str
-    full_name: str
-    birth_date: dt.date
-    doses: list[tuple[str, str, str, str, int, dt.datetime, bool]]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Persisted:
-    receipts: list[Receipt]
-    new_persons: list[NewPerson]
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Receipt:
     batch_id: str
@@ -193,16 +161,10 @@ async def persist(conn: asyncpg.Connection, rows: list[tuple], batches: list[Bat
 
     `rows` must be free of repeated (site_id, record_id) (see workers.rows).
     """
-    return (await persist_group(conn, rows, batches)).receipts
-
-
-async def persist_group(conn: asyncpg.Connection, rows: list[tuple], batches: list[BatchCount]) -> Persisted:
-    """`persist`, also returning the persons it created, each with their whole history."""
-    new_persons: dict[str, NewPerson] = {}
     async with conn.transaction():
         claimed = await claim(conn, batches)
         if not claimed:
-            return Persisted([], [])
+            return []
         batches = [b for b in batches if b.batch_id in claimed]
         rows = [r for r in rows if r[_BATCH_ID] in claimed]
         received: dict[tuple[int, dt.date], int] = {}
@@ -213,29 +175,14 @@ async def persist_group(conn: asyncpg.Connection, rows: list[tuple], batches: li
         keys = sorted(received)
         if rows:
             await conn.copy_records_to_table("dose_staging", records=rows, columns=STAGING_COLUMNS)
-            result = await conn.fetch(_INSERT, [k[0] for k in keys], [k[1] for k in keys], [received[k] for k in keys])
-            inserted = {r["id"]: r["n"] for r in result if r["kind"] == "b"}
-            new_persons = {r["id"]: NewPerson(r["id"], r["full_name"], r["birth_date"], []) for r in result
-                           if r["kind"] == "p"}
-            if new_persons:
-                _histories(new_persons, rows, result)
+            inserted = {r["batch_id"]: r["inserted"] for r in await conn.fetch(
+                _INSERT, [k[0] for k in keys], [k[1] for k in keys], [received[k] for k in keys])}
         elif keys:  # only resubmissions, whose first copies another worker's batch carried: received all the same
             await conn.execute(_RECEIVED, [k[0] for k in keys], [k[1] for k in keys], [received[k] for k in keys])
         receipts = [Receipt(b.batch_id, b.site_id, b.accepted, inserted.get(b.batch_id, 0),
                             b.accepted - inserted.get(b.batch_id, 0)) for b in batches]
         await conn.execute(_COUNT, [r.batch_id for r in receipts], [r.inserted for r in receipts])
-    return Persisted(receipts, list(new_persons.values()))
-
-
-def _histories(new_persons: dict[str, NewPerson], rows: list[tuple], result: list[asyncpg.Record]) -> None:
-    """Each created person's records, from the rows copied: those the statement inserted, with their counted
-    flag (a record whose key was taken already is not theirs)."""
-    counted = {(r["n"], r["id"]): r["counted"] for r in result if r["kind"] == "d"}
-    codes = {r["n"]: r["id"] for r in result if r["kind"] == "s"}
-    for row in rows:
-        if (person := new_persons.get(row[_NATIONAL_ID])) is not None and (key := (row[0], row[1])) in counted:
-            person.doses.append((codes[row[0]], row[1], row[_VACCINE], row[_LOT], row[_DOSE_NUMBER],
-                                 row[_ADMINISTERED_AT], counted[key]))
+    return receipts
 
 
 async def receipt(conn: asyncpg.Connection, batch_id: str) -> asyncpg.Record | None:

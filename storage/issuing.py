@@ -35,11 +35,9 @@ from vaxline.dcc.issue import Signer, expiry, new_uvci
 from vaxline.dcc.keys import KeyPermissions, KeyStore, NoSigningKey
 from vaxline.dcc.payload import statement
 from vaxline.filemodes import Reminder
-from vaxline.sequence import HistoryDose
 
 from . import ACQUIRE_TIMEOUT
 from . import certificates as store
-from .doses import NewPerson
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +132,7 @@ def build(person: store.Person, signer: Signer, issued_at: dt.datetime, expires_
         uvci, person.national_id, person.current_uvci, person.current_view_fingerprint, fingerprint, view,
         person.full_name, person.birth_date,
         msgspec.json.encode(stated.doses).decode(), signer.sign(dcc, issued_at, expires_at),
-        dt.datetime.fromtimestamp(received_at, dt.UTC), person.carried)
-
-
-def new_person(created: NewPerson) -> store.Person:
-    """A person as the persist transaction that created them handed them off: their whole history, and no
-    certificate yet. Stored only if nothing changed them since (storage.certificates.issue); else read again."""
-    return store.Person(created.national_id, created.full_name, created.birth_date,
-                        [HistoryDose(*dose) for dose in created.doses], carried=True)
+        dt.datetime.fromtimestamp(received_at, dt.UTC))
 
 
 def behind(person: store.Person) -> bool:
@@ -157,21 +148,17 @@ def behind(person: store.Person) -> bool:
 
 
 async def certify(pool: asyncpg.Pool, signing: Signing, todo: dict[str, float], outcome: Outcome, *,
-                  metrics: Meters, people: list[store.Person] | None = None, known: list[store.Person] = ()) -> None:
+                  metrics: Meters, people: list[store.Person] | None = None) -> None:
     """Bring the certificates of these persons (national id -> earliest 202, epoch seconds) up to date:
     read, build, sign, store, and again for whoever lost a race, until none is left.
 
     `people`, when given, is their history as the caller just read it (one snapshot with their current
-    certificate), used for the first round instead of reading it again. `known`: some of them as their
-    persist transaction created them (new_person), read only if they lose the compare-and-swap."""
+    certificate), used for the first round instead of reading it again."""
     while todo:
         started = time.perf_counter()
         signer = signing.signer()
         if people is None:
-            given = {p.national_id for p in known}
-            unknown = {nid: at for nid, at in todo.items() if nid not in given}
-            people = [*known, *(await _read(pool, unknown, outcome, metrics) if unknown else [])]
-            known = ()
+            people = await _read(pool, todo, outcome, metrics)
         issued_at = dt.datetime.now(dt.UTC).replace(microsecond=0)  # the CWT counts whole seconds
         expires_at = expiry(issued_at)
         new, views = _changes(people, signer, issued_at, expires_at, todo, outcome, metrics)

@@ -5,9 +5,7 @@ independent COSE implementation (`cwt`).
 Covers: two doses give two on the certificate (dn 2/2) and revoke the first; the same dose from two sites on
 one day counts once and keeps the same certificate (its view lists both records); the EU's dn/sd encoding
 (3/3 after two doses, 2/1 after Jcovden); a second dose arriving first is renumbered when the first arrives
-(and its wrong `dose_number` is flagged); a redelivered handoff signs nothing; the history a handoff carries
-for a person its group created is the one a certifier would read, and a carried history overtaken by a
-later dose loses the compare-and-swap and is read afresh; a certificate built before an
+(and its wrong `dose_number` is flagged); a redelivered handoff signs nothing; a certificate built before an
 in-place view update cannot replace the newer one; a rotated key signs new certificates while old ones still
 verify; every certificate is verified with an independent COSE implementation (the `cwt` package, given only
 the DSC's public key); every product's certificate passes our verifier (schema and value sets included);
@@ -23,14 +21,11 @@ import zlib
 
 import cbor2
 import cwt
-import msgspec
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from storage import certificates as store
-from storage import corrections
-from storage import issuing
 from tests.conftest import wait_until
 from tests.factory import dose
 from tests.stack import running_stack
@@ -41,11 +36,8 @@ from vaxline.dcc.names import dcc_name, transliterate
 from vaxline.dcc.payload import statement
 from vaxline.dcc.trust import TrustList
 from vaxline.dcc.verify import verify
-from vaxline.doses import Dose
-from vaxline.entries import ENTRY_FIELD, decode_entry, encode_correction, version_of
 from vaxline.sequence import HistoryDose, sequence
 from vaxline.valuesets import SERIES_DOSES, VACCINE_PRODUCTS
-from workers import handoff
 from workers.certify import Certifier
 
 VN = dt.timezone(dt.timedelta(hours=7))
@@ -158,95 +150,6 @@ async def test_a_redelivered_handoff_issues_nothing_new(settings, db):
             await pool.close()
     assert (outcome.issued, outcome.revoked, outcome.unchanged) == (0, 0, 20)
     assert await db.fetchval("SELECT count(*) FROM certificates") == 20
-
-
-async def test_a_new_persons_carried_history_is_the_history_a_certifier_reads(settings, db, redis):
-    """A group's handoff carries the persons its transaction created, each with the whole history it gave them:
-    what storage.certificates.people reads back (a same-day duplicate and its counted flag included). A
-    person known before is only named."""
-    async with running_stack(settings) as stack:
-        _, token = await stack.site()
-        known = dose(1, administered_at=at("2021-08-14"))
-        assert (await stack.post(token, {"doses": [known]})).status == 202
-        await wait_until(lambda: db.fetchval("SELECT count(*) FROM doses"), message="the first dose persisted")
-        new = dose(2, administered_at=at("2021-08-15", 9))
-        batch = [dict(known, record_id="R-2nd", dose_number=2, administered_at=at("2021-09-20")), new,
-                 dict(new, record_id="R-same-day", administered_at=at("2021-08-15", 15)),
-                 dict(new, record_id="R-later", dose_number=2, administered_at=at("2021-09-15"))]
-        assert (await stack.post(token, {"doses": batch})).status == 202
-        await wait_until(lambda: db.fetchval("SELECT count(*) = 5 FROM doses"), message="the batch persisted")
-        await wait_until(lambda: redis.xlen(settings.certify_stream), message="handed off")
-        handoffs = [handoff.decode_all(fields[ENTRY_FIELD]) for _, fields in await redis.xrange(settings.certify_stream)]
-    assert len(handoffs) == 2
-    (first_named, [first_created]), (named, [created]) = handoffs
-    assert set(first_named) == {known["national_id"]} and first_created.national_id == known["national_id"]
-    assert set(named) == {known["national_id"], new["national_id"]} and created.national_id == new["national_id"]
-    [read] = await store.people(db, [new["national_id"]])
-    carried = issuing.new_person(created)
-    assert (carried.full_name, carried.birth_date, carried.current_uvci) == (read.full_name, read.birth_date, None)
-    assert sorted(carried.history, key=lambda d: d.record_id) == sorted(read.history, key=lambda d: d.record_id)
-    assert sorted((d.record_id, d.counted) for d in carried.history) == [
-        ("R-0000002", True), ("R-later", True), ("R-same-day", False)]
-    assert statement(carried.full_name, carried.birth_date, carried.history) == statement(
-        read.full_name, read.birth_date, read.history)
-
-
-async def test_a_carried_history_overtaken_by_a_later_dose_is_read_again(settings, db, redis):
-    """A certifier given a person's carried first dose after their second was persisted and certified: its
-    certificate loses the compare-and-swap, the person is read afresh, and the certificate that stays states
-    both doses."""
-    async with running_stack(settings) as stack:
-        _, token = await stack.site()
-        first = dose(4, administered_at=at("2021-08-14"))
-        assert (await stack.post(token, {"doses": [first]})).status == 202
-        await wait_until(lambda: redis.xlen(settings.certify_stream), message="handed off")
-        [(_, fields)] = await redis.xrange(settings.certify_stream)
-        named, [stale] = handoff.decode_all(fields[ENTRY_FIELD])
-        second = dose(4, record_id="R-2nd", dose_number=2, administered_at=at("2021-09-20"))
-        assert (await stack.post(token, {"doses": [second]})).status == 202
-        await wait_until(lambda: db.fetchval("SELECT count(*) = 2 FROM doses"), message="the second dose persisted")
-    KeyStore(settings.signing_keys_dir).ensure()
-    pool = await _pool(settings)
-    try:
-        certifier = Certifier(pool, KeyStore(settings.signing_keys_dir))
-        assert (await certifier.certify(named)).issued == 1  # read: both doses
-        outcome = await certifier.certify(named, {stale.national_id: stale})  # carried: the first dose alone
-    finally:
-        await pool.close()
-    assert (outcome.issued, outcome.unchanged) == (0, 1)
-    row = await current(db, first["national_id"])
-    assert [d["record_id"] for d in json.loads(row["doses"])] == ["R-0000004", "R-2nd"]
-    assert await db.fetchval("SELECT count(*) FROM certificates") == 1
-
-
-async def test_a_carried_history_whose_dose_a_correction_moved_away_issues_nothing(settings, db, redis):
-    """The person's only record moved to another person after their handoff was written, and that correction's
-    certifier found nothing to revoke (no certificate yet): the carried history must not be stored now, or a
-    certificate would state a dose that is no longer theirs, with nothing left to revoke it."""
-    async with running_stack(settings) as stack:
-        site_id, token = await stack.site()
-        record = dose(5, administered_at=at("2021-08-14"))
-        assert (await stack.post(token, {"doses": [record]})).status == 202
-        await wait_until(lambda: redis.xlen(settings.certify_stream), message="handed off")
-        [(_, fields)] = await redis.xrange(settings.certify_stream)
-        named, [carried] = handoff.decode_all(fields[ENTRY_FIELD])
-    moved_to = dose(6)
-    fields = msgspec.convert({**record, "national_id": moved_to["national_id"], "birth_date": moved_to["birth_date"]},
-                             Dose)
-    payload = encode_correction(site_id=site_id, received_at=1.7e9, op="replace", record_id=record["record_id"],
-                                dose=fields, changed_by="site:S-001")
-    applied = await corrections.apply(db, batch_id="0-1-0", site_id=site_id, version=version_of("1-0"),
-                                      received_at=dt.datetime.now(dt.timezone.utc),
-                                      correction=decode_entry(payload).corrections[0])
-    assert record["national_id"] in applied.persons
-    KeyStore(settings.signing_keys_dir).ensure()
-    pool = await _pool(settings)
-    try:
-        outcome = await Certifier(pool, KeyStore(settings.signing_keys_dir)).certify(named, {carried.national_id: carried})
-    finally:
-        await pool.close()
-    assert outcome.issued == 0
-    assert await db.fetchval("SELECT count(*) FROM certificates WHERE national_id = $1", record["national_id"]) == 0
 
 
 async def test_rotated_key_signs_new_certificates_and_old_ones_still_verify(settings, db):

@@ -29,7 +29,6 @@ import msgspec
 
 from monitoring import metrics
 from storage import ACQUIRE_TIMEOUT, deadletters, issuing
-from storage.doses import NewPerson
 from storage.errors import POISON
 from storage.issuing import Outcome, Signing
 from vaxline.config import Settings
@@ -53,19 +52,16 @@ class Certifier:
         self._signing = Signing(keys)
         self._chunk = chunk  # persons signed, then stored, at a time: certificates appear as they are made
 
-    async def certify(self, persons: dict[str, float], new_persons: dict[str, NewPerson] | None = None) -> Outcome:
-        """Bring the certificates of these persons (national id -> earliest 202) up to date; those in
-        `new_persons` are taken with the history their handoff carried instead of being read. A chunk that
+    async def certify(self, persons: dict[str, float]) -> Outcome:
+        """Bring the certificates of these persons (national id -> earliest 202) up to date. A chunk that
         fails on an error of the data is kept in failed_handoffs (`vaxline deadletters replay --certify`
         hands it on again once the cause is fixed) and the other chunks go on."""
         outcome = Outcome()
         ids = list(persons)
-        new_persons = new_persons or {}
         for start in range(0, len(ids), self._chunk):
             chunk = {nid: persons[nid] for nid in ids[start:start + self._chunk]}
-            known = [issuing.new_person(new_persons[nid]) for nid in chunk if nid in new_persons]
             try:
-                await issuing.certify(self._pool, self._signing, chunk, outcome, metrics=metrics, known=known)
+                await issuing.certify(self._pool, self._signing, chunk, outcome, metrics=metrics)
             except POISON as e:
                 await self._failed(chunk, e)
         metrics.certificates_unchanged.inc(outcome.unchanged)
@@ -97,12 +93,12 @@ async def _drain(redis, certifier: Certifier, settings: Settings, consumer: str,
     await ensure_groups(redis, settings)
     reader = ShardReader(redis, settings, consumer, streams=[settings.certify_stream], group=settings.certify_group)
     while not stop.is_set():
-        entries, persons, new_persons = await _gather(reader, settings, stop)
+        entries, persons = await _gather(reader, settings, stop)
         if not entries:
             continue
         try:
             if persons:
-                await retrying(stop, certifier.certify, persons, new_persons, retries=metrics.certify_retries)
+                await retrying(stop, certifier.certify, persons, retries=metrics.certify_retries)
         except POISON as e:
             # Keeping a failed chunk failed on the data too (Certifier._failed): nothing left to keep it in.
             # The persons keep their previous certificate until their next persisted dose hands them off again.
@@ -112,14 +108,11 @@ async def _drain(redis, certifier: Certifier, settings: Settings, consumer: str,
 
 
 async def _gather(reader: ShardReader, settings: Settings, stop: asyncio.Event
-                  ) -> tuple[list[StreamEntry], dict[str, float], dict[str, NewPerson]]:
+                  ) -> tuple[list[StreamEntry], dict[str, float]]:
     """Handoffs up to certify_max_persons (one persisted group may hand off more), or whatever came
-    within certify_max_wait of the first; with the histories carried for persons their group created, but
-    for a person another handoff of the round names too (whose history is then more than that)."""
+    within certify_max_wait of the first."""
     entries: list[StreamEntry] = []
     persons: dict[str, float] = {}
-    new_persons: dict[str, NewPerson] = {}
-    named_again: set[str] = set()
     deadline = None
     while len(persons) < settings.certify_max_persons and not stop.is_set():
         remaining = 0.2 if deadline is None else deadline - time.monotonic()
@@ -130,20 +123,13 @@ async def _gather(reader: ShardReader, settings: Settings, stop: asyncio.Event
             if entry.payload is None:
                 continue  # trimmed away: nothing to decode, acknowledged with the rest
             try:
-                named, created = handoff.decode_all(entry.payload)
+                for nid, received_at in handoff.decode(entry.payload).items():
+                    persons[nid] = min(received_at, persons.get(nid, received_at))
             except msgspec.DecodeError:
                 log.error("undecodable handoff %s acknowledged", entry.entry_id)
-                continue
-            for nid, received_at in named.items():
-                if nid in persons:
-                    named_again.add(nid)
-                persons[nid] = min(received_at, persons.get(nid, received_at))
-            new_persons.update((p.national_id, p) for p in created)
         if entries and deadline is None:
             deadline = time.monotonic() + settings.certify_max_wait
-    for nid in named_again:
-        new_persons.pop(nid, None)
-    return entries, persons, new_persons
+    return entries, persons
 
 
 async def _housekeeping(redis, settings: Settings, stop: asyncio.Event) -> None:

@@ -5,13 +5,6 @@ persisting (DESIGN: a certificate costs as much CPU as its COPY). One entry
 per persisted group: each person once, with the earliest 202 that touched
 them, for the 202-to-certificate freshness. Handing off twice is harmless:
 a certifier reissues only when the history says something new.
-
-The persons the group's transaction created come with the whole history it
-gave them (storage.doses.NewPerson), so that a certifier signs them without
-reading them back: on a day of first doses, most of them. What it writes
-stays a compare-and-swap on the person's current certificate, so a history
-overtaken meanwhile (a second dose persisted, a lookup that issued) loses
-the swap and is read afresh, as any lost race is.
 """
 
 from __future__ import annotations
@@ -19,7 +12,6 @@ from __future__ import annotations
 import msgspec
 import redis.asyncio as aioredis
 
-from storage.doses import NewPerson
 from vaxline.config import Settings
 from vaxline.entries import DOSE_FIELDS, ENTRY_FIELD
 
@@ -31,7 +23,6 @@ _NATIONAL_ID = DOSE_FIELDS.index("national_id")
 class Handoff(msgspec.Struct, array_like=True):
     national_ids: list[str]
     received_at: list[float]  # epoch seconds of the earliest 202 per person
-    new_persons: list[NewPerson] = []  # those of national_ids the group created; entries of before end above
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -49,28 +40,21 @@ def persons(group: list[DecodedEntry]) -> dict[str, float]:
     return earliest
 
 
-def encode(earliest: dict[str, float], new_persons: list[NewPerson] = ()) -> bytes:
-    return _encoder.encode(Handoff(list(earliest), list(earliest.values()), list(new_persons)))
+def encode(earliest: dict[str, float]) -> bytes:
+    return _encoder.encode(Handoff(list(earliest), list(earliest.values())))
 
 
 def decode(payload: bytes) -> dict[str, float]:
-    return decode_all(payload)[0]
-
-
-def decode_all(payload: bytes) -> tuple[dict[str, float], list[NewPerson]]:
-    """(national id -> earliest 202, the persons the group created with their histories)."""
     handoff = _decoder.decode(payload)
-    return dict(zip(handoff.national_ids, handoff.received_at, strict=True)), handoff.new_persons
+    return dict(zip(handoff.national_ids, handoff.received_at, strict=True))
 
 
 async def send(redis: aioredis.Redis, settings: Settings, group: list[DecodedEntry],
-               corrected: dict[str, float] | None = None, new_persons: list[NewPerson] = ()) -> None:
+               corrected: dict[str, float] | None = None) -> None:
     """Hand off the persons of the group's doses and those whose records a correction changed (a
-    correction may move a dose away from someone, whose certificate then changes too); with the histories of
-    the persons the group created, but for any a correction of the group touched."""
+    correction may move a dose away from someone, whose certificate then changes too)."""
     earliest = persons(group)
     for nid, received_at in (corrected or {}).items():
         earliest[nid] = min(received_at, earliest.get(nid, received_at))
     if earliest:
-        carried = [p for p in new_persons if p.national_id in earliest and p.national_id not in (corrected or {})]
-        await redis.xadd(settings.certify_stream, {ENTRY_FIELD: encode(earliest, carried)})
+        await redis.xadd(settings.certify_stream, {ENTRY_FIELD: encode(earliest)})

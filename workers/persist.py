@@ -53,7 +53,7 @@ class Persister:
     async def persist(self, group: list[DecodedEntry]) -> list[dose_store.Receipt]:
         """Persist and acknowledge a group; returns the receipts written."""
         try:
-            receipts, corrected, new_persons = await self._retrying(self._attempt, group)
+            receipts, corrected = await self._retrying(self._attempt, group)
         except POISON as e:
             if len(group) == 1:
                 await self._failed(group[0].entry, e)
@@ -63,7 +63,7 @@ class Persister:
             for decoded in group:
                 receipts.extend(await self.persist([decoded]))
             return receipts
-        await handoff.send(self._redis, self._settings, group, corrected, new_persons)
+        await handoff.send(self._redis, self._settings, group, corrected)
         await self._reader.ack([d.entry for d in group])
         return receipts
 
@@ -74,19 +74,16 @@ class Persister:
     async def _retrying(self, operation, *args):
         return await retrying(self._stop, operation, *args)
 
-    async def _attempt(self, group: list[DecodedEntry]
-                       ) -> tuple[list[dose_store.Receipt], dict[str, float], list[dose_store.NewPerson]]:
+    async def _attempt(self, group: list[DecodedEntry]) -> tuple[list[dose_store.Receipt], dict[str, float]]:
         """Persist the group's batches in one transaction, then apply its corrections one by one;
-        (receipts written, persons whose records a correction changed -> its 202 time, persons the
-        batches' transaction created, with their histories)."""
+        (receipts written, persons whose records a correction changed -> its 202 time)."""
         started = time.perf_counter()
         batches = [d for d in group if not d.batch.corrections]
         async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             done = await dose_store.persisted_batches(conn, [d.batch_id for d in group])
             todo = [d for d in batches if d.batch_id not in done]
             rows, counts = to_rows(todo)
-            persisted = await dose_store.persist_group(conn, rows, counts) if todo else dose_store.Persisted([], [])
-            receipts = list(persisted.receipts)
+            receipts = await dose_store.persist(conn, rows, counts) if todo else []
             for decoded in group:
                 if decoded.batch.corrections and decoded.batch_id not in done:
                     receipts.extend(await self._correct(conn, decoded))
@@ -110,7 +107,7 @@ class Persister:
                 continue  # a correction: counted in corrections_applied, not as new doses
             metrics.doses_inserted.inc(receipt.inserted)
             metrics.doses_duplicate.inc(receipt.duplicates)
-        return receipts, {nid: received[batch_id] for nid, batch_id in corrected.items()}, persisted.new_persons
+        return receipts, {nid: received[batch_id] for nid, batch_id in corrected.items()}
 
     @staticmethod
     async def _correct(conn, decoded: DecodedEntry) -> list[dose_store.Receipt]:
