@@ -48,15 +48,24 @@ def start_postgres(folder: Path):
 
 
 def shared_buffer_pages(memory: int | None = None) -> int:
-    """Postgres' shared buffers, in 8 kB pages: a quarter of the machine's memory (Postgres' own advice for a
-    dedicated server), from 128 MB (initdb's default) to 8 GB. A day's tables outgrow 128 MB within minutes;
-    past that, each insert into a random place of an index (national IDs, UVCIs) reads its page in and
-    writes another out: at the 30-minute day's morning peak the backends wrote 32,700 pages a second
-    (`pg_stat_bgwriter.buffers_backend`) and read 41,900, and waited on the WAL flush each dirty page's
-    eviction needs."""
+    """Postgres' shared buffers, in 8 kB pages: a quarter of the machine's memory, or of its container's
+    limit (Postgres' own advice for a dedicated server), from 128 MB (initdb's default) to 8 GB. A day's
+    tables outgrow 128 MB within minutes; past that, each insert into a random place of an index (national
+    IDs, UVCIs) brings its page in and writes another out: at the 30-minute day's morning peak the backends
+    wrote 32,700 pages a second (`pg_stat_bgwriter.buffers_backend`) and allocated 41,900, and waited on
+    the WAL flush each dirty page's eviction needs."""
     if memory is None:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        memory = _memory()
     return min(8 << 30, max(128 << 20, memory // 4)) // 8192
+
+
+def _memory() -> int:
+    """The machine's memory, or the container's limit when that is less (cgroup v2, else v1)."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):  # absent, or "max": no limit
+            memory = min(memory, int(Path(limit).read_text()))
+    return memory
 
 
 # What pgserver's initdb leaves at Postgres' defaults and a write-heavy OLTP load wants otherwise; each takes
