@@ -36,10 +36,11 @@ def start_postgres(folder: Path):
 
     folder.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(folder.resolve(), cleanup_mode="stop")
-    settings = {**POSTGRES_SETTINGS, "shared_buffers": f"{shared_buffer_pages() * 8}kB"}
+    pages = shared_buffer_pages()
+    settings = {**POSTGRES_SETTINGS, "shared_buffers": f"{pages * 8}kB"}
     server.psql("".join(f"ALTER SYSTEM SET {name} = '{value}';\n" for name, value in settings.items())
                 + "SELECT pg_reload_conf();\n")  # one statement a line: psql runs each in autocommit
-    if f"buffers={shared_buffer_pages()}." not in server.psql(
+    if f"buffers={pages}." not in server.psql(
             "SELECT 'buffers=' || setting || '.' FROM pg_settings WHERE name = 'shared_buffers';\n"):
         # shared_buffers takes effect only at a start: a new data folder (initdb's 128 MB) starts twice, once.
         server.cleanup()  # stops it (this process's handle is the only one; else it stays as it is)

@@ -1,9 +1,10 @@
 """The embedded Redis: durable by default, and never two servers on one AOF.
 
 Covers: the embedded Redis runs `appendfsync always`; the embedded Postgres runs without JIT, with checkpoints
-far apart (deploy.embedded.POSTGRES_SETTINGS) and with a quarter of the machine's memory as shared buffers, within
-bounds, a new data folder included (it starts twice: shared_buffers is read only at a start); one left by a killed run is stopped and its data kept;
-a stack stops the embedded Postgres it started, also when its folder is removed next (as benchmarks do).
+far apart (deploy.embedded.POSTGRES_SETTINGS) and with a quarter of the machine's memory as shared buffers,
+within bounds, a new data folder included (it starts twice: shared_buffers is read only at a start); one left
+by a killed run is stopped and its data kept; a stack stops the embedded Postgres it started, also when its
+folder is removed next (as benchmarks do).
 """
 
 import shutil
