@@ -33,22 +33,34 @@ from . import notifications
 # read from a history that this one contains, which is what makes replacing it safe.
 _DOSES = """
 CROSS JOIN LATERAL (
-    SELECT s.code AS site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at, d.counted, d.received_at
-    FROM doses d JOIN sites s ON s.site_id = d.site_id
+    SELECT d.site_id, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at, d.counted, d.received_at
+    FROM doses d
     WHERE d.national_id = p.national_id
       AND d.administered_at BETWEEN p.first_administered_at AND p.last_administered_at
     OFFSET 0
 ) d
 """
 
+# The site codes are joined once for the whole chunk, outside the loop over its persons (the inner OFFSET 0
+# keeps the planner from moving the join back in). Inside it, the planner, which expects a row from every
+# monthly partition, joined each person's doses to the whole sites table again: a scan and a hash of every
+# site per person. With 200-10,000 sites, 1,000 persons' histories took 29-38 us a person that way and
+# 15-20 us this way (docs/benchmarks.md, 2026-12-07, night).
 _HISTORY = """
-SELECT p.national_id, p.full_name, p.birth_date, c.uvci AS current_uvci, c.fingerprint AS current_fingerprint,
-       c.view_fingerprint AS current_view_fingerprint, d.site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at,
-       d.counted
-FROM unnest($1::text[]) AS i(national_id)
-JOIN persons p ON p.national_id = i.national_id
-LEFT JOIN certificates c ON c.national_id = p.national_id AND c.status = 'current'
-""" + _DOSES
+SELECT h.national_id, h.full_name, h.birth_date, h.current_uvci, h.current_fingerprint, h.current_view_fingerprint,
+       s.code AS site, h.record_id, h.vaccine, h.lot, h.dose_number, h.administered_at, h.counted
+FROM (
+    SELECT p.national_id, p.full_name, p.birth_date, c.uvci AS current_uvci, c.fingerprint AS current_fingerprint,
+           c.view_fingerprint AS current_view_fingerprint, d.site_id, d.record_id, d.vaccine, d.lot, d.dose_number,
+           d.administered_at, d.counted
+    FROM unnest($1::text[]) AS i(national_id)
+    JOIN persons p ON p.national_id = i.national_id
+    LEFT JOIN certificates c ON c.national_id = p.national_id AND c.status = 'current'
+    """ + _DOSES + """
+    OFFSET 0
+) h
+JOIN sites s ON s.site_id = h.site_id
+"""
 
 _COLUMNS = "uvci, national_id, status, full_name, birth_date, doses, hc1, issued_at, expires_at, revoked_at, superseded_by"
 
@@ -62,11 +74,12 @@ _LOOKUP = f"""
 SELECT p.national_id, p.full_name, p.birth_date, c.uvci AS current_uvci, c.fingerprint AS current_fingerprint,
        c.view_fingerprint AS current_view_fingerprint,
        {", ".join(f"c.{column} AS c_{column}" for column in _COLUMNS.split(", "))},
-       d.site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at, d.counted, d.received_at
+       s.code AS site, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at, d.counted, d.received_at
 FROM unnest(ARRAY[$1::text]) AS i(national_id)
 JOIN persons p ON p.national_id = i.national_id AND p.birth_date = $2
 LEFT JOIN certificates c ON c.national_id = p.national_id AND c.status = 'current'
-{_DOSES}"""
+{_DOSES}
+JOIN sites s ON s.site_id = d.site_id"""
 
 _REVOKE = """
 UPDATE certificates c SET status = 'revoked', revoked_at = clock_timestamp(), superseded_by = i.new

@@ -24,21 +24,30 @@ WHERE review_due AND pg_try_advisory_xact_lock(hashtextextended('vaxline.review:
 LIMIT $1
 """
 
+# As storage.certificates' history: the person's doses by a LATERAL probe into their partitions, and the site
+# codes joined once for the whole chunk outside the loop over its persons, not scanned again for each person.
 _HISTORY = """
-SELECT p.national_id,
-       vx_registry_status(p.full_name, p.birth_date, r.full_name, r.birth_date) AS person_status,
-       d.site_id, d.site, d.record_id, d.vaccine, d.dose_number, d.administered_at, d.counted, d.birth_date, d.sex,
-       vx_registry_status(d.full_name, d.birth_date, r.full_name, r.birth_date) AS record_status
-FROM unnest($1::text[]) AS i(national_id)
-JOIN persons p ON p.national_id = i.national_id
-LEFT JOIN registry r ON r.national_id = p.national_id
-LEFT JOIN LATERAL (
-    SELECT d.site_id, s.code AS site, d.record_id, d.vaccine, d.dose_number, d.administered_at, d.counted,
-           d.full_name, d.birth_date, d.sex
-    FROM doses d JOIN sites s ON s.site_id = d.site_id
-    WHERE d.national_id = p.national_id
-      AND d.administered_at BETWEEN p.first_administered_at AND p.last_administered_at
-) d ON true
+SELECT h.national_id, h.person_status, h.site_id, s.code AS site, h.record_id, h.vaccine, h.dose_number,
+       h.administered_at, h.counted, h.birth_date, h.sex, h.record_status
+FROM (
+    SELECT p.national_id,
+           vx_registry_status(p.full_name, p.birth_date, r.full_name, r.birth_date) AS person_status,
+           d.site_id, d.record_id, d.vaccine, d.dose_number, d.administered_at, d.counted, d.birth_date, d.sex,
+           vx_registry_status(d.full_name, d.birth_date, r.full_name, r.birth_date) AS record_status
+    FROM unnest($1::text[]) AS i(national_id)
+    JOIN persons p ON p.national_id = i.national_id
+    LEFT JOIN registry r ON r.national_id = p.national_id
+    LEFT JOIN LATERAL (
+        SELECT d.site_id, d.record_id, d.vaccine, d.dose_number, d.administered_at, d.counted, d.full_name,
+               d.birth_date, d.sex
+        FROM doses d
+        WHERE d.national_id = p.national_id
+          AND d.administered_at BETWEEN p.first_administered_at AND p.last_administered_at
+        OFFSET 0
+    ) d ON true
+    OFFSET 0
+) h
+LEFT JOIN sites s ON s.site_id = h.site_id
 """
 
 _WRITE_FLAGS = """
