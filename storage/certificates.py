@@ -44,8 +44,8 @@ CROSS JOIN LATERAL (
 # The site codes are joined once for the whole chunk, outside the loop over its persons (the inner OFFSET 0
 # keeps the planner from moving the join back in). Inside it, the planner, which expects a row from every
 # monthly partition, joined each person's doses to the whole sites table again: a scan and a hash of every
-# site per person. With 200-10,000 sites, 1,000 persons' histories took 29-38 us a person that way and
-# 15-20 us this way (docs/benchmarks.md, 2026-12-07, night).
+# site per person. With 500 sites, a 1,000-person chunk cost Postgres 43-48 us a person that way and 12-14 us
+# this way (docs/benchmarks.md, 2026-12-07, night).
 _HISTORY = """
 SELECT h.national_id, h.full_name, h.birth_date, h.current_uvci, h.current_fingerprint, h.current_view_fingerprint,
        s.code AS site, h.record_id, h.vaccine, h.lot, h.dose_number, h.administered_at, h.counted
