@@ -41,7 +41,7 @@ CROSS JOIN LATERAL (
 ) d
 """
 
-# The site codes are joined once for the whole chunk, outside the loop over its persons (the inner OFFSET 0
+# The site codes are joined once for the whole chunk, outside the loop over its persons (the OFFSET 0 closing h
 # keeps the planner from moving the join back in). Inside it, the planner, which expects a row from every
 # monthly partition, joined each person's doses to the whole sites table again: a scan and a hash of every
 # site per person. With 500 sites, a 1,000-person chunk cost Postgres 43-48 us a person that way and 12-14 us
