@@ -29,17 +29,25 @@ from . import notifications
 # OFFSET 0 keeps the planner from pulling the subquery up into a join it may then hash: with statistics
 # behind a fast-growing table (never analyzed yet, or 10% behind), the custom plans of a prepared
 # statement's first five runs hashed every dose and person, 147 ms for 1,000 persons against 8 ms.
-# The current certificate comes in the same statement, hence the same snapshot: whatever it states was
-# read from a history that this one contains, which is what makes replacing it safe.
-_DOSES = """
-CROSS JOIN LATERAL (
-    SELECT d.site_id, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at, d.counted, d.received_at
+# Shared with the reviewer's read (storage.review), which keeps persons with no dose left (`keep_persons`).
+def doses_lateral(columns: str, *, keep_persons: bool = False) -> str:
+    """The doses of `p` (the enclosing query's person) as `d`, with these columns of `doses d`."""
+    join, on = ("LEFT JOIN LATERAL", " ON true") if keep_persons else ("CROSS JOIN LATERAL", "")
+    return f"""
+{join} (
+    SELECT {columns}
     FROM doses d
     WHERE d.national_id = p.national_id
       AND d.administered_at BETWEEN p.first_administered_at AND p.last_administered_at
     OFFSET 0
-) d
+) d{on}
 """
+
+
+# The current certificate comes in the same statement, hence the same snapshot: whatever it states was
+# read from a history that this one contains, which is what makes replacing it safe.
+_DOSES = doses_lateral(
+    "d.site_id, d.record_id, d.vaccine, d.lot, d.dose_number, d.administered_at, d.counted, d.received_at")
 
 # The site codes are joined once for the whole chunk, outside the loop over its persons (the OFFSET 0 closing h
 # keeps the planner from moving the join back in). Inside it, the planner, which expects a row from every

@@ -16,6 +16,8 @@ import asyncpg
 
 from vaxline.review import Flag, RecordedDose, flags
 
+from .certificates import doses_lateral
+
 # pg_try_advisory_xact_lock: one reviewer per person at a time, without blocking anyone; a person's
 # lock may be taken a little beyond the LIMIT, and is let go at the end of the transaction.
 _DUE = """
@@ -24,7 +26,7 @@ WHERE review_due AND pg_try_advisory_xact_lock(hashtextextended('vaxline.review:
 LIMIT $1
 """
 
-# As storage.certificates' history: the person's doses by a LATERAL probe into their partitions, and the site
+# As storage.certificates' history: the person's doses by its LATERAL probe into their partitions, and the site
 # codes joined once for the whole chunk outside the loop over its persons, not scanned again for each person.
 _HISTORY = """
 SELECT h.national_id, h.person_status, h.site_id, s.code AS site, h.record_id, h.vaccine, h.dose_number,
@@ -37,14 +39,8 @@ FROM (
     FROM unnest($1::text[]) AS i(national_id)
     JOIN persons p ON p.national_id = i.national_id
     LEFT JOIN registry r ON r.national_id = p.national_id
-    LEFT JOIN LATERAL (
-        SELECT d.site_id, d.record_id, d.vaccine, d.dose_number, d.administered_at, d.counted, d.full_name,
-               d.birth_date, d.sex
-        FROM doses d
-        WHERE d.national_id = p.national_id
-          AND d.administered_at BETWEEN p.first_administered_at AND p.last_administered_at
-        OFFSET 0
-    ) d ON true
+    """ + doses_lateral("d.site_id, d.record_id, d.vaccine, d.dose_number, d.administered_at, d.counted,"
+                        " d.full_name, d.birth_date, d.sex", keep_persons=True) + """
     OFFSET 0
 ) h
 LEFT JOIN sites s ON s.site_id = h.site_id
