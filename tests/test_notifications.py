@@ -11,7 +11,8 @@ record, and a later certificate its own ("updated"), never two for one certifica
 the one before is in flight gets its own, as an update; while the gateway fails, two notifier loops retry with
 backoff (failures counted, the backlog gauge at 20, nothing sent, nothing lost) and, once it answers, each person
 gets exactly one SMS; a claim is a heap-only update and a failed notification is due after its
-backoff, not its lease; a person with no phone on record is skipped and counted; a certificate whose transaction
+backoff, not its lease; marking a round and putting one back read its rows by primary key, even with statistics
+that say the outbox is empty; a person with no phone on record is skipped and counted; a certificate whose transaction
 rolls back leaves no notification, and one that commits leaves one; a rejected correction request tells the phone
 on record (not the one typed into the request) with the link to /corrections/{id}; the backoff doubles up to its
 cap.
@@ -412,6 +413,39 @@ async def test_a_claim_is_a_heap_only_update_and_a_failed_one_is_due_after_its_b
     await notifications.failed(db, [(claimed, 0.0)])
     (again,) = await notifications.claim(db, limit=10, lease=60)
     assert (again.id, again.attempts) == (claimed.id, 2)
+
+
+async def test_a_rounds_mark_and_retry_read_its_rows_by_primary_key_whatever_the_statistics_say(db):
+    """Statistics taken while every notification was sent, then a burst: the planner, told the outbox is empty,
+    read a round's ids through the due index (its predicate is `sent_at IS NULL`), scanning the whole backlog
+    for every row of the round. Marking a round and putting one back read only its rows, by primary key."""
+    backlog, size = 20_000, 100
+    await db.execute("INSERT INTO notifications (kind, national_id, subject, event)"
+                     " SELECT 'certificate', 'P' || g, 'URN:UVCI:01:VN:' || md5(g::text), 'issued'"
+                     " FROM generate_series(1, $1) g", backlog)
+    await db.execute("UPDATE notifications SET sent_at = now(), outcome = 'sent'")
+    await db.execute("ANALYZE notifications")
+    await db.execute("UPDATE notifications SET sent_at = NULL, outcome = NULL")  # the burst the statistics missed
+    rows = await db.fetch("SELECT id, kind, subject, event FROM notifications ORDER BY id LIMIT $1", 2 * size)
+    told = [notifications.Notification(r["id"], r["kind"], r["subject"], r["event"], 1, None) for r in rows]
+    mark, retry = told[:size], told[size:]
+
+    async def plan(statement: str, *args) -> dict:
+        [row] = await db.fetch("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, *args)
+        return json.loads(row[0])[0]["Plan"]
+
+    def nodes(node: dict):
+        yield node
+        for child in node.get("Plans", []):
+            yield from nodes(child)
+
+    for executed in (await plan(notifications._SENT, [n.id for n in mark], [n.subject for n in mark],
+                                ["sent"] * size),
+                     await plan(notifications._FAILED, [n.id for n in retry], [30.0] * size)):
+        assert {node.get("Index Name") for node in nodes(executed)} - {None} == {"notifications_pkey"}
+        assert max(node["Shared Hit Blocks"] + node["Shared Read Blocks"] for node in nodes(executed)) < 50 * size
+    assert await db.fetchval("SELECT count(*) FROM notifications WHERE sent_at IS NOT NULL") == size
+    assert await db.fetchval("SELECT count(*) FROM notifications WHERE due_at > now()") == size
 
 
 def test_a_backlog_gauge_is_counted_less_often_when_counting_it_is_slow():
