@@ -89,10 +89,26 @@ LEFT JOIN certificates c ON c.national_id = p.national_id AND c.status = 'curren
 {_DOSES}
 JOIN sites s ON s.site_id = d.site_id"""
 
-_REVOKE = """
-UPDATE certificates c SET status = 'revoked', revoked_at = clock_timestamp(), superseded_by = i.new
-FROM unnest($1::text[], $2::text[], $3::bytea[]) AS i(old, new, old_view)
-WHERE c.uvci = i.old AND c.status = 'current' AND c.view_fingerprint = i.old_view
+# The compare-and-swap (still current, its view unchanged) reads each certificate's state from its locked row,
+# which FOR UPDATE returns as it is once locked, and never as a condition on a scan: `status = 'current'` is
+# the predicate of certificates_current, and with statistics taken while the table was small the planner read
+# that whole index for a handful of UVCIs instead of the primary key. In a 4-minute day one revocation of 12
+# certificates took 165 ms that way (100,483 index entries, 15,383 buffers); the statement averaged 196 us a
+# certificate over the day against 32 us in a run whose statistics happened to be fresh (docs/benchmarks.md,
+# 2026-12-07, late). The rows are locked in national ID order, as the insert below takes its arbiter's.
+_LOCKED = """
+WITH l AS MATERIALIZED (
+    SELECT c.uvci, c.status, c.view_fingerprint, {columns}
+    FROM {rows}
+    JOIN certificates c ON c.uvci = i.uvci
+    ORDER BY c.national_id
+    FOR UPDATE OF c
+)"""
+
+_REVOKE = _LOCKED.format(columns="i.new, i.old_view",
+                         rows="unnest($1::text[], $2::text[], $3::bytea[]) AS i(uvci, new, old_view)") + """
+UPDATE certificates c SET status = 'revoked', revoked_at = clock_timestamp(), superseded_by = l.new
+FROM l WHERE c.uvci = l.uvci AND l.status = 'current' AND l.view_fingerprint = l.old_view
 RETURNING c.national_id
 """
 
@@ -111,10 +127,11 @@ ON CONFLICT (national_id) WHERE status = 'current' DO NOTHING
 RETURNING national_id
 """
 
-_UPDATE_VIEW = """
-UPDATE certificates c SET doses = u.doses::jsonb, view_fingerprint = u.new
-FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[]) AS u(uvci, old, new, doses)
-WHERE c.uvci = u.uvci AND c.status = 'current' AND c.view_fingerprint = u.old
+_UPDATE_VIEW = _LOCKED.format(
+    columns="i.old, i.new, i.doses",
+    rows="unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[]) AS i(uvci, old, new, doses)") + """
+UPDATE certificates c SET doses = l.doses::jsonb, view_fingerprint = l.new
+FROM l WHERE c.uvci = l.uvci AND l.status = 'current' AND l.view_fingerprint = l.old
 RETURNING c.national_id
 """
 

@@ -1,10 +1,14 @@
-"""The chunked history reads (a certifier's, a reviewer's) join the sites once per statement, not once per person.
+"""Plans that must not depend on the statistics of the moment. The chunked history reads (a certifier's, a
+reviewer's) join the sites once per statement, not once per person.
 
 With the monthly partitions in place the planner expects a row from each of them for every person, and had put
 the join to `sites` inside the loop over the chunk's persons: a scan and a hash of the whole sites table for
 each person, 43-48 us of Postgres a person with 500 sites against 12-14 us now (docs/benchmarks.md,
 2026-12-07, night). Read with EXPLAIN ANALYZE on a real Postgres: the sites table is read exactly once, and
 every dose still comes with its own site's code.
+
+Revoking and updating a certificate's view read their rows by UVCI even with statistics that say few
+certificates are current (a fresh day's, whose first statistics were taken while the table was small).
 """
 
 from __future__ import annotations
@@ -82,3 +86,38 @@ async def test_a_reviewers_history_reads_the_sites_once_for_the_chunk(db):
         "SELECT d.national_id, d.record_id, d.site_id, s.code FROM doses d JOIN sites s USING (site_id)")}
     assert len(rows) == 2 * PERSONS
     assert {(r["national_id"], r["record_id"]): (r["site_id"], r["site"]) for r in rows} == stored
+
+
+async def test_revoking_and_updating_views_read_the_certificates_by_uvci_whatever_the_statistics_say(db):
+    """Statistics taken while nearly every certificate was revoked, then a day's worth made current: the
+    planner, told certificates_current holds a handful, read that whole index for a few UVCIs (its predicate,
+    `status = 'current'`, was the compare-and-swap's condition). Both statements read their rows by UVCI, and
+    still change only a certificate that is current with the view they were built against."""
+    count, size = 20_000, 12
+    await db.execute("""
+        INSERT INTO certificates (uvci, national_id, status, fingerprint, view_fingerprint, full_name, birth_date,
+                                  doses, kid, hc1, issued_at, expires_at)
+        SELECT 'URN:UVCI:01:VN:' || md5(g::text), 'P' || lpad(g::text, 11, '0'), 'revoked', '\\x01', '\\x01',
+               'Plan Person', '1990-01-01', '[]', '\\x00', 'HC1:', now(), now() + interval '1 year'
+        FROM generate_series(1, $1) g""", count)
+    await db.execute("ANALYZE certificates")
+    await db.execute("UPDATE certificates SET status = 'current'")  # what the statistics did not see
+    rows = await db.fetch("SELECT uvci FROM certificates ORDER BY uvci LIMIT $1", 3 * size)
+    revoked, viewed, stale = ([r["uvci"] for r in rows[k * size:(k + 1) * size]] for k in range(3))
+
+    async def plan(statement: str, *args) -> dict:
+        [row] = await db.fetch("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, *args)
+        return json.loads(row[0])[0]["Plan"]
+
+    executed = [
+        await plan(certificates._REVOKE, revoked, [f"NEW-{u}" for u in revoked], [b"\x01"] * size),
+        await plan(certificates._UPDATE_VIEW, viewed, [b"\x01"] * size, [b"\x02"] * size, ["[1]"] * size),
+        await plan(certificates._UPDATE_VIEW, stale, [b"\x09"] * size, [b"\x02"] * size, ["[1]"] * size),
+    ]
+    for root in executed:
+        assert {node.get("Index Name") for node in _nodes(root)} - {None} == {"certificates_pkey"}
+        assert max(node["Shared Hit Blocks"] + node["Shared Read Blocks"] for node in _nodes(root)) < 50 * size
+    changed = dict(await db.fetch("SELECT uvci, status || ' ' || encode(view_fingerprint, 'hex') FROM certificates"
+                                  " WHERE uvci = ANY($1::text[])", revoked + viewed + stale))
+    assert changed == {**dict.fromkeys(revoked, "revoked 01"), **dict.fromkeys(viewed, "current 02"),
+                       **dict.fromkeys(stale, "current 01")}  # a view built against another is left alone
