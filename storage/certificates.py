@@ -22,6 +22,7 @@ import msgspec
 from vaxline.sequence import HistoryDose
 
 from . import notifications
+from .locking import locked_rows
 
 # Person first, then their doses: a LATERAL join keeps the index plan however large `doses` grows, and
 # the person's range of administration times prunes the monthly partitions at run time, so each person
@@ -89,24 +90,17 @@ LEFT JOIN certificates c ON c.national_id = p.national_id AND c.status = 'curren
 {_DOSES}
 JOIN sites s ON s.site_id = d.site_id"""
 
-# The compare-and-swap (still current, its view unchanged) reads each certificate's state from its locked row,
-# which FOR UPDATE returns as it is once locked, and never as a condition on a scan: `status = 'current'` is
-# the predicate of certificates_current, and with statistics taken while the table was small the planner read
-# that whole index for a handful of UVCIs instead of the primary key. In a 4-minute day one revocation of 12
-# certificates took 165 ms that way (100,483 index entries, 15,383 buffers); the statement averaged 196 us a
-# certificate over the day against 32 us in a run whose statistics happened to be fresh (docs/benchmarks.md,
-# 2026-12-07, late). The rows are locked in national ID order, as the insert below takes its arbiter's.
-_LOCKED = """
-WITH l AS MATERIALIZED (
-    SELECT c.uvci, c.status, c.view_fingerprint, {columns}
-    FROM {rows}
-    JOIN certificates c ON c.uvci = i.uvci
-    ORDER BY c.national_id
-    FOR UPDATE OF c
-)"""
+# The compare-and-swap (still current, its view unchanged) is read from the locked rows (storage.locking): as a
+# condition of the scan, `status = 'current'` let the planner read the whole of certificates_current for a
+# handful of UVCIs. In a 4-minute day one revocation of 12 certificates took 165 ms that way (100,483 index
+# entries); the statement averaged 196 us a certificate over the day against 32 us in a run whose statistics
+# happened to be fresh. The rows are locked in national ID order, as the insert below takes its arbiter's.
+def _locked(columns: str, rows: str) -> str:
+    return locked_rows("certificates", key="uvci", state="t.status, t.view_fingerprint", order="t.national_id",
+                       rows=rows, columns=columns)
 
-_REVOKE = _LOCKED.format(columns="i.new, i.old_view",
-                         rows="unnest($1::text[], $2::text[], $3::bytea[]) AS i(uvci, new, old_view)") + """
+
+_REVOKE = _locked("i.new, i.old_view", "unnest($1::text[], $2::text[], $3::bytea[]) AS i(uvci, new, old_view)") + """
 UPDATE certificates c SET status = 'revoked', revoked_at = clock_timestamp(), superseded_by = l.new
 FROM l WHERE c.uvci = l.uvci AND l.status = 'current' AND l.view_fingerprint = l.old_view
 RETURNING c.national_id
@@ -127,9 +121,8 @@ ON CONFLICT (national_id) WHERE status = 'current' DO NOTHING
 RETURNING national_id
 """
 
-_UPDATE_VIEW = _LOCKED.format(
-    columns="i.old, i.new, i.doses",
-    rows="unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[]) AS i(uvci, old, new, doses)") + """
+_UPDATE_VIEW = _locked("i.old, i.new, i.doses",
+                       "unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[]) AS i(uvci, old, new, doses)") + """
 UPDATE certificates c SET doses = l.doses::jsonb, view_fingerprint = l.new
 FROM l WHERE c.uvci = l.uvci AND l.status = 'current' AND l.view_fingerprint = l.old
 RETURNING c.national_id

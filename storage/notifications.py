@@ -17,6 +17,8 @@ import datetime as dt
 import asyncpg
 import msgspec
 
+from .locking import locked_rows
+
 # A newer certificate replaces the UVCI of the one waiting for the person, and keeps its event (they have
 # not heard of the first one yet: it is still "issued").
 _CERTIFICATES = """
@@ -60,29 +62,17 @@ ORDER BY c.id
 # current certificate, as an update (the person heard of the one before). Locked, marked and put back in one
 # statement.
 #
-# Whether a row is still waiting, and for which subject, is read from the locked row (`l`: FOR UPDATE returns
-# each row as it is once locked), never as a condition on a scan of `notifications`. Such a condition
-# (`sent_at IS NULL`) lets the planner read the due index (notifications_due, which holds that predicate) for
-# the round's ids instead of the primary key. With statistics that say the outbox is empty, as they do when
-# they were taken while everything was sent and a burst came after, it scanned the whole due index once for
-# the lock and again for every row: 1.36 s for a round of 100 of a backlog of 150,000, against 1.4 ms this way
-# (docs/benchmarks.md, 2026-12-07, late). The rows' ids, subjects and outcomes come in through unnest, joined to
-# the primary key row by row.
+# Whether a row is still waiting, and for which subject, is read from the locked rows (storage.locking): as a
+# condition of the scan, `sent_at IS NULL` let the planner read the due index for the round's ids. With
+# statistics taken while everything was sent and a burst after, it scanned the whole due index once for the
+# lock and again for every row: 1.36 s for a round of 100 of a backlog of 150,000, against 1.4 ms this way.
 def _locked(columns: str, rows: str) -> str:
-    """The CTE `l`: the notifications of `rows` (an unnest aliased `d`, with an `id`), locked in that order, with
-    whether each is still waiting and for which subject, and these `columns` of `d`."""
-    return f"""
-WITH l AS MATERIALIZED (
-    SELECT x.id, x.kind, x.subject, x.sent_at, {columns}
-    FROM {rows}
-    JOIN notifications x ON x.id = d.id
-    ORDER BY x.national_id, x.id
-    FOR UPDATE OF x
-)"""
+    return locked_rows("notifications", key="id", state="t.kind, t.subject, t.sent_at", order="t.national_id, t.id",
+                       rows=rows, columns=columns)
 
 
-_SENT = _locked("d.subject AS told, d.outcome",
-                "unnest($1::bigint[], $2::text[], $3::text[]) AS d(id, subject, outcome)") + """,
+_SENT = _locked("i.subject AS told, i.outcome",
+                "unnest($1::bigint[], $2::text[], $3::text[]) AS i(id, subject, outcome)") + """,
 replaced AS (
     UPDATE notifications n SET due_at = now(), leased_until = '-infinity', attempts = 0, event = 'updated'
     FROM l WHERE n.id = l.id AND l.sent_at IS NULL AND l.kind = 'certificate' AND l.subject <> l.told
@@ -93,7 +83,7 @@ RETURNING n.id
 """
 
 # A failed round: each row due again after its wait, in seconds.
-_FAILED = _locked("d.wait", "unnest($1::bigint[], $2::float8[]) AS d(id, wait)") + """
+_FAILED = _locked("i.wait", "unnest($1::bigint[], $2::float8[]) AS i(id, wait)") + """
 UPDATE notifications n SET due_at = now() + l.wait * interval '1 second', leased_until = '-infinity'
 FROM l WHERE n.id = l.id AND l.sent_at IS NULL
 """

@@ -45,17 +45,23 @@ async def _populate(db) -> None:
     await db.execute("ANALYZE")
 
 
-def _nodes(plan: dict):
+def plan_nodes(plan: dict):
+    """Every node of an EXPLAIN (FORMAT JSON) plan."""
     yield plan
     for child in plan.get("Plans", []):
-        yield from _nodes(child)
+        yield from plan_nodes(child)
+
+
+async def explained(db, statement: str, *args) -> dict:
+    """The plan of `statement` as it ran (EXPLAIN ANALYZE executes it), with its buffers."""
+    [row] = await db.fetch("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, *args)
+    return json.loads(row[0])[0]["Plan"]
 
 
 async def _sites_loops(db, statement: str, ids: list[str]) -> list[int]:
     """How many times each plan node that reads `sites` ran."""
-    [row] = await db.fetch("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, ids)
-    plan = json.loads(row[0])[0]["Plan"]
-    return [node["Actual Loops"] for node in _nodes(plan) if node.get("Relation Name") == "sites"]
+    return [node["Actual Loops"] for node in plan_nodes(await explained(db, statement, ids))
+            if node.get("Relation Name") == "sites"]
 
 
 async def test_a_certifiers_history_reads_the_sites_once_for_the_chunk(db):
@@ -105,18 +111,14 @@ async def test_revoking_and_updating_views_read_the_certificates_by_uvci_whateve
     rows = await db.fetch("SELECT uvci FROM certificates ORDER BY uvci LIMIT $1", 3 * size)
     revoked, viewed, stale = ([r["uvci"] for r in rows[k * size:(k + 1) * size]] for k in range(3))
 
-    async def plan(statement: str, *args) -> dict:
-        [row] = await db.fetch("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, *args)
-        return json.loads(row[0])[0]["Plan"]
-
     executed = [
-        await plan(certificates._REVOKE, revoked, [f"NEW-{u}" for u in revoked], [b"\x01"] * size),
-        await plan(certificates._UPDATE_VIEW, viewed, [b"\x01"] * size, [b"\x02"] * size, ["[1]"] * size),
-        await plan(certificates._UPDATE_VIEW, stale, [b"\x09"] * size, [b"\x02"] * size, ["[1]"] * size),
+        await explained(db, certificates._REVOKE, revoked, [f"NEW-{u}" for u in revoked], [b"\x01"] * size),
+        await explained(db, certificates._UPDATE_VIEW, viewed, [b"\x01"] * size, [b"\x02"] * size, ["[1]"] * size),
+        await explained(db, certificates._UPDATE_VIEW, stale, [b"\x09"] * size, [b"\x02"] * size, ["[1]"] * size),
     ]
     for root in executed:
-        assert {node.get("Index Name") for node in _nodes(root)} - {None} == {"certificates_pkey"}
-        assert max(node["Shared Hit Blocks"] + node["Shared Read Blocks"] for node in _nodes(root)) < 50 * size
+        assert {node.get("Index Name") for node in plan_nodes(root)} - {None} == {"certificates_pkey"}
+        assert max(node["Shared Hit Blocks"] + node["Shared Read Blocks"] for node in plan_nodes(root)) < 50 * size
     changed = dict(await db.fetch("SELECT uvci, status || ' ' || encode(view_fingerprint, 'hex') FROM certificates"
                                   " WHERE uvci = ANY($1::text[])", revoked + viewed + stale))
     assert changed == {**dict.fromkeys(revoked, "revoked 01"), **dict.fromkeys(viewed, "current 02"),

@@ -45,6 +45,7 @@ from monitoring.names import (
 from storage import certificates, notifications
 from tests.conftest import wait_until
 from tests.factory import dose
+from tests.test_history_plans import explained, plan_nodes
 from tests.stack import running_stack
 from tests.test_citizen import auth, claim, filed_and_confirmed, on_record
 from vaxline import notify
@@ -430,20 +431,11 @@ async def test_a_rounds_mark_and_retry_read_its_rows_by_primary_key_whatever_the
     told = [notifications.Notification(r["id"], r["kind"], r["subject"], r["event"], 1, None) for r in rows]
     mark, retry = told[:size], told[size:]
 
-    async def plan(statement: str, *args) -> dict:
-        [row] = await db.fetch("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, *args)
-        return json.loads(row[0])[0]["Plan"]
-
-    def nodes(node: dict):
-        yield node
-        for child in node.get("Plans", []):
-            yield from nodes(child)
-
-    for executed in (await plan(notifications._SENT, [n.id for n in mark], [n.subject for n in mark],
-                                ["sent"] * size),
-                     await plan(notifications._FAILED, [n.id for n in retry], [30.0] * size)):
-        assert {node.get("Index Name") for node in nodes(executed)} - {None} == {"notifications_pkey"}
-        assert max(node["Shared Hit Blocks"] + node["Shared Read Blocks"] for node in nodes(executed)) < 50 * size
+    for executed in (await explained(db, notifications._SENT, [n.id for n in mark], [n.subject for n in mark],
+                                     ["sent"] * size),
+                     await explained(db, notifications._FAILED, [n.id for n in retry], [30.0] * size)):
+        assert {node.get("Index Name") for node in plan_nodes(executed)} - {None} == {"notifications_pkey"}
+        assert max(node["Shared Hit Blocks"] + node["Shared Read Blocks"] for node in plan_nodes(executed)) < 50 * size
     assert await db.fetchval("SELECT count(*) FROM notifications WHERE sent_at IS NOT NULL") == size
     assert await db.fetchval("SELECT count(*) FROM notifications WHERE due_at > now()") == size
 
