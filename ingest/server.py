@@ -21,6 +21,7 @@ import uvloop
 from aiohttp import web
 
 from monitoring import metrics, processes
+from storage import session_settings
 from storage.replica import replica_lag
 from vaxline.config import Settings
 from vaxline.dcc.keys import KeyStore
@@ -57,10 +58,12 @@ def startup_checks(settings: Settings) -> tuple:
 async def ingest_app(settings: Settings):
     """The app with its pools and background tasks, closed on exit."""
     proxies = startup_checks(settings)  # before any connection: a bad setting stops the start, named
-    pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=4, command_timeout=10)
+    pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=4, command_timeout=10,
+                                     server_settings=session_settings(settings.database_url, "ingest"))
     # The standby's pool, when there is one: min_size=0, so a standby down at start fails its reads (503), not
     # the start or the writes.
-    read_pool = (await asyncpg.create_pool(settings.database_read_url, min_size=0, max_size=4, command_timeout=10)
+    read_pool = (await asyncpg.create_pool(settings.database_read_url, min_size=0, max_size=4, command_timeout=10,
+                                           server_settings=session_settings(settings.database_read_url, "ingest"))
                  if settings.database_read_url else pool)
     redis = connect_redis(settings)
     enqueuer = Enqueuer(redis, settings, on_backlog=_export_backlog)

@@ -18,6 +18,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from monitoring import metrics
+from storage import session_settings
 from storage.doses import prepare_connection
 from storage.errors import POISON
 from vaxline.config import Settings
@@ -35,7 +36,7 @@ async def run_consumer(settings: Settings, stop: asyncio.Event, *, name: str, ru
                        housekeeping: Callable[[aioredis.Redis, asyncpg.Pool], Awaitable[None]]) -> None:
     """What persisting workers and certifiers share: a pool once Postgres answers, `drain` again after
     each Redis failure until `stop`, `housekeeping` beside it, the `running` gauge, a clean close."""
-    pool = await _create_pool(settings, stop)
+    pool = await _create_pool(settings, stop, name)
     if pool is None:
         return
     redis = connect_redis(settings)
@@ -69,12 +70,13 @@ async def run_consumer(settings: Settings, stop: asyncio.Event, *, name: str, ru
             pool.terminate()
 
 
-async def _create_pool(settings: Settings, stop: asyncio.Event) -> asyncpg.Pool | None:
-    """A pool once Postgres answers; None if asked to stop first."""
+async def _create_pool(settings: Settings, stop: asyncio.Event, name: str) -> asyncpg.Pool | None:
+    """A pool once Postgres answers, its backends named after `name`; None if asked to stop first."""
     while not stop.is_set():
         try:
             return await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3, init=prepare_connection,
-                                             command_timeout=settings.statement_timeout)
+                                             command_timeout=settings.statement_timeout,
+                                             server_settings=session_settings(settings.database_url, name))
         except Exception as e:  # unreachable or starting up: wait for it
             log.warning("postgres unreachable (%s); retrying", type(e).__name__)
             await sleep_unless(stop, 1.0)
