@@ -54,6 +54,10 @@ CHARTS = (
         ("ingest", "cpu_ingest_pct"), ("workers", "cpu_workers_pct"), ("certifiers", "cpu_certifiers_pct"),
         ("reviewers", "cpu_reviewers_pct"), ("notifiers", "cpu_notifiers_pct"), ("Postgres", "cpu_postgres_pct"),
         ("Redis", "cpu_redis_pct"), ("Locust", "cpu_locust_pct"))),
+    # sampling.postgres_percent: the Postgres line above, split by whom its backends serve (sampling.SERVED).
+    Chart("Postgres CPU by whom it serves", "% of one core", tuple(
+        (served, f"cpu_postgres_for_{served}_pct") for served in
+        ("workers", "certifiers", "reviewers", "notifiers", "ingest", "autovacuum", "other"))),
     # sampling.outside_percent: the machine's CPU no role accounts for, and what the hypervisor took.
     Chart("CPU outside the stack", "% of one core", (("other processes", "cpu_other_pct"),
                                                      ("stolen by the hypervisor", "cpu_steal_pct"))),

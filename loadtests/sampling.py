@@ -17,6 +17,12 @@ MiB = 1024 * 1024
 # CPU plot has one line per role, in this order.
 ROLES = (("ingest", "ingest-"), ("workers", "worker-"), ("certifiers", "certifier-"), ("reviewers", "reviewer-"),
          ("notifiers", "notifier-"), ("Postgres", "postgres"), ("Redis", "redis"), ("Locust", "locust"))
+# Postgres' share split by whom each backend serves: the role its application_name names (storage.session_settings:
+# "vaxline certifier c1"), autovacuum's workers, and `other` (the postmaster and its background processes, backends
+# that ended between two samples, anyone else's), in this order.
+SERVED = (("workers", "worker"), ("certifiers", "certifier"), ("reviewers", "reviewer"), ("notifiers", "notifier"),
+          ("ingest", "ingest"), ("autovacuum", None), ("other", None))
+_BACKENDS = "SELECT pid, application_name, backend_type FROM pg_stat_activity"
 
 
 # -- sampling the server ----------------------------------------------------------
@@ -29,11 +35,13 @@ class Sample:
     redis_memory_mib: float | None
     cpu_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # role -> CPU seconds so far
     machine: dict[str, float] = dataclasses.field(default_factory=dict)  # machine_cpu_seconds(): busy, steal
+    # Postgres' backends: pid -> (whom it serves, of SERVED; its own CPU seconds so far). Empty when unread.
+    backends: dict[int, tuple[str, float]] = dataclasses.field(default_factory=dict)
 
 
 class Sampler(threading.Thread):
     """Reads ingest's /metrics, the ingest processes' memory, Redis's, and the CPU time of every process role
-    every `every` seconds."""
+    (and of each Postgres backend, by whom it serves) every `every` seconds."""
 
     def __init__(self, url: str, stack, every: float) -> None:
         super().__init__(daemon=True, name="sampler")
@@ -50,12 +58,15 @@ class Sampler(threading.Thread):
         import redis
 
         client = redis.Redis.from_url(self.stack.settings.redis_url, socket_timeout=5)
+        postmaster = next((pid for name, pid in self.stack.pids.items() if role_of(name) == "Postgres"), None)
+        postgres = Backends(self.stack.settings.database_url, postmaster)
         while not self._done.is_set():
-            self.sample_once(client)
+            self.sample_once(client, postgres)
             self._done.wait(self.every)
+        postgres.close()
         client.close()
 
-    def sample_once(self, client) -> None:
+    def sample_once(self, client, postgres: "Backends | None" = None) -> None:
         try:
             snapshot = scrape([self.url])
         except Unreachable:
@@ -65,11 +76,65 @@ class Sampler(threading.Thread):
             memory = client.info("memory")["used_memory"] / MiB
         rss = {name: rss_mib(pid, "VmRSS") for name, pid in self.stack.ingest_pids().items()}
         cpu = role_cpu_seconds({**self.stack.pids, **self.watched})
-        self.samples.append(Sample(time.time(), snapshot, rss, memory, cpu, machine_cpu_seconds()))
+        backends = postgres.read() if postgres is not None else {}
+        self.samples.append(Sample(time.time(), snapshot, rss, memory, cpu, machine_cpu_seconds(), backends))
 
     def stop(self) -> None:
         self._done.set()
         self.join(timeout=30)
+
+
+class Backends:
+    """Postgres' backends and whom each serves, read from pg_stat_activity through a connection of the sampler's
+    own (its thread's event loop), and their CPU from /proc: only for the stack's own Postgres (`postmaster`, whose
+    children the backends are; None, a server elsewhere, reads nothing). Any failure reads as no backends: the
+    split is a figure, not a check."""
+
+    def __init__(self, url: str, postmaster: int | None) -> None:
+        import asyncio
+
+        self._url = url
+        self._postmaster = postmaster
+        self._loop = asyncio.new_event_loop()
+        self._conn = None
+
+    def read(self) -> dict[int, tuple[str, float]]:
+        if self._postmaster is None:
+            return {}
+        try:
+            return self._loop.run_until_complete(self._read())
+        except Exception:  # Postgres restarting or gone: nothing this time, a new connection next time
+            self._conn = None
+            return {}
+
+    async def _read(self) -> dict[int, tuple[str, float]]:
+        import asyncpg
+
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self._url, timeout=5,
+                                               server_settings={"application_name": "vaxline loadtest sampler"})
+        found = {}
+        children_now = set(children(self._postmaster))  # a pid of pg_stat_activity that is not, is no backend of ours
+        for row in await self._conn.fetch(_BACKENDS, timeout=5):
+            if row["pid"] in children_now and (seconds := cpu_seconds(row["pid"], reaped_children=False)) is not None:
+                found[row["pid"]] = (served_by(row["application_name"], row["backend_type"]), seconds)
+        return found
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._loop.run_until_complete(self._conn.close(timeout=5))
+        self._loop.close()
+
+
+def served_by(application_name: str | None, backend_type: str | None) -> str:
+    """Whom a backend serves, of SERVED: the role its application_name names, autovacuum, or other."""
+    if backend_type == "autovacuum worker":
+        return "autovacuum"
+    words = (application_name or "").split()
+    if len(words) >= 2 and words[0] == "vaxline":
+        return next((served for served, role in SERVED if role == words[1]), "other")
+    return "other"
 
 
 def rss_mib(pid: int, field: str) -> float:
@@ -160,6 +225,23 @@ def cpu_percent(before: Sample, after: Sample) -> dict[str, float]:
             for role, _ in ROLES if role in before.cpu_seconds and role in after.cpu_seconds}
 
 
+def postgres_percent(before: Sample, after: Sample) -> dict[str, float]:
+    """Postgres' CPU between two samples split by whom its backends serve (SERVED), in % of one core: each
+    backend read in both samples counts its own difference, and `other` is what remains of Postgres' whole
+    share (its background processes, and backends that started or ended in between: autovacuum's workers
+    often do). Empty without both samples' backends and Postgres' share."""
+    postgres = cpu_percent(before, after).get("Postgres")
+    if postgres is None or not before.backends or not after.backends:
+        return {}
+    seconds = max(after.at - before.at, 1e-9)
+    split = {served: 0.0 for served, _ in SERVED}
+    for pid, (served, used) in after.backends.items():
+        if pid in before.backends:
+            split[served] += max(0.0, used - before.backends[pid][1]) / seconds * 100
+    split["other"] += max(0.0, postgres - sum(split.values()))
+    return split
+
+
 def machine_cpu_seconds(stat: Path = Path("/proc/stat")) -> dict[str, float]:
     """The whole machine's CPU seconds so far, summed over its cores: `busy` (user, nice, system, irq, softirq;
     a guest's time is counted in user) and `steal` (what the hypervisor gave to other virtual machines while
@@ -192,6 +274,11 @@ def cpu_key(role: str) -> str:
     return f"cpu_{role.lower()}_pct"
 
 
+def postgres_key(served: str) -> str:
+    """The series' key of Postgres' CPU for whom its backends serve: cpu_postgres_for_certifiers_pct ..."""
+    return f"cpu_postgres_for_{served}_pct"
+
+
 # -- the report's series ------------------------------------------------------------
 
 def series(samples: list[Sample], t0: float) -> list[dict]:
@@ -220,7 +307,8 @@ def series(samples: list[Sample], t0: float) -> list[dict]:
             "ingest_rss_mib_max": max(after.ingest_rss_mib.values(), default=None),
             "redis_memory_mib": after.redis_memory_mib,
         } | {cpu_key(role): percent for role, percent in
-             (cpu_percent(before, after) | outside_percent(before, after)).items()})
+             (cpu_percent(before, after) | outside_percent(before, after)).items()}
+          | {postgres_key(served): percent for served, percent in postgres_percent(before, after).items()})
     return rows
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from monitoring import names
 
 from .plan import Plan
-from .sampling import ROLES, Sample, cpu_percent, outside_percent, quantile_between, share_within
+from .sampling import ROLES, Sample, cpu_percent, outside_percent, postgres_percent, quantile_between, share_within
 
 DOSES_NAME = "POST /v1/doses"
 GRACE = 30.0  # seconds after a paced day during which its last batches still count as the day's
@@ -173,7 +173,8 @@ def _latency_thresholds(plan: Plan, before: Sample, after: Sample) -> list[dict]
 def cpu_figure(before: Sample, after: Sample, samples: list[Sample] = ()) -> str:
     """Each process role's CPU between two samples, in % of one core, and their total beside the cores; then
     what no role accounts for. A role whose processes ended before `after` (Locust exits within the grace after
-    the day) counts up to its last reading among `samples`, over the whole window."""
+    the day) counts up to its last reading among `samples`, over the whole window. Postgres' share is followed by
+    its split by whom its backends serve, when the samples read them."""
     percent = cpu_percent(before, after)
     seconds = max(after.at - before.at, 1e-9)
     for role, _ in ROLES:
@@ -183,7 +184,10 @@ def cpu_figure(before: Sample, after: Sample, samples: list[Sample] = ()) -> str
                 percent[role] = max(0.0, last.cpu_seconds[role] - before.cpu_seconds[role]) / seconds * 100
     if not percent:
         return "not read"
-    roles = ", ".join(f"{role} {percent[role]:.0f}" for role, _ in ROLES if role in percent)
+    served = postgres_percent(before, after)
+    split = f" (for {', '.join(f'{who} {share:.0f}' for who, share in served.items())})" if served else ""
+    roles = ", ".join(f"{role} {percent[role]:.0f}{split if role == 'Postgres' else ''}"
+                      for role, _ in ROLES if role in percent)
     figure = f"{roles}; total {sum(percent.values()):.0f} of {(os.cpu_count() or 1) * 100}"
     if outside := outside_percent(before, after, roles=sum(percent.values())):
         figure += f"; beside them, other processes {outside['other']:.0f}, stolen by the hypervisor {outside['steal']:.0f}"

@@ -22,6 +22,7 @@ children, per process role.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import datetime as dt
 import importlib.metadata
@@ -664,3 +665,64 @@ def running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+# -- Postgres' CPU by whom its backends serve ----------------------------------------------------------
+
+def test_a_backend_serves_the_role_its_application_name_names():
+    assert sampling.served_by("vaxline certifier certifier-1", "client backend") == "certifiers"
+    assert sampling.served_by("vaxline worker w-0", "client backend") == "workers"
+    assert sampling.served_by("vaxline ingest", "client backend") == "ingest"
+    assert sampling.served_by("", "autovacuum worker") == "autovacuum"
+    assert sampling.served_by("psql", "client backend") == "other"
+    assert sampling.served_by("vaxline loadtest sampler", "client backend") == "other"
+    assert sampling.served_by(None, "checkpointer") == "other"
+
+
+def test_postgres_share_is_split_by_backend_and_what_no_backend_accounts_for_is_other():
+    def sample(at, postgres, backends):
+        return Sample(at, Snapshot(0.0, {}, {}, {}), {}, None, {"Postgres": postgres}, {}, backends)
+
+    # Over 10 s Postgres spends 6 s: a worker's backend 2 s, a certifier's 1.5 s, an autovacuum worker that
+    # started in between (not in the first sample: its time is other's), the rest in background processes.
+    before = sample(0.0, 10.0, {11: ("workers", 1.0), 12: ("certifiers", 3.0), 13: ("ingest", 0.5)})
+    after = sample(10.0, 16.0, {11: ("workers", 3.0), 12: ("certifiers", 4.5), 13: ("ingest", 0.5),
+                                14: ("autovacuum", 0.8)})
+    split = sampling.postgres_percent(before, after)
+    assert split == pytest.approx({"workers": 20.0, "certifiers": 15.0, "reviewers": 0.0, "notifiers": 0.0,
+                                   "ingest": 0.0, "autovacuum": 0.0, "other": 25.0})
+    row = sampling.series([before, after], 0.0)[0]
+    assert (row["cpu_postgres_pct"], row["cpu_postgres_for_certifiers_pct"]) == pytest.approx((60.0, 15.0))
+    assert cpu_figure(before, after).startswith(
+        "Postgres 60 (for workers 20, certifiers 15, reviewers 0, notifiers 0, ingest 0, autovacuum 0, other 25);")
+    # Without the backends of both samples (a server elsewhere, an older sample), no split is guessed.
+    bare = sample(0.0, 10.0, {})
+    assert sampling.postgres_percent(bare, after) == {} and "(for " not in cpu_figure(bare, after)
+
+
+async def test_the_backends_cpu_is_read_for_the_role_that_spends_it(settings):
+    import asyncpg
+
+    conn = await asyncpg.connect(settings.database_url,
+                                 server_settings={"application_name": "vaxline certifier test-c"})
+    try:
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        postmaster = int(stat[stat.rindex(")") + 2:].split()[1])
+        backends = sampling.Backends(settings.database_url, postmaster)
+        try:
+            first = await asyncio.to_thread(backends.read)
+            await conn.fetchval("SELECT count(*) FROM generate_series(1, 3000000)")
+            second = await asyncio.to_thread(backends.read)
+        finally:
+            await asyncio.to_thread(backends.close)
+    finally:
+        await conn.close()
+    assert first[pid][0] == second[pid][0] == "certifiers"
+    assert second[pid][1] - first[pid][1] >= 0.05  # the count's CPU, in this backend's own time
+    # A postmaster that is not this server's reads nothing (another machine's pids mean nothing here).
+    elsewhere = sampling.Backends(settings.database_url, os.getpid())
+    try:
+        assert await asyncio.to_thread(elsewhere.read) == {}
+    finally:
+        await asyncio.to_thread(elsewhere.close)
