@@ -328,6 +328,7 @@ def run(plan: Plan, out: Path) -> int:
             cleanup.callback(shutil.rmtree, work, ignore_errors=True)
             cleanup.callback(stack.stop)
             if sampler is not None:
+                cleanup.callback(sampler.close)  # after stop(), below: callbacks run last in, first out
                 cleanup.callback(sampler.stop)
             if locust is not None:
                 cleanup.callback(stop_locust, locust)

@@ -48,6 +48,7 @@ class Sampler(threading.Thread):
         self.url, self.stack, self.every = url, stack, every
         self.samples: list[Sample] = []
         self.watched: dict[str, int] = {}  # processes beside the stack's (Locust), by name
+        self.postgres: Backends | None = None  # opened by the thread; kept for a last sample after stop()
         self._done = threading.Event()
 
     def watch(self, name: str, pid: int) -> None:
@@ -59,14 +60,13 @@ class Sampler(threading.Thread):
 
         client = redis.Redis.from_url(self.stack.settings.redis_url, socket_timeout=5)
         postmaster = next((pid for name, pid in self.stack.pids.items() if role_of(name) == "Postgres"), None)
-        postgres = Backends(self.stack.settings.database_url, postmaster)
+        self.postgres = Backends(self.stack.settings.database_url, postmaster)
         while not self._done.is_set():
-            self.sample_once(client, postgres)
+            self.sample_once(client)
             self._done.wait(self.every)
-        postgres.close()
         client.close()
 
-    def sample_once(self, client, postgres: "Backends | None" = None) -> None:
+    def sample_once(self, client) -> None:
         try:
             snapshot = scrape([self.url])
         except Unreachable:
@@ -76,12 +76,18 @@ class Sampler(threading.Thread):
             memory = client.info("memory")["used_memory"] / MiB
         rss = {name: rss_mib(pid, "VmRSS") for name, pid in self.stack.ingest_pids().items()}
         cpu = role_cpu_seconds({**self.stack.pids, **self.watched})
-        backends = postgres.read() if postgres is not None else {}
+        backends = self.postgres.read() if self.postgres is not None else {}
         self.samples.append(Sample(time.time(), snapshot, rss, memory, cpu, machine_cpu_seconds(), backends))
 
     def stop(self) -> None:
         self._done.set()
         self.join(timeout=30)
+
+    def close(self) -> None:
+        """After stop() and any last sample: the connection to Postgres."""
+        if self.postgres is not None and not self.is_alive():
+            self.postgres.close()
+            self.postgres = None
 
 
 class Backends:
@@ -227,17 +233,17 @@ def cpu_percent(before: Sample, after: Sample) -> dict[str, float]:
 
 def postgres_percent(before: Sample, after: Sample) -> dict[str, float]:
     """Postgres' CPU between two samples split by whom its backends serve (SERVED), in % of one core: each
-    backend read in both samples counts its own difference, and `other` is what remains of Postgres' whole
-    share (its background processes, and backends that started or ended in between: autovacuum's workers
-    often do). Empty without both samples' backends and Postgres' share."""
+    backend counts its CPU since the first sample (all of it when it began in between, as autovacuum's workers
+    do), and `other` is what remains of Postgres' whole share (its background processes, and backends that
+    ended in between). Empty without both samples' backends and Postgres' share."""
     postgres = cpu_percent(before, after).get("Postgres")
     if postgres is None or not before.backends or not after.backends:
         return {}
     seconds = max(after.at - before.at, 1e-9)
     split = {served: 0.0 for served, _ in SERVED}
     for pid, (served, used) in after.backends.items():
-        if pid in before.backends:
-            split[served] += max(0.0, used - before.backends[pid][1]) / seconds * 100
+        earlier = before.backends[pid][1] if pid in before.backends else 0.0
+        split[served] += max(0.0, used - earlier) / seconds * 100
     split["other"] += max(0.0, postgres - sum(split.values()))
     return split
 

@@ -684,17 +684,17 @@ def test_postgres_share_is_split_by_backend_and_what_no_backend_accounts_for_is_
         return Sample(at, Snapshot(0.0, {}, {}, {}), {}, None, {"Postgres": postgres}, {}, backends)
 
     # Over 10 s Postgres spends 6 s: a worker's backend 2 s, a certifier's 1.5 s, an autovacuum worker that
-    # started in between (not in the first sample: its time is other's), the rest in background processes.
+    # began in between 0.8 s (all of its time), the rest in background processes and backends that ended.
     before = sample(0.0, 10.0, {11: ("workers", 1.0), 12: ("certifiers", 3.0), 13: ("ingest", 0.5)})
     after = sample(10.0, 16.0, {11: ("workers", 3.0), 12: ("certifiers", 4.5), 13: ("ingest", 0.5),
                                 14: ("autovacuum", 0.8)})
     split = sampling.postgres_percent(before, after)
     assert split == pytest.approx({"workers": 20.0, "certifiers": 15.0, "reviewers": 0.0, "notifiers": 0.0,
-                                   "ingest": 0.0, "autovacuum": 0.0, "other": 25.0})
+                                   "ingest": 0.0, "autovacuum": 8.0, "other": 17.0})
     row = sampling.series([before, after], 0.0)[0]
     assert (row["cpu_postgres_pct"], row["cpu_postgres_for_certifiers_pct"]) == pytest.approx((60.0, 15.0))
     assert cpu_figure(before, after).startswith(
-        "Postgres 60 (for workers 20, certifiers 15, reviewers 0, notifiers 0, ingest 0, autovacuum 0, other 25);")
+        "Postgres 60 (for workers 20, certifiers 15, reviewers 0, notifiers 0, ingest 0, autovacuum 8, other 17);")
     # Without the backends of both samples (a server elsewhere, an older sample), no split is guessed.
     bare = sample(0.0, 10.0, {})
     assert sampling.postgres_percent(bare, after) == {} and "(for " not in cpu_figure(bare, after)
