@@ -11,6 +11,7 @@ from pathlib import Path
 
 from monitoring import names
 from monitoring.status import Snapshot, Unreachable, quantile, scrape
+from storage import APPLICATION
 
 MiB = 1024 * 1024
 # A process's role from the start of its name in Stack.pids (or the runner's own "locust"): the report's
@@ -138,7 +139,7 @@ def served_by(application_name: str | None, backend_type: str | None) -> str:
     if backend_type == "autovacuum worker":
         return "autovacuum"
     words = (application_name or "").split()
-    if len(words) >= 2 and words[0] == "vaxline":
+    if len(words) >= 2 and words[0] == APPLICATION:
         return next((served for served, role in SERVED if role == words[1]), "other")
     return "other"
 

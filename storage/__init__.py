@@ -1,5 +1,7 @@
 """Postgres: schema and migrations, partitions, and the queries of each stage."""
 
+from urllib.parse import parse_qs, urlsplit
+
 # Advisory lock held while the schema changes (migrations, new partitions).
 SCHEMA_LOCK = 0x7661786C  # "vaxl"
 
@@ -8,12 +10,14 @@ SCHEMA_LOCK = 0x7661786C  # "vaxl"
 ACQUIRE_TIMEOUT = 10.0
 
 
+# The first word of every backend's application_name: APPLICATION, then the process's role and name.
+APPLICATION = "vaxline"
+
+
 def session_settings(url: str, role: str) -> dict[str, str]:
     """asyncpg's server_settings for a pool of `role`: its `application_name` ("vaxline certifier c1"), so that
     pg_stat_activity, the server's logs and `vaxline loadtest`'s CPU per role tell whose backend is whose.
     An application_name the URL sets already is kept (asyncpg would let this one override it)."""
-    from urllib.parse import parse_qs, urlsplit
-
     if "application_name" in parse_qs(urlsplit(url).query):
         return {}
-    return {"application_name": f"vaxline {role}"[:63]}  # Postgres keeps 63 bytes of it (NAMEDATALEN - 1)
+    return {"application_name": f"{APPLICATION} {role}"[:63]}  # Postgres keeps 63 bytes (NAMEDATALEN - 1)

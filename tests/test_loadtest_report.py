@@ -167,6 +167,11 @@ def test_the_cpu_chart_has_a_line_per_process_role_and_comes_first(tmp_path):
     assert set(ROLES) <= set(texts(cpu)) and "% of one core" in texts(cpu)
 
 
+def test_the_postgres_chart_has_a_line_for_each_of_whom_the_sampler_splits_postgres_by():
+    chart = next(chart for chart in report.CHARTS if chart.title == "Postgres CPU by whom it serves")
+    assert chart.lines == tuple((served, sampling.postgres_key(served)) for served, _ in sampling.SERVED)
+
+
 def test_the_plots_follow_the_figures_and_the_details_are_tables_not_json(tmp_path):
     page = write_report(tmp_path, detailed(), cpu_samples()).read_text(encoding="utf-8")
     order = [page.index(marker) for marker in ("<h2>Thresholds", "<h2>Figures", "<figure>", "<h2>Plan",
