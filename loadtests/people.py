@@ -10,9 +10,11 @@ handed in, so a run is reproducible from its seed.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import datetime as dt
+import itertools
 import random
 
 from vaxline.provinces import PROVINCES
@@ -28,8 +30,22 @@ GIVEN = {"F": ["Ánh", "Hoa", "Lan", "Hương", "Mai", "Trang", "Thảo", "Linh"
          "M": ["Hùng", "Dũng", "Nam", "Tuấn", "Long", "Phúc", "Khoa", "Quân", "Sơn", "Thắng", "Bảo", "Đạt"]}
 # What a desk in 2021 had in the fridge, roughly by share of Vietnam's supply.
 VACCINES = {"EU/1/21/1529": 35, "BBIBP-CorV": 30, "EU/1/20/1528": 18, "EU/1/20/1507": 12, "Abdala": 5}
-_FAMILY, _FAMILY_WEIGHTS = list(FAMILY_NAMES), list(FAMILY_NAMES.values())
-_VACCINE, _VACCINE_WEIGHTS = list(VACCINES), list(VACCINES.values())
+
+class Weighted:
+    """A weighted draw as `rng.choices(items, weights)[0]` makes it, the same item from the same stream, without
+    summing the weights again at each draw: the load generator draws a few a dose, and that sum was most of
+    their cost (`Random.choices` was the costliest line of a Locust process's profile in a day)."""
+
+    def __init__(self, weights: dict):
+        self.items = list(weights)
+        self.cumulative = list(itertools.accumulate(weights.values()))
+
+    def draw(self, rng: random.Random):
+        return self.items[bisect.bisect(self.cumulative, rng.random() * self.cumulative[-1], 0, len(self.items) - 1)]
+
+
+_FAMILY, _VACCINE = Weighted(FAMILY_NAMES), Weighted(VACCINES)
+_HOUSEHOLD_SIZE = Weighted({1: 30, 2: 25, 3: 20, 4: 15, 5: 10})
 _PROVINCES = sorted(PROVINCES)
 BACK_ENTRY_FROM = dt.date(2021, 7, 1)  # back-entered first doses are from the 2021 campaign
 BACK_ENTRY_DAYS = 150
@@ -64,15 +80,15 @@ class NationalIds:
 
 
 def full_name(rng: random.Random, sex: str, family: str | None = None) -> str:
-    family = family or rng.choices(_FAMILY, _FAMILY_WEIGHTS)[0]
+    family = family or _FAMILY.draw(rng)
     return f"{family} {rng.choice(MIDDLE[sex])} {rng.choice(GIVEN[sex])}"
 
 
 def household(rng: random.Random, today: dt.date, ids: NationalIds) -> list[Person]:
     """One to five people who share a phone number (and, for parents' children, the father's family name)."""
     phone = f"0{rng.choice('3579')}{rng.randrange(10**8):08d}"
-    family = rng.choices(_FAMILY, _FAMILY_WEIGHTS)[0]
-    size = rng.choices([1, 2, 3, 4, 5], [30, 25, 20, 15, 10])[0]
+    family = _FAMILY.draw(rng)
+    size = _HOUSEHOLD_SIZE.draw(rng)
     people = []
     for i in range(size):
         sex = rng.choice("FM")
@@ -85,7 +101,7 @@ def household(rng: random.Random, today: dt.date, ids: NationalIds) -> list[Pers
 
 def vaccine_for(rng: random.Random, person: Person) -> str:
     """The product of the person's next dose: the same as before for a primary series."""
-    return person.last_vaccine or rng.choices(_VACCINE, _VACCINE_WEIGHTS)[0]
+    return person.last_vaccine or _VACCINE.draw(rng)
 
 
 def dose(rng: random.Random, person: Person, record_id: str, at: dt.datetime) -> dict:

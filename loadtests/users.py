@@ -34,6 +34,7 @@ from pathlib import Path
 
 import gevent
 import locust.argument_parser
+import msgspec
 import locust.runners
 from locust import FastHttpUser, between, events, task
 
@@ -53,6 +54,9 @@ locust.runners.HEARTBEAT_LIVENESS = 60
 locust.argument_parser.default_args_dict = functools.cache(locust.argument_parser.default_args_dict)
 RETRY_FOR = 120.0  # seconds a desk keeps trying one batch
 LOOKUP_AFTER = 10.0  # a citizen looks up a certificate at least this long after the 202 (its SLO is 2 s)
+# The batches' JSON, as compact UTF-8. json.dumps was 6% of a Locust worker's samples in a day (py-spy), 2.5 us a
+# dose; msgspec (the server's own library) 0.2 us. Locust shares the two cores with the stack it measures.
+_JSON = msgspec.json.Encoder()
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')  # the portal's form token (ingest/portal/rendering.py)
 
@@ -336,7 +340,7 @@ class PostingUser(SessionUser):
         RETRY_FOR: a desk does not throw away what it has entered. Each failed attempt is a failure. A user
         stopped mid-post asks once more before it stops (`_posted_again`)."""
         first = self.sequence - len(doses) + 1
-        body = json.dumps({"doses": doses}, ensure_ascii=False).encode()
+        body = _JSON.encode({"doses": doses})
         self.shared.started += len(doses)
         self.shared.in_flight += len(doses)
         name, deadline, began, stopping = DOSES, time.monotonic() + RETRY_FOR, time.time(), None

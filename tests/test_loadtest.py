@@ -38,7 +38,9 @@ import pytest
 
 from loadtests import acks, environment, sampling
 from loadtests.people import (
+    FAMILY_NAMES,
     NationalIds,
+    Weighted,
     due_for_second_dose,
     household,
     wrong_birth_date,
@@ -96,6 +98,15 @@ def test_a_wrong_birth_date_is_wrong_and_a_second_dose_waits_for_its_interval():
     assert due_for_second_dose(person, TODAY)
     person.doses = 2
     assert not due_for_second_dose(person, TODAY)
+
+
+def test_a_weighted_draw_is_the_one_random_choices_makes_from_the_same_stream():
+    # Runs stay reproducible from their seed: the same draws as before the sums were kept.
+    weighted, ours, theirs = Weighted(FAMILY_NAMES), random.Random(5), random.Random(5)
+    drawn = [weighted.draw(ours) for _ in range(20_000)]
+    assert drawn == [theirs.choices(list(FAMILY_NAMES), list(FAMILY_NAMES.values()))[0] for _ in range(20_000)]
+    assert set(drawn) == set(FAMILY_NAMES)
+    assert 0.35 < drawn.count("Nguyễn") / len(drawn) < 0.41  # 38 of 100
 
 
 # -- pace ------------------------------------------------------------------------
