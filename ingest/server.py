@@ -96,11 +96,13 @@ async def serve(settings: Settings, *, host: str, port: int, stop: asyncio.Event
             await site.start()
         log.info("ingest listening on %s:%d", host, port)
         counter = asyncio.create_task(_count_connections(runner, app[INGEST].pool))
+        renewal = asyncio.create_task(app[INGEST].auth.keep_renewed())  # ingest.auth: no post waits for its token
         lag = asyncio.create_task(export_replica_lag(app[INGEST].read_pool)) if settings.database_read_url else None
         try:
             await stop.wait()
         finally:
             counter.cancel()
+            renewal.cancel()
             if lag:
                 lag.cancel()
             await runner.cleanup()

@@ -38,3 +38,18 @@ async def principal_by_hash(conn: asyncpg.Connection, digest: bytes) -> asyncpg.
     """(role, site_id, code, scope) of an active site's token (role "site", scope its province) or of a
     province or operator token (site_id and code NULL); None for an unknown digest."""
     return await conn.fetchrow(_PRINCIPAL, digest)
+
+
+# The same answer for many digests at once (ingest renewing every token it knows): one round trip, the same
+# two unique-index probes per digest.
+_PRINCIPALS = """
+SELECT i.digest, p.role, p.site_id, p.code, p.scope
+FROM unnest($1::bytea[]) AS i(digest)
+CROSS JOIN LATERAL (
+""" + _PRINCIPAL.replace("$1", "i.digest") + """) p
+"""
+
+
+async def principals_by_hash(conn: asyncpg.Connection, digests: list[bytes]) -> dict[bytes, asyncpg.Record]:
+    """principal_by_hash of each digest, by digest; an unknown digest has no entry."""
+    return {row["digest"]: row for row in await conn.fetch(_PRINCIPALS, digests)}

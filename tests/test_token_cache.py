@@ -5,7 +5,9 @@ unknown tokens leave a real site's cached entry in place (only the oldest unknow
 known token whose ttl ran out is refreshed without waiting behind unknown ones; a flood of concurrent
 unknown tokens holds at most `unknown_lookups` pool connections, leaving the rest to real requests, and
 a lookup that waits too long for its turn fails as unavailable (503), not by hanging; the one statement
-answers sites, provinces and the operator alike against real Postgres.
+answers sites, provinces and the operator alike against real Postgres. Renewals: every known token asked for
+again in one statement, so a post never waits for its token's answer and a deactivated token stops working at
+the next renewal; a renewal that fails is retried and leaves the answers to run out as before.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class FakePool:
         self.queries = 0
         self.gate = asyncio.Event()
         self.gate.set()
+        self.renewals = 0
+        self.failing = False  # renewals raise, as with Postgres away
 
     def acquire(self):
         pool = self
@@ -52,6 +56,13 @@ class FakePool:
         self.queries += 1
         await self.gate.wait()
         return self.known.get(digest)
+
+    async def fetch(self, query: str, digests: list[bytes]):  # storage.tokens.principals_by_hash
+        self.queries += 1
+        self.renewals += 1
+        if self.failing:
+            raise OSError("Postgres is away")
+        return [{"digest": d, **self.known[d]} for d in digests if d in self.known]
 
 
 SITE_ROW = {"role": "site", "site_id": 7, "code": "S-007", "scope": 1}
@@ -170,3 +181,81 @@ async def test_one_statement_answers_every_kind_of_token(db):
     assert pool.queries == 4
     await db.execute("UPDATE sites SET active = false WHERE code = 'S-1'")
     assert await auth.principal(f"Bearer {site_token}") is None
+
+
+async def test_a_renewal_keeps_known_tokens_answered_without_a_query_on_the_post():
+    real, other = "vx_real-site-token", "vx_other-site-token"
+    pool = FakePool({token_hash(real): SITE_ROW, token_hash(other): {**SITE_ROW, "site_id": 8, "code": "S-008"}})
+    clock = Clock()
+    auth = SiteAuth(pool, ttl=30, clock=clock)
+    assert await auth.site(f"Bearer {real}") and await auth.site(f"Bearer {other}")
+    assert await auth.principal("Bearer vx_unknown") is None
+    assert pool.queries == 3
+    clock.now = 25
+    assert await auth.renew() == 2  # the known tokens only, in one statement
+    assert pool.queries == 4
+    clock.now = 50  # past the first answers (30), within the renewed ones (55)
+    assert (await auth.site(f"Bearer {real}")).code == "S-007"
+    assert (await auth.site(f"Bearer {other}")).code == "S-008"
+    assert pool.queries == 4
+    del pool.known[token_hash(other)]  # deactivated, or replaced by a new token
+    await auth.renew()
+    assert await auth.principal(f"Bearer {other}") is None  # at the renewal, not when its answer runs out
+    assert (await auth.site(f"Bearer {real}")).code == "S-007"
+    assert pool.queries == 5
+    clock.now = 200  # no renewal since: the answer ran out, and the post asks for its token alone
+    assert (await auth.site(f"Bearer {real}")).code == "S-007"
+    assert pool.queries == 6
+
+
+def test_a_renewal_is_not_a_use_and_does_not_bring_back_a_dropped_token():
+    from ingest.auth import Principal
+
+    cache = TokenCache(max_known=2)
+    site = Principal("operator")
+    cache.put(b"k1", 10, site)
+    cache.put(b"k2", 10, site)
+    cache.renew(b"k1", 20, site)  # k1 stays the least recently used
+    cache.put(b"k3", 10, site)
+    assert cache.get(b"k1") is None and cache.get(b"k2") == (10, site)
+    cache.renew(b"k1", 30, site)
+    assert cache.get(b"k1") is None and cache.known() == [b"k3", b"k2"]
+
+
+async def test_renewals_run_every_third_of_the_ttl_and_go_on_after_a_failure():
+    real = "vx_real-site-token"
+    pool = FakePool({token_hash(real): SITE_ROW})
+    auth = SiteAuth(pool, ttl=0.3)
+    assert await auth.site(f"Bearer {real}")
+    pool.failing = True
+    task = asyncio.create_task(auth.keep_renewed())
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while pool.renewals < 2 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert pool.renewals >= 2  # the first failed; the loop went on
+        assert not task.done()
+        pool.failing = False
+        renewed = pool.renewals
+        while pool.renewals < renewed + 2 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert pool.renewals >= renewed + 2
+    finally:
+        task.cancel()
+    assert await SiteAuth(pool, ttl=0).keep_renewed() is None  # no cache, nothing to renew
+
+
+async def test_one_statement_renews_every_kind_of_token(db):
+    site, site_token = await add_site(db, code="S-1", name="Site 1", province=4, kind="fixed")
+    province_token = await tokens.issue(db, tokens.PROVINCE, 4)
+    operator_token = await tokens.issue(db, tokens.OPERATOR, 0)
+    digests = [token_hash(t) for t in (site_token, province_token, operator_token, "vx_" + "0" * 43)]
+    rows = await tokens.principals_by_hash(db, digests)
+    assert set(rows) == set(digests[:3])
+    assert (rows[digests[0]]["role"], rows[digests[0]]["code"], rows[digests[0]]["scope"]) == ("site", "S-1", 4)
+    assert (rows[digests[1]]["role"], rows[digests[1]]["scope"]) == (tokens.PROVINCE, 4)
+    assert rows[digests[2]]["role"] == tokens.OPERATOR
+    await db.execute("UPDATE sites SET active = false WHERE code = 'S-1'")
+    new_operator_token = await tokens.issue(db, tokens.OPERATOR, 0)  # replaces the old one
+    rows = await tokens.principals_by_hash(db, [*digests, token_hash(new_operator_token)])
+    assert set(rows) == {digests[1], token_hash(new_operator_token)}
