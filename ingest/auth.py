@@ -7,13 +7,15 @@ would put the database on the ingest path. Answers (known and unknown tokens ali
 `ttl` seconds, so a rotated or deactivated token stops working within that time, and ingest keeps
 accepting from known sites while Postgres is briefly unreachable.
 
-Known tokens are renewed together, before their answers run out: every `ttl / 3` seconds one statement
-asks again for every token the cache knows (`keep_renewed`, a task of each ingest process). A desk's post
-then never waits on Postgres for its token, and a token deactivated or replaced stops working within a
-third of the ttl. Renewing each token when its answer ran out cost a Postgres round trip on a post in
-every few: with 1,000 sites over 4 ingest processes (the sessions load test) about a third of the posts,
-as a site's desks post to one process less often than every 30 s. A renewal that fails leaves the answers
-to run out as before, and the next post of each token asks for it alone.
+Tokens in use are renewed together, before their answers run out: every `ttl / 3` seconds one statement
+asks again for every known token used since the last renewal (`keep_renewed`, a task of each ingest
+process). A token posting at least every 20 s or so then never waits on Postgres, and one deactivated or
+replaced stops working at the next renewal. Tokens unused meanwhile are not asked for, so a renewal costs
+at most what the posts in between would have, in one statement; their answers run out as before, and
+their next post asks for its token alone. Before, every answer ran out after the ttl and the next post
+paid a Postgres round trip: with 1,000 sites over 4 ingest processes (the sessions load test) a site's
+token reaches one process every 17 s or so, about one post in three. A renewal that fails leaves the
+answers to run out as before.
 
 Unknown tokens are what an attacker can make without end, so they are kept apart: cached in their own
 bounded LRU (a flood of them pushes out only older unknown tokens, never a site's entry), looked up one
@@ -67,6 +69,7 @@ class TokenCache:
         self._known: collections.OrderedDict[bytes, tuple[float, Principal]] = collections.OrderedDict()
         self._unknown: collections.OrderedDict[bytes, tuple[float, None]] = collections.OrderedDict()
         self._max_known, self._max_unknown = max_known, max_unknown
+        self._used: set[bytes] = set()  # known tokens answered from here since the last take_used()
 
     def __len__(self) -> int:
         return len(self._known) + len(self._unknown)
@@ -76,6 +79,8 @@ class TokenCache:
             entry = entries.get(key)
             if entry is not None:
                 entries.move_to_end(key)
+                if entries is self._known:
+                    self._used.add(key)
                 return entry
         return None
 
@@ -90,9 +95,10 @@ class TokenCache:
         while len(entries) > bound:
             entries.popitem(last=False)
 
-    def known(self) -> list[bytes]:
-        """The digests of the known tokens, least recently used first."""
-        return list(self._known)
+    def take_used(self) -> list[bytes]:
+        """The known tokens looked up here since the last call (and still cached), forgotten here."""
+        used, self._used = [key for key in self._used if key in self._known], set()
+        return used
 
     def renew(self, key: bytes, expires: float, principal: Principal | None) -> None:
         """A fresh answer for a known token, keeping its place in the LRU (a renewal is not a use); one that
@@ -160,8 +166,9 @@ class SiteAuth:
         return principal
 
     async def renew(self) -> int:
-        """Ask again for every known token, in one statement, RENEW_CHUNK digests at a time; how many."""
-        keys = self._cache.known()
+        """Ask again for every known token used since the last renewal, in one statement (RENEW_CHUNK digests
+        at a time); how many."""
+        keys = self._cache.take_used()
         for start in range(0, len(keys), RENEW_CHUNK):
             chunk = keys[start:start + RENEW_CHUNK]
             asked = self._clock()

@@ -183,29 +183,34 @@ async def test_one_statement_answers_every_kind_of_token(db):
     assert await auth.principal(f"Bearer {site_token}") is None
 
 
-async def test_a_renewal_keeps_known_tokens_answered_without_a_query_on_the_post():
-    real, other = "vx_real-site-token", "vx_other-site-token"
-    pool = FakePool({token_hash(real): SITE_ROW, token_hash(other): {**SITE_ROW, "site_id": 8, "code": "S-008"}})
+async def test_a_renewal_keeps_tokens_in_use_answered_without_a_query_on_the_post():
+    real, other, idle = "vx_real-site-token", "vx_other-site-token", "vx_idle-site-token"
+    pool = FakePool({token_hash(real): SITE_ROW, token_hash(other): {**SITE_ROW, "site_id": 8, "code": "S-008"},
+                     token_hash(idle): {**SITE_ROW, "site_id": 9, "code": "S-009"}})
     clock = Clock()
     auth = SiteAuth(pool, ttl=30, clock=clock)
-    assert await auth.site(f"Bearer {real}") and await auth.site(f"Bearer {other}")
+    for token in (real, other, idle):
+        assert await auth.site(f"Bearer {token}")
     assert await auth.principal("Bearer vx_unknown") is None
-    assert pool.queries == 3
-    clock.now = 25
-    assert await auth.renew() == 2  # the known tokens only, in one statement
     assert pool.queries == 4
-    clock.now = 50  # past the first answers (30), within the renewed ones (55)
+    assert await auth.renew() == 0  # just asked for: nothing used since
+    clock.now = 5
+    assert await auth.site(f"Bearer {real}") and await auth.site(f"Bearer {other}")  # answered from the cache
+    assert pool.queries == 4
+    clock.now = 10
+    assert await auth.renew() == 2  # the tokens used since, in one statement; not the idle one
+    assert pool.queries == 5
+    clock.now = 35  # past the first answers (30), within the renewed ones (40)
     assert (await auth.site(f"Bearer {real}")).code == "S-007"
     assert (await auth.site(f"Bearer {other}")).code == "S-008"
-    assert pool.queries == 4
+    assert pool.queries == 5
+    assert (await auth.site(f"Bearer {idle}")).code == "S-009"  # not renewed: its post asks for it alone
+    assert pool.queries == 6
     del pool.known[token_hash(other)]  # deactivated, or replaced by a new token
-    await auth.renew()
+    assert await auth.renew() == 3  # the idle one is in use again too
     assert await auth.principal(f"Bearer {other}") is None  # at the renewal, not when its answer runs out
     assert (await auth.site(f"Bearer {real}")).code == "S-007"
-    assert pool.queries == 5
-    clock.now = 200  # no renewal since: the answer ran out, and the post asks for its token alone
-    assert (await auth.site(f"Bearer {real}")).code == "S-007"
-    assert pool.queries == 6
+    assert pool.queries == 7
 
 
 def test_a_renewal_is_not_a_use_and_does_not_bring_back_a_dropped_token():
@@ -215,11 +220,15 @@ def test_a_renewal_is_not_a_use_and_does_not_bring_back_a_dropped_token():
     site = Principal("operator")
     cache.put(b"k1", 10, site)
     cache.put(b"k2", 10, site)
-    cache.renew(b"k1", 20, site)  # k1 stays the least recently used
+    cache.get(b"k1")
+    cache.get(b"k2")  # k1 is the least recently used
+    assert sorted(cache.take_used()) == [b"k1", b"k2"] and cache.take_used() == []
+    cache.renew(b"k1", 20, site)  # k1 stays the least recently used, and is not counted as used
     cache.put(b"k3", 10, site)
+    assert cache.take_used() == []
     assert cache.get(b"k1") is None and cache.get(b"k2") == (10, site)
     cache.renew(b"k1", 30, site)
-    assert cache.get(b"k1") is None and cache.known() == [b"k3", b"k2"]
+    assert cache.get(b"k1") is None and cache.take_used() == [b"k2"]
 
 
 async def test_renewals_run_every_third_of_the_ttl_and_go_on_after_a_failure():
@@ -229,15 +238,18 @@ async def test_renewals_run_every_third_of_the_ttl_and_go_on_after_a_failure():
     assert await auth.site(f"Bearer {real}")
     pool.failing = True
     task = asyncio.create_task(auth.keep_renewed())
+    loop = asyncio.get_running_loop()
     try:
-        deadline = asyncio.get_running_loop().time() + 10
-        while pool.renewals < 2 and asyncio.get_running_loop().time() < deadline:
+        deadline = loop.time() + 10
+        while pool.renewals < 2 and loop.time() < deadline:
+            assert await auth.site(f"Bearer {real}")  # in use: every renewal asks for it
             await asyncio.sleep(0.01)
         assert pool.renewals >= 2  # the first failed; the loop went on
         assert not task.done()
         pool.failing = False
         renewed = pool.renewals
-        while pool.renewals < renewed + 2 and asyncio.get_running_loop().time() < deadline:
+        while pool.renewals < renewed + 2 and loop.time() < deadline:
+            assert await auth.site(f"Bearer {real}")
             await asyncio.sleep(0.01)
         assert pool.renewals >= renewed + 2
     finally:
