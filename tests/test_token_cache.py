@@ -200,21 +200,23 @@ async def test_a_renewal_keeps_tokens_in_use_answered_without_a_query_on_the_pos
     clock.now = 10
     assert await auth.renew() == 2  # the tokens used since, in one statement; not the idle one
     assert pool.queries == 5
-    clock.now = 35  # past the first answers (30), within the renewed ones (40)
+    clock.now = 20
+    assert await auth.renew() == 2  # still within a ttl of their use
+    clock.now = 45  # past the first answers (30), within the renewed ones (50)
     assert (await auth.site(f"Bearer {real}")).code == "S-007"
     assert (await auth.site(f"Bearer {other}")).code == "S-008"
-    assert pool.queries == 5
-    assert (await auth.site(f"Bearer {idle}")).code == "S-009"  # not renewed: its post asks for it alone
     assert pool.queries == 6
+    assert (await auth.site(f"Bearer {idle}")).code == "S-009"  # never renewed: its post asks for it alone
+    assert pool.queries == 7
     del pool.known[token_hash(other)]  # deactivated, or replaced by a new token
     assert await auth.renew() == 3  # the idle one is in use again too
     assert await auth.principal(f"Bearer {other}") is None  # at the renewal, not when its answer runs out
     assert (await auth.site(f"Bearer {real}")).code == "S-007"
-    assert pool.queries == 7
+    assert pool.queries == 8
 
 
-def test_a_renewal_is_not_a_use_and_does_not_bring_back_a_dropped_token():
-    from ingest.auth import Principal
+def test_a_token_is_renewed_for_a_ttl_after_its_last_use_and_a_renewal_is_not_a_use():
+    from ingest.auth import RENEWAL_ROUNDS, Principal
 
     cache = TokenCache(max_known=2)
     site = Principal("operator")
@@ -222,12 +224,15 @@ def test_a_renewal_is_not_a_use_and_does_not_bring_back_a_dropped_token():
     cache.put(b"k2", 10, site)
     cache.get(b"k1")
     cache.get(b"k2")  # k1 is the least recently used
-    assert sorted(cache.take_used()) == [b"k1", b"k2"] and cache.take_used() == []
-    cache.renew(b"k1", 20, site)  # k1 stays the least recently used, and is not counted as used
-    cache.put(b"k3", 10, site)
-    assert cache.take_used() == []
+    for _ in range(RENEWAL_ROUNDS):  # the round of their use, and the next ones up to a ttl
+        assert sorted(cache.take_used()) == [b"k1", b"k2"]
+    assert cache.take_used() == []  # unused for a ttl: their answers run out, and the next post asks
+    cache.get(b"k1")
+    cache.get(b"k2")
+    cache.renew(b"k1", 20, site)  # k1 stays the least recently used, and a renewal is not a use
+    cache.put(b"k3", 10, site)  # a new token: k1 is dropped
     assert cache.get(b"k1") is None and cache.get(b"k2") == (10, site)
-    cache.renew(b"k1", 30, site)
+    cache.renew(b"k1", 30, site)  # not brought back
     assert cache.get(b"k1") is None and cache.take_used() == [b"k2"]
 
 
