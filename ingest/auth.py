@@ -171,8 +171,8 @@ class SiteAuth:
         return principal
 
     async def renew(self) -> int:
-        """Ask again for every known token used since the last renewal, in one statement (RENEW_CHUNK digests
-        at a time); how many."""
+        """Ask again for every known token used within the last ttl, in one statement (RENEW_CHUNK digests at a
+        time); how many."""
         keys = self._cache.take_used()
         for start in range(0, len(keys), RENEW_CHUNK):
             chunk = keys[start:start + RENEW_CHUNK]
@@ -184,14 +184,14 @@ class SiteAuth:
         return len(keys)
 
     async def keep_renewed(self) -> None:
-        """Renew the known tokens every ttl / 3 seconds, until cancelled (nothing to do with a ttl of 0)."""
+        """Renew the tokens in use every ttl / 3 seconds, until cancelled (nothing to do with a ttl of 0)."""
         if self._ttl <= 0:
             return
         while True:
             await asyncio.sleep(self._ttl / 3)
             try:
                 await self.renew()
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            except Exception as e:  # Postgres away, or a bug: either way the next round tries again
                 # The answers run out as they did before renewals; each token's next post asks for it alone.
                 log.warning("renewing the known tokens failed (%s); retried in %g s", type(e).__name__,
                             self._ttl / 3)

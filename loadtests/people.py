@@ -31,10 +31,11 @@ GIVEN = {"F": ["Ánh", "Hoa", "Lan", "Hương", "Mai", "Trang", "Thảo", "Linh"
 # What a desk in 2021 had in the fridge, roughly by share of Vietnam's supply.
 VACCINES = {"EU/1/21/1529": 35, "BBIBP-CorV": 30, "EU/1/20/1528": 18, "EU/1/20/1507": 12, "Abdala": 5}
 
+
 class Weighted:
     """A weighted draw as `rng.choices(items, weights)[0]` makes it, the same item from the same stream, without
-    summing the weights again at each draw: the load generator draws a few a dose, and that sum was most of
-    their cost (`Random.choices` was the costliest line of a Locust process's profile in a day)."""
+    summing the weights again at each draw: the load generator draws a few a dose, and `Random.choices` with
+    weights was the costliest line of a Locust process's profile in a day."""
 
     def __init__(self, weights: dict):
         self.items = list(weights)

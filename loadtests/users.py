@@ -34,8 +34,8 @@ from pathlib import Path
 
 import gevent
 import locust.argument_parser
-import msgspec
 import locust.runners
+import msgspec
 from locust import FastHttpUser, between, events, task
 
 from . import people
