@@ -7,8 +7,9 @@ would put the database on the ingest path. Answers (known and unknown tokens ali
 `ttl` seconds, so a rotated or deactivated token stops working within that time, and ingest keeps
 accepting from known sites while Postgres is briefly unreachable.
 
-Tokens in use are renewed together, before their answers run out: every `ttl / 3` seconds one statement
-asks again for every known token used within the last ttl (`keep_renewed`, a task of each ingest process).
+Tokens in use are renewed together, before their answers run out: every `ttl / RENEWAL_ROUNDS` (10) seconds
+one statement asks again for every known token used within the last ttl (`keep_renewed`, a task of each
+ingest process).
 A token posting at least every 40 s or so then never waits on Postgres, and one deactivated or replaced
 stops working at the next renewal. Tokens unused for a ttl are not asked for, so a renewal asks for no
 more tokens than posted in the last ttl, in one statement; their answers run out as before, and their
@@ -60,7 +61,9 @@ MAX_UNKNOWN = 100_000  # about 20 MB per ingest process
 UNKNOWN_LOOKUPS = 2  # of ingest's 4 Postgres connections: the others stay for doses, receipts and lookups
 LOOKUP_WAIT = 2.0  # seconds an unknown token waits for its turn, as long as a pool acquire may
 RENEW_CHUNK = 10_000  # digests a renewal asks for in one statement
-RENEWAL_ROUNDS = 3  # a token is renewed for three rounds (a ttl) after it was last used
+# Renewals a ttl: one every ttl / RENEWAL_ROUNDS seconds, and a token is renewed for as many after its last use
+# (a ttl), so one that posts at least every ttl + a round or so never waits.
+RENEWAL_ROUNDS = 3
 
 
 class TokenCache:
@@ -184,17 +187,18 @@ class SiteAuth:
         return len(keys)
 
     async def keep_renewed(self) -> None:
-        """Renew the tokens in use every ttl / 3 seconds, until cancelled (nothing to do with a ttl of 0)."""
+        """Renew the tokens in use every ttl / RENEWAL_ROUNDS seconds, until cancelled (nothing to do with a ttl of
+        0)."""
         if self._ttl <= 0:
             return
+        every = self._ttl / RENEWAL_ROUNDS
         while True:
-            await asyncio.sleep(self._ttl / 3)
+            await asyncio.sleep(every)
             try:
                 await self.renew()
             except Exception as e:  # Postgres away, or a bug: either way the next round tries again
                 # The answers run out as they did before renewals; each token's next post asks for it alone.
-                log.warning("renewing the known tokens failed (%s); retried in %g s", type(e).__name__,
-                            self._ttl / 3)
+                log.warning("renewing the known tokens failed (%s); retried in %g s", type(e).__name__, every)
 
 
 def _principal(row) -> Principal | None:
